@@ -1,0 +1,3 @@
+from edgecache.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,320 @@
+"""Typed, frozen configuration: loaded and validated once at start.
+
+Every error names the key and the offending value, so a bad config fails with
+one line. The environment (uid, XDG dirs) is passed in, never read globally by
+callers, so tests can build configs without touching the machine.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+DEFAULT_CONFIG_PATH = Path("/etc/edgecache/config.yaml")
+
+# The embedded default: a useful mirror for the public registries on port 5000.
+DEFAULT_YAML = """\
+listen: 0.0.0.0:5000
+cache:
+  max_size: 20GiB
+upstreams:
+  docker.io:
+    url: https://registry-1.docker.io
+  ghcr.io:
+    url: https://ghcr.io
+  quay.io:
+    url: https://quay.io
+  registry.k8s.io:
+    url: https://registry.k8s.io
+  gcr.io:
+    url: https://gcr.io
+default_upstream: docker.io
+tag_ttl: 60s
+upstream_timeout: {connect: 3s, read: 30s}
+"""
+
+# Docker Hub answers to several names; all of them mean the key "docker.io".
+DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as `key: reason (value)`."""
+
+    def __init__(self, key: str, value: Any, reason: str) -> None:
+        self.key, self.value, self.reason = key, value, reason
+        super().__init__(f"config error: {key}: {reason} (got {value!r})")
+
+
+_SIZE_UNITS = {
+    "": 1, "B": 1,
+    "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3,
+    "T": 1000**4, "TB": 1000**4,
+    "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4,
+}
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_size(key: str, value: Any) -> int:
+    """`20GiB`, `500M`, `1T`, or a plain byte count."""
+    if isinstance(value, bool):
+        raise ConfigError(key, value, "expected a size such as 20GiB")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
+        if not m or m.group(2).upper() not in _SIZE_UNITS:
+            raise ConfigError(key, value, "expected a size such as 20GiB, 500M or a byte count")
+        n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
+    if n <= 0:
+        raise ConfigError(key, value, "must be positive")
+    return n
+
+
+def parse_duration(key: str, value: Any) -> float:
+    """`60s`, `5m`, `6h`, `250ms`, `1d`, or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(key, value, "expected a duration such as 60s")
+    if isinstance(value, (int, float)):
+        secs = float(value)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(value))
+        if not m:
+            raise ConfigError(key, value, "expected a duration such as 60s, 5m or 6h")
+        secs = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    if secs < 0:
+        raise ConfigError(key, value, "must not be negative")
+    return secs
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    ca_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str                     # the registry host as clients name it
+    url: str                      # where to dial it
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: TLSConfig = TLSConfig()
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 3.0
+    read: float = 30.0
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    max_size: int = 20 * 1024**3
+    high_watermark: float = 0.95  # start evicting above this fraction of max_size
+    low_watermark: float = 0.85   # ... and stop below this one
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    failures: int = 3             # consecutive connection failures that open it
+    backoff: float = 5.0          # first open period; doubles up to max_backoff
+    max_backoff: float = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_host: str
+    listen_port: int
+    data_dir: Path
+    cache: CacheConfig
+    upstreams: Mapping[str, UpstreamConfig]
+    default_upstream: str | None
+    tag_ttl: float
+    upstream_timeout: Timeouts
+    breaker: BreakerConfig
+    source: str                   # where it came from: a path or "<embedded default>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The effective configuration, secrets masked (for check-config)."""
+        return {
+            "listen": f"{self.listen_host}:{self.listen_port}",
+            "data_dir": str(self.data_dir),
+            "cache": {"max_size": self.cache.max_size,
+                      "high_watermark": self.cache.high_watermark,
+                      "low_watermark": self.cache.low_watermark},
+            "upstreams": {
+                k: {"url": u.url, "username": u.username,
+                    "password": "***" if u.password else None,
+                    "tls": {"ca_file": str(u.tls.ca_file) if u.tls.ca_file else None,
+                            "insecure_skip_verify": u.tls.insecure_skip_verify}}
+                for k, u in self.upstreams.items()},
+            "default_upstream": self.default_upstream,
+            "tag_ttl": self.tag_ttl,
+            "upstream_timeout": {"connect": self.upstream_timeout.connect,
+                                 "read": self.upstream_timeout.read},
+            "breaker": {"failures": self.breaker.failures, "backoff": self.breaker.backoff,
+                        "max_backoff": self.breaker.max_backoff},
+        }
+
+
+def normalize_registry(name: str) -> str:
+    """Map Docker Hub's aliases to one key; other hosts are lower-cased."""
+    name = name.strip().lower()
+    return "docker.io" if name in DOCKER_HUB_ALIASES else name
+
+
+def default_data_dir(env: Mapping[str, str], uid: int) -> Path:
+    if uid == 0:
+        return Path("/var/lib/edgecache")
+    xdg = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME", "/tmp"), ".cache")
+    return Path(xdg) / "edgecache"
+
+
+def _mapping(key: str, value: Any) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, value, "expected a mapping")
+    return value
+
+
+def _reject_unknown(key: str, raw: Mapping[str, Any], known: set[str]) -> None:
+    for k in raw:
+        if k not in known:
+            raise ConfigError(f"{key}.{k}" if key else str(k), raw[k], "unknown key")
+
+
+def _listen(value: Any) -> tuple[str, int]:
+    m = re.fullmatch(r"\[?([^\]]*?)\]?:(\d{1,5})", str(value))
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ConfigError("listen", value, "expected HOST:PORT, e.g. 0.0.0.0:5000")
+    return m.group(1) or "0.0.0.0", int(m.group(2))
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "expected true or false")
+    return value
+
+
+def _upstream(name: str, raw: Any, base: Path) -> UpstreamConfig:
+    key = f"upstreams.{name}"
+    raw = _mapping(key, raw)
+    _reject_unknown(key, raw, {"url", "username", "password", "password_file", "tls"})
+    url = raw.get("url")
+    if not isinstance(url, str) or not re.fullmatch(r"https?://[^/\s]+(/.*)?", url):
+        raise ConfigError(f"{key}.url", url, "expected an http:// or https:// URL")
+    password = raw.get("password")
+    if "password_file" in raw:
+        pf = base / str(raw["password_file"])
+        try:
+            password = pf.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{key}.password_file", str(pf), f"cannot read: {e.strerror}") from None
+    if password is not None and not isinstance(password, str):
+        raise ConfigError(f"{key}.password", "***", "expected a string")
+    username = raw.get("username")
+    if username is not None and not isinstance(username, str):
+        raise ConfigError(f"{key}.username", username, "expected a string")
+    if (username is None) != (password is None):
+        raise ConfigError(f"{key}.username", username, "username and password go together")
+    tls_raw = _mapping(f"{key}.tls", raw.get("tls"))
+    _reject_unknown(f"{key}.tls", tls_raw, {"ca_file", "insecure_skip_verify"})
+    ca = tls_raw.get("ca_file")
+    if ca is not None and not (base / str(ca)).is_file():
+        raise ConfigError(f"{key}.tls.ca_file", ca, "no such file")
+    tls = TLSConfig(ca_file=base / str(ca) if ca else None,
+                    insecure_skip_verify=_bool(f"{key}.tls.insecure_skip_verify",
+                                               tls_raw.get("insecure_skip_verify", False)))
+    return UpstreamConfig(name=name, url=url.rstrip("/"), username=username,
+                          password=password, tls=tls)
+
+
+def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
+          base: Path = Path(".")) -> Config:
+    """Validate a parsed YAML document into a Config."""
+    raw = _mapping("(top level)", raw)
+    _reject_unknown("", raw, {"listen", "data_dir", "cache", "upstreams", "default_upstream",
+                              "tag_ttl", "upstream_timeout", "breaker"})
+    host, port = _listen(raw.get("listen", "0.0.0.0:5000"))
+    data_dir = Path(raw["data_dir"]) if raw.get("data_dir") else default_data_dir(env, uid)
+
+    cache_raw = _mapping("cache", raw.get("cache"))
+    _reject_unknown("cache", cache_raw, {"max_size", "high_watermark", "low_watermark"})
+    hw = cache_raw.get("high_watermark", 0.95)
+    lw = cache_raw.get("low_watermark", 0.85)
+    for k, v in (("cache.high_watermark", hw), ("cache.low_watermark", lw)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+            raise ConfigError(k, v, "expected a fraction in (0, 1]")
+    if lw > hw:
+        raise ConfigError("cache.low_watermark", lw, "must not exceed cache.high_watermark")
+    cache = CacheConfig(max_size=parse_size("cache.max_size", cache_raw.get("max_size", "20GiB")),
+                        high_watermark=float(hw), low_watermark=float(lw))
+
+    ups_raw = _mapping("upstreams", raw.get("upstreams"))
+    upstreams: dict[str, UpstreamConfig] = {}
+    for name, u in ups_raw.items():
+        key = normalize_registry(str(name))
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?", key):
+            raise ConfigError("upstreams", name, "a key must be a registry host name")
+        if key in upstreams:
+            raise ConfigError(f"upstreams.{name}", name, f"duplicate of {key}")
+        upstreams[key] = _upstream(str(name), u, base)
+        upstreams[key] = UpstreamConfig(**{**upstreams[key].__dict__, "name": key})
+    if not upstreams:
+        raise ConfigError("upstreams", ups_raw, "at least one upstream is required")
+
+    default = raw.get("default_upstream")
+    if default is not None:
+        default = normalize_registry(str(default))
+        if default not in upstreams:
+            raise ConfigError("default_upstream", raw.get("default_upstream"),
+                              "is not one of the configured upstreams")
+
+    to_raw = _mapping("upstream_timeout", raw.get("upstream_timeout"))
+    _reject_unknown("upstream_timeout", to_raw, {"connect", "read"})
+    timeouts = Timeouts(connect=parse_duration("upstream_timeout.connect", to_raw.get("connect", 3)),
+                        read=parse_duration("upstream_timeout.read", to_raw.get("read", 30)))
+    for k, v in (("upstream_timeout.connect", timeouts.connect), ("upstream_timeout.read", timeouts.read)):
+        if v <= 0:
+            raise ConfigError(k, v, "must be positive")
+
+    br_raw = _mapping("breaker", raw.get("breaker"))
+    _reject_unknown("breaker", br_raw, {"failures", "backoff", "max_backoff"})
+    failures = br_raw.get("failures", 3)
+    if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1:
+        raise ConfigError("breaker.failures", failures, "expected a whole number >= 1")
+    breaker = BreakerConfig(failures=failures,
+                            backoff=parse_duration("breaker.backoff", br_raw.get("backoff", 5)),
+                            max_backoff=parse_duration("breaker.max_backoff",
+                                                       br_raw.get("max_backoff", 60)))
+
+    return Config(listen_host=host, listen_port=port, data_dir=data_dir, cache=cache,
+                  upstreams=upstreams, default_upstream=default,
+                  tag_ttl=parse_duration("tag_ttl", raw.get("tag_ttl", 60)),
+                  upstream_timeout=timeouts, breaker=breaker, source=source)
+
+
+def load(path: Path | None, *, env: Mapping[str, str] | None = None, uid: int | None = None) -> Config:
+    """Load FILE, else /etc/edgecache/config.yaml when it exists, else the embedded default."""
+    env = os.environ if env is None else env
+    uid = os.geteuid() if uid is None else uid
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    if path is None:
+        return build(yaml.safe_load(DEFAULT_YAML), source="<embedded default>", env=env, uid=uid)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError("--config", str(path), f"cannot read: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise ConfigError("--config", str(path), f"invalid YAML at {where}") from None
+    return build(raw, source=str(path), env=env, uid=uid, base=Path(path).parent)

@@ -1,0 +1,124 @@
+"""Domain errors. They say what went wrong in our terms; server/errors.py maps
+them to OCI error codes and HTTP statuses in one table."""
+from __future__ import annotations
+
+
+class EdgecacheError(Exception):
+    """Base of every error we raise on purpose."""
+
+
+class InvalidName(EdgecacheError, ValueError):
+    def __init__(self, name: str, reason: str = "invalid repository name") -> None:
+        self.name = name
+        super().__init__(f"{reason}: {name[:300]!r}")
+
+
+class InvalidDigest(EdgecacheError, ValueError):
+    def __init__(self, value: str, reason: str) -> None:
+        self.value = value
+        super().__init__(f"invalid digest {value[:300]!r}: {reason}")
+
+
+class UnknownRegistry(EdgecacheError, LookupError):
+    """A registry that is not configured: never dialled."""
+
+    def __init__(self, registry: str) -> None:
+        self.registry = registry
+        super().__init__(f"registry {registry[:300]!r} is not configured on this mirror")
+
+
+class ManifestUnknown(EdgecacheError, LookupError):
+    pass
+
+
+class BlobUnknown(EdgecacheError, LookupError):
+    pass
+
+
+class NotAcceptable(EdgecacheError):
+    """Only a manifest of a media type the client did not accept is available."""
+
+
+class ManifestTooLarge(EdgecacheError):
+    pass
+
+
+class RangeNotSatisfiable(EdgecacheError):
+    def __init__(self, size: int) -> None:
+        self.size = size
+        super().__init__(f"range not satisfiable for size {size}")
+
+
+class DigestMismatch(EdgecacheError):
+    def __init__(self, expected: str, got: str, source: str = "upstream") -> None:
+        self.expected, self.got, self.source = expected, got, source
+        super().__init__(f"{source} sent bytes for {got}, expected {expected}")
+
+
+class SizeMismatch(EdgecacheError):
+    def __init__(self, expected: int, got: int, source: str = "upstream") -> None:
+        self.expected, self.got, self.source = expected, got, source
+        super().__init__(f"{source} sent {got} bytes, expected {expected}")
+
+
+class StoreFull(EdgecacheError, OSError):
+    """The disk under data_dir is full."""
+
+
+class UpstreamError(EdgecacheError):
+    """Any failure talking to an upstream; `kind` labels metrics."""
+
+    kind = "error"
+
+    def __init__(self, upstream: str, detail: str) -> None:
+        self.upstream = upstream
+        super().__init__(f"upstream {upstream}: {detail}")
+
+
+class UpstreamUnreachable(UpstreamError, ConnectionError):
+    kind = "unreachable"
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    kind = "timeout"
+
+
+class UpstreamDown(UpstreamError):
+    """The circuit breaker is open: we did not even try."""
+
+    kind = "breaker_open"
+
+
+class UpstreamRateLimited(UpstreamError):
+    kind = "rate_limited"
+
+    def __init__(self, upstream: str, retry_after: str | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(upstream, "rate limited (429)")
+
+
+class UpstreamDenied(UpstreamError):
+    kind = "denied"
+
+    def __init__(self, upstream: str, status: int) -> None:
+        self.status = status
+        super().__init__(upstream, f"denied ({status})")
+
+
+class UpstreamNotFound(UpstreamError, LookupError):
+    kind = "not_found"
+
+
+class UpstreamBadResponse(UpstreamError):
+    kind = "bad_response"
+
+    def __init__(self, upstream: str, status: int, detail: str = "") -> None:
+        self.status = status
+        super().__init__(upstream, f"unexpected status {status} {detail}".strip())
+
+
+# Kinds that say the upstream could not be talked to at all (offline fallbacks apply).
+def is_unavailable(err: BaseException) -> bool:
+    return isinstance(err, (UpstreamUnreachable, UpstreamTimeout, UpstreamDown,
+                            UpstreamRateLimited)) or (
+        isinstance(err, UpstreamBadResponse) and err.status >= 500)
