@@ -1,0 +1,328 @@
+"""Content-addressed blob store with an LRU size budget and pins.
+
+A blob enters only through `commit`: the writer has already hashed the bytes it
+wrote to a temp file; commit checks size and digest, fsyncs, renames into place,
+then records it in the index (validate -> move -> link -> clean up). A blob on
+disk is therefore always whole and verified. All file-system work runs on
+threads: the event loop never blocks on the disk.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import secrets
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from edgecache.errors import DigestMismatch, SizeMismatch, StoreFull
+from edgecache.reference import Digest, parse_digest
+from edgecache.store import layout
+from edgecache.store.index import BlobIndex
+
+
+@dataclass
+class StoreStats:
+    evictions: int = 0
+    evicted_bytes: int = 0
+    quarantined: int = 0
+    repaired_missing_files: int = 0     # index entries whose file was gone
+    repaired_orphan_files: int = 0      # files that had no index entry
+    disk_full: int = 0
+    last_disk_full: float = 0.0
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    bytes: int = 0
+    bad: list[str] = field(default_factory=list)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _translate_oserror(e: OSError) -> OSError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFull(e.errno, "disk full under data_dir")
+    return e
+
+
+class BlobStore:
+    """Owns data_dir: the blob files, the temp dir and the blob index."""
+
+    def __init__(self, data_dir: Path, max_size: int, *, high_watermark: float = 0.95,
+                 low_watermark: float = 0.85) -> None:
+        self.data_dir = data_dir
+        self.max_size = max_size
+        self.high = int(max_size * high_watermark)
+        self.low = int(max_size * low_watermark)
+        self.index = BlobIndex(layout.index_dir(data_dir))
+        self.stats = StoreStats()
+        self._in_use: dict[str, int] = {}
+        # One thread for index writes keeps them in order; file work uses the default pool.
+        self._index_io = ThreadPoolExecutor(1, thread_name_prefix="edgecache-index")
+        self._evicting: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self.on_evict: Callable[[str, int], None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def open(self, flush_interval: float = 5.0) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._index_io, self.open_sync)
+        self._flusher = asyncio.create_task(self._flush_periodically(flush_interval))
+
+    def open_sync(self) -> None:
+        """Create the tree, clear stale temp files, load the index, repair after a crash."""
+        for d in (layout.blobs_dir(self.data_dir), layout.tmp_dir(self.data_dir),
+                  layout.index_dir(self.data_dir)):
+            d.mkdir(parents=True, exist_ok=True)
+        # A fill in progress at the last stop can never complete: drop it.
+        for p in layout.tmp_dir(self.data_dir).iterdir():
+            p.unlink(missing_ok=True)
+        clean = self.index.load()
+        if not clean:
+            self._reconcile()
+        self.index.flush()
+
+    def _reconcile(self) -> None:
+        """Make the index and the files agree after an unclean stop."""
+        on_disk: dict[str, int] = {}
+        for root, _dirs, files in os.walk(layout.blobs_dir(self.data_dir)):
+            for name in files:
+                p = Path(root) / name
+                d = layout.digest_from_path(p)
+                if d is None:
+                    continue
+                on_disk[str(d)] = p.stat().st_size
+        for digest in self.index.digests():
+            if digest not in on_disk or on_disk[digest] != self.index.size(digest):
+                self.index.remove(digest)
+                self.stats.repaired_missing_files += 1
+        for digest, size in on_disk.items():
+            if digest not in self.index:
+                # Only verified blobs are ever renamed into blobs/, so the file is whole.
+                self.index.add(digest, size)
+                self.stats.repaired_orphan_files += 1
+
+    async def close(self) -> None:
+        if self._flusher:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._evicting:
+            await asyncio.gather(self._evicting, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(self._index_io, self.index.close)
+        self._index_io.shutdown(wait=True)
+
+    def close_sync(self) -> None:
+        self.index.close()
+        self._index_io.shutdown(wait=True)
+
+    async def _flush_periodically(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._index_io, self.index.flush)
+
+    # -- reads -----------------------------------------------------------------
+
+    def path(self, digest: Digest) -> Path:
+        return layout.blob_path(self.data_dir, digest)
+
+    def size(self, digest: Digest) -> int | None:
+        return self.index.size(str(digest))
+
+    def has(self, digest: Digest) -> bool:
+        return str(digest) in self.index
+
+    def touch(self, digest: Digest) -> None:
+        self.index.touch(str(digest))
+
+    @contextmanager
+    def lease(self, digest: Digest) -> Iterator[None]:
+        """Hold while serving: a leased blob is never evicted."""
+        key = str(digest)
+        self._in_use[key] = self._in_use.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            n = self._in_use[key] - 1
+            if n:
+                self._in_use[key] = n
+            else:
+                del self._in_use[key]
+
+    async def read_bytes(self, digest: Digest) -> bytes:
+        return await asyncio.to_thread(self.path(digest).read_bytes)
+
+    # -- writes ----------------------------------------------------------------
+
+    def temp_path(self) -> Path:
+        return layout.tmp_path(self.data_dir, secrets.token_hex(12))
+
+    async def commit(self, tmp: Path, digest: Digest, *, size: int, computed: str,
+                     written: int) -> None:
+        """Move a fully written, hashed temp file into place; raises and deletes it if wrong."""
+        try:
+            if written != size:
+                raise SizeMismatch(size, written)
+            if computed != digest.hex:
+                raise DigestMismatch(str(digest), f"{digest.algorithm}:{computed}")
+            await asyncio.to_thread(self._move_into_place, tmp, self.path(digest))
+        except BaseException:
+            await asyncio.to_thread(tmp.unlink, True)
+            raise
+        self.index.add(str(digest), size)
+        await self.flush()
+        self._maybe_evict()
+
+    @staticmethod
+    def _move_into_place(tmp: Path, final: Path) -> None:
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as e:
+            raise _translate_oserror(e) from e
+
+    async def put_bytes(self, digest: Digest, data: bytes) -> None:
+        """Store a small verified blob (a manifest) in one go."""
+        if self.has(digest):
+            self.touch(digest)
+            return
+        h = digest.hasher()
+        h.update(data)
+        tmp = self.temp_path()
+        try:
+            await asyncio.to_thread(tmp.write_bytes, data)
+        except OSError as e:
+            await asyncio.to_thread(tmp.unlink, True)
+            raise _translate_oserror(e) from e
+        await self.commit(tmp, digest, size=len(data), computed=h.hexdigest(), written=len(data))
+
+    async def delete(self, digest: Digest) -> None:
+        self.index.remove(str(digest))
+        await asyncio.to_thread(self.path(digest).unlink, True)
+        await self.flush()
+
+    def note_disk_full(self, now: float) -> None:
+        self.stats.disk_full += 1
+        self.stats.last_disk_full = now
+
+    # -- pins ------------------------------------------------------------------
+
+    async def pin(self, digest: Digest, owner: str) -> None:
+        self.index.pin(str(digest), owner)
+        await self.flush()
+
+    async def unpin(self, digest: Digest, owner: str) -> None:
+        self.index.unpin(str(digest), owner)
+        await self.flush()
+        self._maybe_evict()
+
+    def is_pinned(self, digest: Digest) -> bool:
+        return self.index.is_pinned(str(digest))
+
+    # -- eviction --------------------------------------------------------------
+
+    def _maybe_evict(self) -> None:
+        if self.index.unpinned_bytes > self.high and (self._evicting is None or self._evicting.done()):
+            self._evicting = asyncio.create_task(self.evict_to(self.low))
+
+    async def evict_to(self, target: int) -> tuple[int, int]:
+        """Evict least recently used unpinned, unleased blobs until unpinned bytes <= target."""
+        count = freed = 0
+        for digest, entry in self.index.oldest_first():
+            if self.index.unpinned_bytes <= target:
+                break
+            if digest not in self.index or self.index.is_pinned(digest) or digest in self._in_use:
+                continue
+            self.index.remove(digest)
+            await asyncio.to_thread(self.path(parse_digest(digest)).unlink, True)
+            count += 1
+            freed += entry.size
+            self.stats.evictions += 1
+            self.stats.evicted_bytes += entry.size
+            if self.on_evict:
+                self.on_evict(digest, entry.size)
+        await self.flush()
+        return count, freed
+
+    async def gc(self) -> tuple[int, int]:
+        """Evict down to the budget now (used by `edgecache gc`)."""
+        return await self.evict_to(min(self.max_size, self.low))
+
+    # -- verification ----------------------------------------------------------
+
+    async def verify(self, progress: Callable[[str, bool], None] | None = None) -> VerifyReport:
+        """Re-hash every blob; quarantine the ones that do not match their name."""
+        report = VerifyReport()
+        for digest in self.index.digests():
+            d = parse_digest(digest)
+            if str(d) in self._in_use:
+                continue
+            ok = await asyncio.to_thread(self._hash_ok, self.path(d), d)
+            report.checked += 1
+            report.bytes += self.index.size(digest) or 0
+            if not ok:
+                report.bad.append(digest)
+                await self.quarantine(d)
+            if progress:
+                progress(digest, ok)
+        return report
+
+    @staticmethod
+    def _hash_ok(path: Path, digest: Digest) -> bool:
+        h = digest.hasher()
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        except FileNotFoundError:
+            return False
+        return h.hexdigest() == digest.hex
+
+    async def quarantine(self, digest: Digest) -> None:
+        self.index.remove(str(digest))
+        await asyncio.to_thread(self._move_to_quarantine, digest)
+        self.stats.quarantined += 1
+        await self.flush()
+
+    def _move_to_quarantine(self, digest: Digest) -> None:
+        src = self.path(digest)
+        n = 0
+        while (dst := layout.quarantine_path(self.data_dir, digest, n)).exists():
+            n += 1
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.move(src, dst)
+        except FileNotFoundError:
+            pass
+
+    # -- figures ---------------------------------------------------------------
+
+    def status(self) -> dict[str, int]:
+        return {
+            "bytes_used": self.index.total_bytes,
+            "unpinned_bytes": self.index.unpinned_bytes,
+            "pinned_bytes": self.index.pinned_bytes,
+            "budget_bytes": self.max_size,
+            "blob_count": len(self.index),
+            "in_use": len(self._in_use),
+        }

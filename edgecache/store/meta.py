@@ -1,0 +1,96 @@
+"""Records about manifests and tags: what media type a cached manifest has,
+which digest a tag pointed to and when the upstream last confirmed it, and the
+last tag list seen per repository (answered offline).
+
+Held in memory (they are small: one record per manifest and tag) and mirrored
+to diskcache, so they survive restarts and lookups never touch the disk.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgecache.store.diskmap import DiskMap
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    digest: str
+    media_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class TagRecord:
+    digest: str
+    media_type: str
+    size: int
+    checked: float        # wall-clock time the upstream last confirmed this answer
+
+
+TagKey = tuple[str, str, str]     # (upstream, repository, tag)
+
+
+class MetaStore:
+    def __init__(self, directory: Path) -> None:
+        self._disk = DiskMap(directory)
+        self._manifests: dict[str, ManifestRecord] = {}
+        # One record per media type: clients that accept different types get
+        # different answers for the same tag (an index, or one platform's manifest).
+        self._tags: dict[TagKey, dict[str, TagRecord]] = {}
+        self._tag_lists: dict[tuple[str, str], bytes] = {}
+
+    def load(self) -> None:
+        for key, value in self._disk.open():
+            kind = key[0]
+            if kind == "manifest":
+                self._manifests[key[1]] = ManifestRecord(*value)
+            elif kind == "tag":
+                self._tags.setdefault(key[1:4], {})[key[4]] = TagRecord(*value)
+            elif kind == "taglist":
+                self._tag_lists[key[1:3]] = value
+
+    def flush(self) -> None:
+        self._disk.flush()
+
+    def close(self) -> None:
+        self._disk.close()
+
+    # -- manifests -------------------------------------------------------------
+
+    def manifest(self, digest: str) -> ManifestRecord | None:
+        return self._manifests.get(digest)
+
+    def put_manifest(self, rec: ManifestRecord) -> None:
+        if self._manifests.get(rec.digest) == rec:
+            return
+        self._manifests[rec.digest] = rec
+        self._disk.put(("manifest", rec.digest), (rec.digest, rec.media_type, rec.size))
+
+    def forget_manifest(self, digest: str) -> None:
+        if self._manifests.pop(digest, None) is not None:
+            self._disk.delete(("manifest", digest))
+
+    # -- tags ------------------------------------------------------------------
+
+    def tags(self, key: TagKey) -> dict[str, TagRecord]:
+        return self._tags.get(key, {})
+
+    def put_tag(self, key: TagKey, rec: TagRecord) -> None:
+        self._tags.setdefault(key, {})[rec.media_type] = rec
+        self._disk.put(("tag", *key, rec.media_type),
+                       (rec.digest, rec.media_type, rec.size, rec.checked))
+
+    def tag_count(self) -> int:
+        return len(self._tags)
+
+    # -- tag lists ---------------------------------------------------------------
+
+    def tag_list(self, upstream: str, repo: str) -> bytes | None:
+        return self._tag_lists.get((upstream, repo))
+
+    def put_tag_list(self, upstream: str, repo: str, body: bytes) -> None:
+        if self._tag_lists.get((upstream, repo)) == body:
+            return
+        self._tag_lists[(upstream, repo)] = body
+        self._disk.put(("taglist", upstream, repo), body)

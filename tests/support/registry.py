@@ -1,0 +1,138 @@
+"""A real CNCF Distribution registry (Debian `docker-registry`) on loopback, with access-log counting.
+
+The access log is Apache combined format written by gorilla/handlers, one line per request, e.g.
+    127.0.0.1 - - [27/Nov/2026:22:12:40 +0000] "HEAD /v2/foo/bar/blobs/sha256:00.. HTTP/1.1" 404 157 "" "curl/7.88.1"
+It is independent of `log.level`; logrus lines (`time="..." level=...`) are interleaved and ignored.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+from .ports import free_port, wait_http
+
+# Anchored on the combined-log shape so logrus lines (which also mention methods and URIs) never match.
+_ACCESS = re.compile(
+    r'^\S+ \S+ \S+ \[[^\]]*\] "(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" (?P<status>\d{3}) '
+)
+# Requests to this prefix are our own log-flush markers; Distribution answers 404 and logs them.
+_SYNC_PREFIX = "/__edgecache_sync/"
+
+
+class Registry:
+    """`docker-registry serve` on 127.0.0.1:<free port>; with `upstream` it is Distribution's own pull-through proxy."""
+
+    def __init__(self, upstream: str | None = None, workdir: Path | str | None = None, port: int | None = None) -> None:
+        self.upstream = upstream
+        self._own_dir = workdir is None
+        self.dir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="registry-"))
+        self.port = port or free_port()
+        self.config_path = self.dir / "config.yml"
+        self.log_path = self.dir / "registry.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def _write_config(self) -> None:
+        # warn keeps logrus quiet except for errors (useful when a test fails); the access log is always on.
+        lines = [
+            "version: 0.1",
+            "log: {level: warn, accesslog: {disabled: false}}",
+            f"storage: {{filesystem: {{rootdirectory: {self.dir / 'data'}}}, delete: {{enabled: true}},"
+            " cache: {blobdescriptor: inmemory}}",
+            f"http: {{addr: {self.host}, secret: edgecache-tests}}",
+        ]
+        if self.upstream:
+            lines.append(f"proxy: {{remoteurl: {self.upstream}}}")
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout: float = 10.0) -> "Registry":
+        (self.dir / "data").mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                ["docker-registry", "serve", str(self.config_path)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        try:
+            wait_http(self.url + "/v2/", timeout)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"registry did not start:\n{self.log_tail()}") from None
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def cleanup(self) -> None:
+        """Stop and remove the temp dir if this object created it (a caller-given dir is kept for inspection)."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "Registry":
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.cleanup()
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+    def _sync(self, timeout: float = 5.0) -> None:
+        # The log line is written after the handler returns, which can be just after the client has read the
+        # whole body. A marker request issued now is logged after every request that already finished for us.
+        marker = _SYNC_PREFIX + uuid.uuid4().hex
+        try:
+            urllib.request.urlopen(self.url + marker, timeout=timeout).close()
+        except urllib.error.HTTPError as e:
+            e.close()
+        deadline = time.monotonic() + timeout
+        while marker not in self.log_path.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("registry access log did not catch up")
+            time.sleep(0.01)
+
+    def requests(self) -> list[tuple[str, str, int]]:
+        """(method, request target incl. query, status) for every request logged so far, in log order."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._sync()
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            m = _ACCESS.match(line)
+            if m and not m["target"].startswith(_SYNC_PREFIX):
+                out.append((m["method"], m["target"], int(m["status"])))
+        return out
+
+    def count(self, method: str, path_regex: str) -> int:
+        """Requests with exactly this method whose path (query stripped) fully matches path_regex.
+
+        fullmatch, so "/v2/a/manifests/v1" does not also count ".../v10"; HEAD and GET are distinct.
+        """
+        rx = re.compile(path_regex)
+        method = method.upper()
+        return sum(1 for m, target, _ in self.requests() if m == method and rx.fullmatch(target.split("?", 1)[0]))
