@@ -1,0 +1,45 @@
+"""Manifest media types and the client's Accept list."""
+from __future__ import annotations
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
+
+# Most capable first: when several cached answers fit a client, it gets the one
+# the upstream would have chosen for a client that accepts them all.
+PREFERENCE = (OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST, DOCKER_SCHEMA1)
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+
+
+class Accept:
+    """The media types a client accepts for a manifest."""
+
+    def __init__(self, types: list[str], any_type: bool) -> None:
+        self.types = types
+        self.any_type = any_type
+
+    @classmethod
+    def parse(cls, headers: list[str]) -> "Accept":
+        types: list[str] = []
+        for h in headers:
+            for part in h.split(","):
+                t = part.split(";")[0].strip().lower()
+                if t and t not in types:
+                    types.append(t)
+        # No Accept at all means "anything", as registries treat it.
+        any_type = not types or "*/*" in types
+        return cls([t for t in types if t != "*/*"], any_type)
+
+    def accepts(self, media_type: str) -> bool:
+        return self.any_type or media_type.lower() in self.types
+
+    def for_upstream(self) -> list[str]:
+        """The list to send upstream: the client's, or every known type for "anything"."""
+        if self.any_type:
+            return list(dict.fromkeys([*self.types, *PREFERENCE[:4]]))
+        return list(self.types)
+
+    def key(self) -> str:
+        return "*" if self.any_type else ",".join(sorted(self.types))

@@ -1,0 +1,43 @@
+"""Which upstream and repository a request is for.
+
+In this order: `?ns=<registry>` (containerd, K3s); a path prefix naming a
+configured upstream, `/v2/<registry>/<repo>/...` (podman, skopeo, Docker); else
+the default upstream. `ns` is only a lookup key: an unconfigured registry is
+never dialled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection
+
+from edgecache.config import normalize_registry
+from edgecache.errors import UnknownRegistry
+from edgecache.reference import validate_name
+
+
+@dataclass(frozen=True)
+class Route:
+    upstream: str      # the key in `upstreams:`
+    repo: str          # the repository as the upstream names it
+
+
+def resolve(name: str, ns: str | None, upstreams: Collection[str], default: str | None) -> Route:
+    if ns is not None:
+        registry = normalize_registry(ns)
+        if registry not in upstreams:
+            raise UnknownRegistry(ns)
+        return _route(registry, name)
+    first, sep, rest = name.partition("/")
+    if sep and normalize_registry(first) in upstreams:
+        return _route(normalize_registry(first), rest)
+    if default is None:
+        raise UnknownRegistry(first if sep else "")
+    return _route(default, name)
+
+
+def _route(registry: str, repo: str) -> Route:
+    validate_name(repo)
+    if registry == "docker.io" and "/" not in repo:
+        # Docker Hub's official images live under library/.
+        repo = f"library/{repo}"
+    return Route(registry, repo)

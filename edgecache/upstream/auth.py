@@ -1,0 +1,79 @@
+"""Registry authentication: Bearer tokens (the Docker token protocol) and Basic.
+
+Tokens are cached per scope until they expire; concurrent requests that need
+the same token share one token request.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import time
+from dataclasses import dataclass
+
+_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
+
+
+@dataclass(frozen=True)
+class Challenge:
+    scheme: str                      # "bearer" or "basic"
+    params: dict[str, str]
+
+
+def parse_challenge(header: str) -> Challenge | None:
+    """Parse `WWW-Authenticate: Bearer realm="...",service="...",scope="..."`."""
+    header = header.strip()
+    if not header:
+        return None
+    scheme, _, rest = header.partition(" ")
+    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
+              for m in _PARAM.finditer(rest)}
+    return Challenge(scheme.lower(), params)
+
+
+def basic_header(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+@dataclass
+class Token:
+    value: str
+    expires_at: float
+
+
+class TokenCache:
+    """Bearer tokens by scope, and the single flight that fetches them."""
+
+    # Refresh a little early so a token does not expire on its way upstream.
+    MARGIN = 10.0
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._tokens: dict[str, Token] = {}
+        self._inflight: dict[str, asyncio.Future[Token]] = {}
+
+    def get(self, scope: str) -> str | None:
+        t = self._tokens.get(scope)
+        if t and t.expires_at > self._clock():
+            return t.value
+        return None
+
+    async def fetch(self, scope: str, fetcher) -> str:
+        """Run `fetcher()` -> (token, expires_in) once for all concurrent callers."""
+        fut = self._inflight.get(scope)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._inflight[scope] = fut
+            try:
+                value, expires_in = await fetcher()
+                tok = Token(value, self._clock() + max(1.0, expires_in - self.MARGIN))
+                self._tokens[scope] = tok
+                fut.set_result(tok)
+            except BaseException as e:
+                fut.set_exception(e)
+                fut.exception()          # retrieved: the other waiters re-raise it
+                raise
+            finally:
+                del self._inflight[scope]
+            return tok.value
+        return (await asyncio.shield(fut)).value

@@ -1,0 +1,294 @@
+"""The registry client for one upstream.
+
+Owns one aiohttp ClientSession (opened in `start`, closed in `close`) with the
+configured timeouts and TLS. Every aiohttp exception is translated into our
+UpstreamError family here, and nowhere else.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator, Mapping
+
+import aiohttp
+
+from edgecache.config import BreakerConfig, Timeouts, UpstreamConfig
+from edgecache.errors import (UpstreamBadResponse, UpstreamDenied, UpstreamDown, UpstreamError,
+                              UpstreamNotFound, UpstreamRateLimited, UpstreamTimeout,
+                              UpstreamUnreachable)
+from edgecache.upstream.auth import TokenCache, basic_header, parse_challenge
+from edgecache.upstream.breaker import Breaker
+
+USER_AGENT = "edgecache/0.1"
+
+
+class UpstreamIncomplete(UpstreamError):
+    """The body broke off (truncated, reset, or stalled past the read timeout)."""
+
+    kind = "incomplete"
+
+
+@dataclass(frozen=True)
+class ManifestHead:
+    digest: str | None
+    media_type: str
+    size: int | None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    body: bytes
+    digest: str | None           # Docker-Content-Digest as the upstream sent it
+    media_type: str
+
+
+class BlobStream:
+    """An open blob response: its size and its body, chunk by chunk."""
+
+    def __init__(self, client: "UpstreamClient", resp: aiohttp.ClientResponse) -> None:
+        self._client = client
+        self._resp = resp
+        self.size: int | None = resp.content_length
+
+    async def read(self, n: int = 1 << 20) -> bytes:
+        """Up to n bytes as soon as any arrive; b"" at the end."""
+        try:
+            return await self._resp.content.read(n)
+        except Exception as e:    # noqa: BLE001 - translated right here, the one boundary
+            raise self._client.translate(e, mid_body=True) from e
+
+
+class UpstreamClient:
+    def __init__(self, cfg: UpstreamConfig, timeouts: Timeouts, breaker: BreakerConfig) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self.timeouts = timeouts
+        self.breaker = Breaker(breaker.failures, breaker.backoff, breaker.max_backoff)
+        self.tokens = TokenCache()
+        self._basic = basic_header(cfg.username, cfg.password) if cfg.username and cfg.password else None
+        self._use_basic = False
+        self._session: aiohttp.ClientSession | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.last_ok_at: float | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        ssl_ctx: ssl.SSLContext | bool = True
+        if self.cfg.tls.insecure_skip_verify:
+            ssl_ctx = False
+        elif self.cfg.tls.ca_file:
+            ssl_ctx = ssl.create_default_context(cafile=str(self.cfg.tls.ca_file))
+        timeout = aiohttp.ClientTimeout(total=None, connect=None,
+                                        sock_connect=self.timeouts.connect,
+                                        sock_read=self.timeouts.read)
+        connector = aiohttp.TCPConnector(ssl=ssl_ctx, limit=64, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            timeout=timeout, connector=connector, auto_decompress=False,
+            headers={"User-Agent": USER_AGENT})
+
+    async def close(self) -> None:
+        if self._session:
+            await self._session.close()
+            self._session = None
+
+    # -- the one boundary for aiohttp's exceptions -----------------------------
+
+    def translate(self, e: BaseException, *, mid_body: bool = False) -> UpstreamError:
+        if isinstance(e, UpstreamError):
+            return e
+        if mid_body:
+            return UpstreamIncomplete(self.name, f"body broke off: {type(e).__name__}: {e}")
+        if isinstance(e, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+            return UpstreamTimeout(self.name, f"timed out ({type(e).__name__})")
+        if isinstance(e, (aiohttp.ClientConnectionError, OSError)):
+            return UpstreamUnreachable(self.name, f"{type(e).__name__}: {e}")
+        if isinstance(e, aiohttp.ClientError):
+            return UpstreamBadResponse(self.name, 0, f"{type(e).__name__}: {e}")
+        raise e
+
+    def _record_failure(self, err: UpstreamError) -> None:
+        self.last_error = str(err)
+        self.last_error_at = time.time()
+        if isinstance(err, (UpstreamUnreachable, UpstreamTimeout)):
+            self.breaker.failure()
+
+    # -- requests ----------------------------------------------------------------
+
+    def _url(self, path: str) -> str:
+        return f"{self.cfg.url}{path}"
+
+    @asynccontextmanager
+    async def _request(self, method: str, path: str, *, scope: str | None,
+                       headers: Mapping[str, str] | None = None,
+                       params: Mapping[str, str] | None = None,
+                       ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send with auth (answering one challenge), breaker and translated errors.
+
+        Yields a response with a 2xx status; anything else is raised as ours.
+        """
+        if self._session is None:
+            raise UpstreamUnreachable(self.name, "client not started")
+        if not self.breaker.allow():
+            raise UpstreamDown(self.name, f"marked down, retry in {self.breaker.retry_in():.1f}s")
+        hdrs = dict(headers or {})
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            for attempt in (0, 1):
+                auth = self._auth_header(scope)
+                if auth:
+                    hdrs["Authorization"] = auth
+                resp = await self._session.request(method, self._url(path), headers=hdrs,
+                                                   params=params, allow_redirects=True)
+                if resp.status == 401 and attempt == 0 and await self._answer_challenge(resp, scope):
+                    resp.release()
+                    continue
+                break
+            assert resp is not None
+            self.breaker.success()
+            self.last_ok_at = time.time()
+            if resp.status >= 300:
+                raise self._status_error(resp)
+        except BaseException as e:
+            if resp is not None:
+                resp.release()
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            err = self.translate(e)
+            self._record_failure(err)
+            raise err from (None if e is err else e)
+        try:
+            yield resp
+        finally:
+            resp.release()
+
+    def _status_error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
+        s = resp.status
+        if s == 404:
+            return UpstreamNotFound(self.name, f"{resp.method} {resp.url.path}: 404")
+        if s == 429:
+            return UpstreamRateLimited(self.name, resp.headers.get("Retry-After"))
+        if s in (401, 403):
+            return UpstreamDenied(self.name, s)
+        return UpstreamBadResponse(self.name, s, f"for {resp.method} {resp.url.path}")
+
+    def _auth_header(self, scope: str | None) -> str | None:
+        if scope:
+            tok = self.tokens.get(scope)
+            if tok:
+                return f"Bearer {tok}"
+        if self._use_basic:
+            return self._basic
+        return None
+
+    async def _answer_challenge(self, resp: aiohttp.ClientResponse, scope: str | None) -> bool:
+        """Act on a 401's challenge; True when a retry may now succeed."""
+        ch = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
+        if ch is None:
+            return False
+        if ch.scheme == "basic":
+            if self._basic and not self._use_basic:
+                self._use_basic = True
+                return True
+            return False
+        if ch.scheme != "bearer" or "realm" not in ch.params:
+            return False
+        tscope = ch.params.get("scope") or scope or ""
+        await self.tokens.fetch(scope or tscope, lambda: self._fetch_token(ch.params, tscope))
+        return True
+
+    async def _fetch_token(self, params: dict[str, str], scope: str) -> tuple[str, float]:
+        assert self._session is not None
+        q = {k: v for k, v in (("service", params.get("service")), ("scope", scope)) if v}
+        hdrs = {"Authorization": self._basic} if self._basic else {}
+        async with self._session.get(params["realm"], params=q, headers=hdrs) as r:
+            if r.status in (401, 403):
+                raise UpstreamDenied(self.name, r.status)
+            if r.status != 200:
+                raise UpstreamBadResponse(self.name, r.status, "from the token service")
+            try:
+                doc = json.loads(await r.read())
+            except ValueError:
+                raise UpstreamBadResponse(self.name, r.status, "token is not JSON") from None
+        token = doc.get("token") or doc.get("access_token")
+        if not token:
+            raise UpstreamBadResponse(self.name, 200, "token response without a token")
+        return token, float(doc.get("expires_in") or 60)
+
+    # -- the pull API ------------------------------------------------------------
+
+    @staticmethod
+    def scope(repo: str) -> str:
+        return f"repository:{repo}:pull"
+
+    async def head_manifest(self, repo: str, ref: str, accept: list[str]) -> ManifestHead:
+        async with self._request("HEAD", f"/v2/{repo}/manifests/{ref}", scope=self.scope(repo),
+                                 headers={"Accept": ", ".join(accept)}) as r:
+            return ManifestHead(r.headers.get("Docker-Content-Digest"),
+                                r.headers.get("Content-Type", ""), r.content_length)
+
+    async def get_manifest(self, repo: str, ref: str, accept: list[str], max_size: int) -> Manifest:
+        async with self._request("GET", f"/v2/{repo}/manifests/{ref}", scope=self.scope(repo),
+                                 headers={"Accept": ", ".join(accept)}) as r:
+            if r.content_length is not None and r.content_length > max_size:
+                raise UpstreamBadResponse(self.name, r.status, f"manifest over {max_size} bytes")
+            try:
+                body = await r.content.read(max_size + 1)
+                # read(n) returns what has arrived; keep reading to the end or the cap.
+                while len(body) <= max_size and (more := await r.content.read(max_size + 1 - len(body))):
+                    body += more
+            except Exception as e:   # noqa: BLE001
+                raise self.translate(e, mid_body=True) from e
+            if len(body) > max_size:
+                raise UpstreamBadResponse(self.name, r.status, f"manifest over {max_size} bytes")
+            return Manifest(body, r.headers.get("Docker-Content-Digest"),
+                            r.headers.get("Content-Type", "").split(";")[0].strip())
+
+    @asynccontextmanager
+    async def blob(self, repo: str, digest: str) -> AsyncIterator[BlobStream]:
+        async with self._request("GET", f"/v2/{repo}/blobs/{digest}", scope=self.scope(repo)) as r:
+            yield BlobStream(self, r)
+
+    async def tags_list(self, repo: str, params: Mapping[str, str]) -> bytes:
+        async with self._request("GET", f"/v2/{repo}/tags/list", scope=self.scope(repo),
+                                 params=params) as r:
+            try:
+                return await r.read()
+            except Exception as e:   # noqa: BLE001
+                raise self.translate(e, mid_body=True) from e
+
+    def status(self) -> dict[str, object]:
+        return {
+            "url": self.cfg.url,
+            "state": "down" if self.breaker.state == "open" else
+                     ("probing" if self.breaker.state == "half_open" else "up"),
+            "consecutive_failures": self.breaker.consecutive,
+            "retry_in_s": round(self.breaker.retry_in(), 1),
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "last_ok_at": self.last_ok_at,
+        }
+
+
+class Upstreams:
+    """Owns every upstream client: one lifecycle for all their sessions."""
+
+    def __init__(self, configs: Mapping[str, UpstreamConfig], timeouts: Timeouts,
+                 breaker: BreakerConfig) -> None:
+        self.clients = {name: UpstreamClient(c, timeouts, breaker) for name, c in configs.items()}
+
+    def get(self, name: str) -> UpstreamClient:
+        return self.clients[name]
+
+    async def __aenter__(self) -> "Upstreams":
+        for c in self.clients.values():
+            await c.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(*(c.close() for c in self.clients.values()))
