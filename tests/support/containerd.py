@@ -34,14 +34,20 @@ def write_hosts_toml(hosts_dir: Path | str, registry_host: str, mirror_url: str,
 
 
 class Containerd:
+    """`containerd --config DIR/config.toml` as root, socket DIR/containerd.sock, daemon log DIR/containerd.log.
+
+    snapshotter None picks overlayfs (what K3s uses) if containerd could load it here, else native
+    (overlayfs cannot stack on an overlay-rooted /tmp, as in some CI containers).
+    """
+
     def __init__(self, workdir: Path | str | None = None, snapshotter: str | None = None) -> None:
-        """snapshotter None: overlayfs (what K3s uses) if containerd could load it here, else native
-        (overlayfs fails on e.g. an overlay-rooted CI container's /tmp)."""
         self._own_dir = workdir is None
-        # Kept short: the grpc socket path must fit in sun_path (108 bytes).
         self.dir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="ctrd-"))
         self.snapshotter = snapshotter
-        self.socket = self.dir / "containerd.sock"
+        # sun_path is 108 bytes; a deep caller dir (pytest tmp_path) gets its sockets in a short temp dir instead.
+        sock_dir = self.dir if len(str(self.dir)) < 80 else Path(tempfile.mkdtemp(prefix="ctrd-sock-"))
+        self._sock_dir = None if sock_dir == self.dir else sock_dir
+        self.socket = sock_dir / "containerd.sock"
         self.config_path = self.dir / "config.toml"
         self.log_path = self.dir / "containerd.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -59,7 +65,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
   address = "{self.socket}"
 
 [ttrpc]
-  address = "{d / 'containerd.sock.ttrpc'}"
+  address = "{self.socket}.ttrpc"
 
 [debug]
   level = "info"
@@ -148,6 +154,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 
     def cleanup(self) -> None:
         self.stop()
+        if self._sock_dir is not None:
+            shutil.rmtree(self._sock_dir, ignore_errors=True)
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 

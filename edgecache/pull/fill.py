@@ -1,0 +1,233 @@
+"""Filling the cache once per digest, streamed to every waiting client.
+
+A Fill copies one blob from a source (the upstream, later a sibling) into a
+temp file, hashing as it writes, and commits it to the store only when size and
+digest match. Any number of readers follow the growing temp file through one
+shared read-only descriptor (pread takes its own offset, and the descriptor
+stays valid across the rename into place). The fill runs as its own task: a
+client that goes away does not stop it.
+
+No reader ever completes a response with unverified bytes: each reader holds
+back the last byte of its range until the whole blob has been verified, and a
+failed fill raises in every reader, which then aborts its connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import AsyncIterator, Callable, Protocol
+
+from edgecache.errors import DigestMismatch, SizeMismatch, StoreFull
+from edgecache.reference import Digest
+from edgecache.store.blobs import BlobStore, _translate_oserror
+
+log = logging.getLogger("edgecache.fill")
+
+READ_CHUNK = 1 << 20
+
+
+class Source(Protocol):
+    """An open blob body: its announced size (or None) and its bytes."""
+
+    size: int | None
+
+    async def read(self, n: int = READ_CHUNK) -> bytes: ...
+
+
+SourceFactory = Callable[[], AbstractAsyncContextManager[Source]]
+
+
+def _write_and_hash(fd: int, hasher, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+    hasher.update(data)
+
+
+class Fill:
+    def __init__(self, digest: Digest, store: BlobStore, open_source: SourceFactory,
+                 expected_size: int | None, source_name: str) -> None:
+        self.digest = digest
+        self.store = store
+        self.source_name = source_name
+        self._open_source = open_source
+        self.size: int | None = expected_size
+        self.written = 0
+        self.started_at = time.monotonic()
+        self.error: BaseException | None = None
+        self.verified = False
+        self.done = False
+        self.readers = 0
+        self.tmp: Path = store.temp_path()
+        self._rfd: int | None = None
+        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._headers_known = asyncio.Event()    # size known (or failure): readers can answer
+        self.task: asyncio.Task[None] | None = None
+
+    # -- the writer --------------------------------------------------------------
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"fill {self.digest}")
+
+    async def _run(self) -> None:
+        wfd: int | None = None
+        hasher = self.digest.hasher()
+        try:
+            wfd, self._rfd = await asyncio.to_thread(self._open_files)
+            async with self._open_source() as src:
+                if src.size is not None:
+                    if self.size is not None and src.size != self.size:
+                        raise SizeMismatch(self.size, src.size, self.source_name)
+                    self.size = src.size
+                self._headers_known.set()
+                while True:
+                    chunk = await src.read(READ_CHUNK)
+                    if not chunk:
+                        break
+                    if self.size is not None and self.written + len(chunk) > self.size:
+                        raise SizeMismatch(self.size, self.written + len(chunk), self.source_name)
+                    try:
+                        await asyncio.to_thread(_write_and_hash, wfd, hasher, chunk)
+                    except OSError as e:
+                        raise _translate_oserror(e) from e
+                    self.written += len(chunk)
+                    self._notify()
+            await asyncio.to_thread(os.close, wfd)
+            wfd = None
+            if self.size is None:
+                self.size = self.written
+            computed = hasher.hexdigest()
+            if computed != self.digest.hex:
+                raise DigestMismatch(str(self.digest), f"{self.digest.algorithm}:{computed}",
+                                     self.source_name)
+            await self.store.commit(self.tmp, self.digest, size=self.size, computed=computed,
+                                    written=self.written)
+            self.verified = True
+        except BaseException as e:   # noqa: BLE001 - every failure is handed to the readers
+            self.error = e
+            if isinstance(e, StoreFull):
+                self.store.note_disk_full(time.time())
+            log.warning("fill of %s from %s failed after %d bytes: %s",
+                        self.digest, self.source_name, self.written, e)
+            if wfd is not None:
+                await asyncio.to_thread(os.close, wfd)
+            await asyncio.to_thread(self.tmp.unlink, True)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+        finally:
+            self.done = True
+            self._headers_known.set()
+            self._notify()
+            self._maybe_close_rfd()
+
+    def _open_files(self) -> tuple[int, int]:
+        self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            wfd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as e:
+            raise _translate_oserror(e) from e
+        return wfd, os.open(self.tmp, os.O_RDONLY)
+
+    def _notify(self) -> None:
+        fut, self._changed = self._changed, asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+
+    def _maybe_close_rfd(self) -> None:
+        if self.done and self.readers == 0 and self._rfd is not None:
+            fd, self._rfd = self._rfd, None
+            os.close(fd)
+
+    # -- the readers -----------------------------------------------------------
+
+    async def wait_headers(self) -> int | None:
+        """The blob's size once known; raises the fill's error if it failed first."""
+        await self._headers_known.wait()
+        if self.error is not None:
+            raise self.error
+        return self.size
+
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes [start, end) as they arrive; the last one only after verification."""
+        self.readers += 1
+        own_fd: int | None = None
+        try:
+            pos = start
+            while True:
+                if self.error is not None:
+                    raise self.error
+                stop = end if end is not None else self.size
+                if stop is not None and pos >= stop:
+                    return
+                # While unverified, stay one byte short of the response's end.
+                if self.verified:
+                    limit = self.written if stop is None else min(stop, self.written)
+                else:
+                    limit = min(self.written, stop - 1) if stop is not None else self.written - 1
+                fd = self._rfd if self._rfd is not None else own_fd
+                if fd is None and self.verified:
+                    # Joined as the fill finished and its descriptor closed: read the blob.
+                    own_fd = fd = await asyncio.to_thread(os.open, self.store.path(self.digest),
+                                                          os.O_RDONLY)
+                if pos < limit and fd is not None:
+                    n = min(limit - pos, READ_CHUNK)
+                    data = await asyncio.to_thread(os.pread, fd, n, pos)
+                    if not data:
+                        raise SizeMismatch(stop or self.written, pos, "temp file")
+                    pos += len(data)
+                    yield data
+                    continue
+                if self.verified and (stop is None or pos >= limit):
+                    return
+                await self._changed
+        finally:
+            self.readers -= 1
+            if own_fd is not None:
+                os.close(own_fd)
+            self._maybe_close_rfd()
+
+
+class FillRegistry:
+    """Single flight: at most one Fill per digest, across every repository and upstream."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+        self._fills: dict[str, Fill] = {}
+        self.coalesced = 0          # requests that joined a fill another request started
+        self.on_finish: Callable[[Fill], None] | None = None
+
+    def get(self, digest: Digest) -> Fill | None:
+        return self._fills.get(str(digest))
+
+    def start(self, digest: Digest, open_source: SourceFactory, *, expected_size: int | None,
+              source_name: str) -> Fill:
+        key = str(digest)
+        existing = self._fills.get(key)
+        if existing is not None:
+            self.coalesced += 1
+            return existing
+        fill = Fill(digest, self.store, open_source, expected_size, source_name)
+        self._fills[key] = fill
+        fill.start()
+        assert fill.task is not None
+        fill.task.add_done_callback(lambda _t: self._finished(key, fill))
+        return fill
+
+    def _finished(self, key: str, fill: Fill) -> None:
+        if self._fills.get(key) is fill:
+            del self._fills[key]
+        if self.on_finish:
+            self.on_finish(fill)
+
+    def active(self) -> list[Fill]:
+        return list(self._fills.values())
+
+    async def close(self) -> None:
+        tasks = [f.task for f in self._fills.values() if f.task]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
