@@ -122,3 +122,7 @@ def is_unavailable(err: BaseException) -> bool:
     return isinstance(err, (UpstreamUnreachable, UpstreamTimeout, UpstreamDown,
                             UpstreamRateLimited)) or (
         isinstance(err, UpstreamBadResponse) and err.status >= 500)
+
+
+class NameUnknown(EdgecacheError, LookupError):
+    """The repository is not known upstream."""

@@ -35,7 +35,7 @@ class MetaStore:
     def __init__(self, directory: Path) -> None:
         self._disk = DiskMap(directory)
         self._manifests: dict[str, ManifestRecord] = {}
-        # One record per media type: clients that accept different types get
+        # One record per Accept list: clients that accept different types get
         # different answers for the same tag (an index, or one platform's manifest).
         self._tags: dict[TagKey, dict[str, TagRecord]] = {}
         self._tag_lists: dict[tuple[str, str], bytes] = {}
@@ -74,11 +74,12 @@ class MetaStore:
     # -- tags ------------------------------------------------------------------
 
     def tags(self, key: TagKey) -> dict[str, TagRecord]:
+        """Records for a tag, by the Accept list (Accept.key()) they answered."""
         return self._tags.get(key, {})
 
-    def put_tag(self, key: TagKey, rec: TagRecord) -> None:
-        self._tags.setdefault(key, {})[rec.media_type] = rec
-        self._disk.put(("tag", *key, rec.media_type),
+    def put_tag(self, key: TagKey, accept_key: str, rec: TagRecord) -> None:
+        self._tags.setdefault(key, {})[accept_key] = rec
+        self._disk.put(("tag", *key, accept_key),
                        (rec.digest, rec.media_type, rec.size, rec.checked))
 
     def tag_count(self) -> int:

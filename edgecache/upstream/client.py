@@ -249,6 +249,10 @@ class UpstreamClient:
             return Manifest(body, r.headers.get("Docker-Content-Digest"),
                             r.headers.get("Content-Type", "").split(";")[0].strip())
 
+    async def head_blob(self, repo: str, digest: str) -> int | None:
+        async with self._request("HEAD", f"/v2/{repo}/blobs/{digest}", scope=self.scope(repo)) as r:
+            return r.content_length
+
     @asynccontextmanager
     async def blob(self, repo: str, digest: str) -> AsyncIterator[BlobStream]:
         async with self._request("GET", f"/v2/{repo}/blobs/{digest}", scope=self.scope(repo)) as r:

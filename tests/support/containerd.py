@@ -17,7 +17,9 @@ def available() -> bool:
     return os.geteuid() == 0 and all(shutil.which(b) for b in ("containerd", "ctr"))
 
 
-def write_hosts_toml(hosts_dir: Path | str, registry_host: str, mirror_url: str, server: str = "http://127.0.0.1:9") -> Path:
+def write_hosts_toml(
+    hosts_dir: Path | str, registry_host: str, mirror_url: str, server: str = "http://127.0.0.1:9"
+) -> Path:
     """hosts_dir/<registry_host>/hosts.toml with one pull/resolve mirror, in the form K3s writes.
 
     The default `server` is a dead port, so a pull can only succeed through the mirror.
@@ -58,8 +60,8 @@ class Containerd:
 root = "{d / 'root'}"
 state = "{d / 'state'}"
 # No CRI (we only pull with ctr) and no snapshotters that just log load failures in a sandbox.
-disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
 
 [grpc]
   address = "{self.socket}"
@@ -117,7 +119,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 
     def image_digest(self, ref: str) -> str | None:
         """Digest recorded for ref (the top manifest/index digest), or None if it is not there."""
-        # Columns: REF TYPE DIGEST SIZE PLATFORMS LABELS (SIZE is "12.3 KiB", so split on whitespace by position).
+        # Columns: REF TYPE DIGEST SIZE PLATFORMS LABELS; DIGEST comes before SIZE's embedded space ("1.2 KiB").
         for line in self.ctr("images", "ls").stdout.splitlines()[1:]:
             cols = line.split()
             if cols and cols[0] == ref:

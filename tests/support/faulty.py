@@ -46,6 +46,13 @@ class _Repo:
 
 
 class FaultyUpstream:
+    """images maps "repo:tag" to an Image/ImageIndex (children and blobs are served under that repo).
+
+    auth=True emulates Bearer token auth (realm <url>/token, tokens scoped to the repos asked for);
+    basic=(user, password) additionally requires those Basic credentials at /token.
+    port=0 takes a free port on first start; restarts reuse it.
+    """
+
     def __init__(
         self,
         images: Mapping[str, Artifact] | None = None,
@@ -55,8 +62,6 @@ class FaultyUpstream:
         token_ttl: int = 300,
         port: int = 0,
     ) -> None:
-        """images maps "repo:tag" to an Image/ImageIndex. auth=True emulates Bearer token auth (realm <url>/token);
-        basic=(user, password) additionally requires those Basic credentials at /token."""
         self._repos: dict[str, _Repo] = {}
         for ref, obj in (images or {}).items():
             self.add(ref, obj)
@@ -295,6 +300,13 @@ class ThreadedUpstream:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.server, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # So `up.auth = False` reaches the server rather than shadowing it on the wrapper.
+        if name in ("server", "_loop", "_thread"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.server, name, value)
 
     def __enter__(self) -> "ThreadedUpstream":
         return self.start()

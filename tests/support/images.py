@@ -244,7 +244,12 @@ def push(registry_url: str, repo: str, tag: str, obj: Artifact) -> str:
 # ---- OCI image layout ---------------------------------------------------------------------------------------------
 
 def write_oci_layout(dir: Path | str, tag: str, obj: Artifact) -> str:
-    """Add obj to an OCI image layout at dir under `tag` (replacing that tag if present); returns its digest."""
+    """Add obj to an OCI image layout at dir under `tag` (replacing that tag if present); returns its digest.
+
+    OCI media types only: skopeo's oci: transport silently skips Docker-typed entries in index.json.
+    """
+    if obj.media_type not in (OCI_MANIFEST, OCI_INDEX):
+        raise ValueError(f"an OCI layout needs an OCI manifest or index, not {obj.media_type}")
     root = Path(dir)
     blobs_dir = root / "blobs" / "sha256"
     blobs_dir.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ It is independent of `log.level`; logrus lines (`time="..." level=...`) are inte
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -28,10 +29,21 @@ _SYNC_PREFIX = "/__edgecache_sync/"
 
 
 class Registry:
-    """`docker-registry serve` on 127.0.0.1:<free port>; with `upstream` it is Distribution's own pull-through proxy."""
+    """`docker-registry serve` on 127.0.0.1:<free port>; with `upstream` it is Distribution's own pull-through proxy
+    (upstream_auth=(user, password) for an upstream that wants credentials at its token realm).
 
-    def __init__(self, upstream: str | None = None, workdir: Path | str | None = None, port: int | None = None) -> None:
+    Work files live in workdir (default: a temp dir removed on exit): config.yml, data/, registry.log.
+    """
+
+    def __init__(
+        self,
+        upstream: str | None = None,
+        workdir: Path | str | None = None,
+        port: int | None = None,
+        upstream_auth: tuple[str, str] | None = None,
+    ) -> None:
         self.upstream = upstream
+        self.upstream_auth = upstream_auth
         self._own_dir = workdir is None
         self.dir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="registry-"))
         self.port = port or free_port()
@@ -57,7 +69,11 @@ class Registry:
             f"http: {{addr: {self.host}, secret: edgecache-tests}}",
         ]
         if self.upstream:
-            lines.append(f"proxy: {{remoteurl: {self.upstream}}}")
+            creds = ""
+            if self.upstream_auth:
+                user, password = (json.dumps(x) for x in self.upstream_auth)  # JSON strings are valid YAML
+                creds = f", username: {user}, password: {password}"
+            lines.append(f"proxy: {{remoteurl: {self.upstream}{creds}}}")
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 10.0) -> "Registry":

@@ -1,0 +1,103 @@
+"""Counters for /metrics (Prometheus) and /_edgecache/status.
+
+One Metrics object per app, with its own CollectorRegistry: no global state,
+so tests can run several apps in one process. Gauges that mirror state owned
+elsewhere (store sizes, breaker states) are read at scrape time.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily, CounterMetricFamily
+from prometheus_client.registry import Collector
+
+SOURCES = ("local", "upstream")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._hits = Counter("edgecache_cache_hits", "Requests answered from the local cache",
+                             ["kind"], registry=r)
+        self._misses = Counter("edgecache_cache_misses",
+                               "Requests that needed the upstream", ["kind"], registry=r)
+        self._bytes = Counter("edgecache_served_bytes", "Body bytes served, by source",
+                              ["source"], registry=r)
+        self._coalesced = Counter("edgecache_coalesced_waiters",
+                                  "Requests that joined a fill already in progress", registry=r)
+        self._upstream_errors = Counter("edgecache_upstream_errors", "Upstream failures by kind",
+                                        ["upstream", "kind"], registry=r)
+        self._stale = Counter("edgecache_stale_serves",
+                              "Tags answered from cache because the upstream failed",
+                              ["upstream"], registry=r)
+        self._fill_failures = Counter("edgecache_fill_failures",
+                                      "Fills aborted (truncation, wrong bytes, disk full, ...)",
+                                      ["reason"], registry=r)
+        self._fetched = Counter("edgecache_upstream_fetched_bytes",
+                                "Blob bytes fetched from each upstream", ["upstream"], registry=r)
+        self.hits = 0
+        self.misses = 0
+
+    def hit(self, kind: str) -> None:
+        self.hits += 1
+        self._hits.labels(kind).inc()
+
+    def miss(self, kind: str) -> None:
+        self.misses += 1
+        self._misses.labels(kind).inc()
+
+    def served(self, source: str, nbytes: int) -> None:
+        if nbytes:
+            self._bytes.labels(source).inc(nbytes)
+
+    def coalesced(self) -> None:
+        self._coalesced.inc()
+
+    def upstream_error(self, upstream: str, kind: str) -> None:
+        self._upstream_errors.labels(upstream, kind).inc()
+
+    def stale(self, upstream: str) -> None:
+        self._stale.labels(upstream).inc()
+
+    def fill_failed(self, reason: str) -> None:
+        self._fill_failures.labels(reason).inc()
+
+    def fetched(self, upstream: str, nbytes: int) -> None:
+        if nbytes:
+            self._fetched.labels(upstream).inc(nbytes)
+
+    def hit_ratio(self) -> float | None:
+        total = self.hits + self.misses
+        return round(self.hits / total, 4) if total else None
+
+    def add_state(self, collect: Callable[[], Iterable]) -> None:
+        """Register a scrape-time collector of gauges/counters owned elsewhere."""
+        self.registry.register(_FnCollector(collect))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _FnCollector(Collector):
+    def __init__(self, fn: Callable[[], Iterable]) -> None:
+        self._fn = fn
+
+    def collect(self) -> Iterable:
+        return self._fn()
+
+    def describe(self) -> Iterable:
+        return []
+
+
+def gauge(name: str, doc: str, labels: list[str] | None = None,
+          samples: Iterable[tuple[list[str], float]] = ()) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc, labels=labels or [])
+    for lv, v in samples:
+        g.add_metric(lv, v)
+    return g
+
+
+def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)

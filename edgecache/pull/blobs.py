@@ -1,0 +1,87 @@
+"""Blobs: from the store when present, else from the one fill for that digest."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgecache.errors import (BlobUnknown, DigestMismatch, SizeMismatch, StoreFull,
+                              UpstreamError, UpstreamNotFound)
+from edgecache.metrics import Metrics
+from edgecache.pull.fill import Fill, FillRegistry
+from edgecache.pull.routing import Route
+from edgecache.reference import Digest
+from edgecache.store.blobs import BlobStore
+from edgecache.upstream.client import Upstreams
+
+
+@dataclass(frozen=True)
+class LocalBlob:
+    digest: Digest
+    path: Path
+    size: int
+
+
+def failure_reason(err: BaseException) -> str:
+    if isinstance(err, DigestMismatch):
+        return "digest_mismatch"
+    if isinstance(err, SizeMismatch):
+        return "size_mismatch"
+    if isinstance(err, StoreFull):
+        return "disk_full"
+    if isinstance(err, UpstreamError):
+        return err.kind
+    return type(err).__name__.lower()
+
+
+class BlobService:
+    def __init__(self, store: BlobStore, fills: FillRegistry, upstreams: Upstreams,
+                 metrics: Metrics) -> None:
+        self.store = store
+        self.fills = fills
+        self.upstreams = upstreams
+        self.metrics = metrics
+        fills.on_finish = self._fill_finished
+
+    def local(self, digest: Digest) -> LocalBlob | None:
+        size = self.store.size(digest)
+        if size is None:
+            return None
+        self.store.touch(digest)
+        return LocalBlob(digest, self.store.path(digest), size)
+
+    async def head(self, route: Route, digest: Digest) -> int | None:
+        """The size of a blob, asking the upstream (HEAD only) when we do not hold it."""
+        if (b := self.local(digest)) is not None:
+            self.metrics.hit("blob")
+            return b.size
+        fill = self.fills.get(digest)
+        if fill is not None:
+            return await fill.wait_headers()
+        client = self.upstreams.get(route.upstream)
+        try:
+            return await client.head_blob(route.repo, str(digest))
+        except UpstreamNotFound:
+            raise BlobUnknown(str(digest)) from None
+
+    async def get(self, route: Route, digest: Digest) -> LocalBlob | Fill:
+        if (b := self.local(digest)) is not None:
+            self.metrics.hit("blob")
+            return b
+        self.metrics.miss("blob")
+        client = self.upstreams.get(route.upstream)
+        joined = self.fills.get(digest) is not None
+        fill = self.fills.start(digest, lambda: client.blob(route.repo, str(digest)),
+                                expected_size=None, source_name=f"upstream {route.upstream}")
+        if joined:
+            self.metrics.coalesced()
+        try:
+            await fill.wait_headers()
+        except UpstreamNotFound:
+            raise BlobUnknown(str(digest)) from None
+        return fill
+
+    def _fill_finished(self, fill: Fill) -> None:
+        if fill.error is not None:
+            self.metrics.fill_failed(failure_reason(fill.error))
+        else:
+            self.metrics.fetched(fill.source_name.removeprefix("upstream "), fill.written)
