@@ -12,7 +12,7 @@ import ssl
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Mapping
+from typing import AsyncIterator, Callable, Mapping
 
 import aiohttp
 
@@ -75,6 +75,7 @@ class UpstreamClient:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.last_ok_at: float | None = None
+        self.on_error: Callable[[UpstreamError], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -115,6 +116,8 @@ class UpstreamClient:
     def _record_failure(self, err: UpstreamError) -> None:
         self.last_error = str(err)
         self.last_error_at = time.time()
+        if self.on_error:
+            self.on_error(err)
         if isinstance(err, (UpstreamUnreachable, UpstreamTimeout)):
             self.breaker.failure()
 

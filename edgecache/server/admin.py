@@ -1,0 +1,79 @@
+"""Operator endpoints: /_edgecache/health, /_edgecache/status, /metrics."""
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+from aiohttp import web
+
+from edgecache import __version__
+from edgecache.metrics import counter, gauge
+from edgecache.server.registry_api import SERVICES, Services
+
+STARTED = web.AppKey("started", float)
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def status(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    store = svc.store
+    s = store.status()
+    return web.json_response({
+        "version": __version__,
+        "uptime_s": round(time.monotonic() - request.app[STARTED], 1),
+        "store": {**s, "disk_full_events": store.stats.disk_full,
+                  "evictions": store.stats.evictions, "evicted_bytes": store.stats.evicted_bytes,
+                  "quarantined": store.stats.quarantined},
+        "bytes_used": s["bytes_used"],
+        "budget_bytes": s["budget_bytes"],
+        "blob_count": s["blob_count"],
+        "pinned_bytes": s["pinned_bytes"],
+        "hit_ratio": svc.metrics.hit_ratio(),
+        "fills_in_progress": [{"digest": str(f.digest), "bytes": f.written, "size": f.size,
+                               "source": f.source_name} for f in svc.blobs.fills.active()],
+        "upstreams": {name: c.status() for name, c in svc.blobs.upstreams.clients.items()},
+    })
+
+
+async def metrics(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    return web.Response(body=svc.metrics.render(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def state_collector(svc: Services) -> Iterable:
+    """Gauges read at scrape time from what the store and upstreams own."""
+    def collect() -> Iterable:
+        st = svc.store.status()
+        yield gauge("edgecache_store_bytes", "Bytes in the store", ["kind"],
+                    [(["used"], st["bytes_used"]), (["pinned"], st["pinned_bytes"]),
+                     (["unpinned"], st["unpinned_bytes"]), (["budget"], st["budget_bytes"])])
+        yield gauge("edgecache_store_blobs", "Blobs in the store", samples=[([], st["blob_count"])])
+        yield counter("edgecache_evictions", "Blobs evicted by LRU", svc.store.stats.evictions)
+        yield counter("edgecache_evicted_bytes", "Bytes evicted by LRU",
+                      svc.store.stats.evicted_bytes)
+        yield counter("edgecache_quarantined", "Blobs quarantined after failed verification",
+                      svc.store.stats.quarantined)
+        states = ("closed", "half_open", "open")
+        yield gauge("edgecache_upstream_breaker_state",
+                    "Circuit breaker state per upstream (1 for the current state)",
+                    ["upstream", "state"],
+                    [([n, s], 1.0 if c.breaker.state == s else 0.0)
+                     for n, c in svc.blobs.upstreams.clients.items() for s in states])
+        yield gauge("edgecache_upstream_up", "1 when the upstream's breaker is closed",
+                    ["upstream"], [([n], 1.0 if c.breaker.state == "closed" else 0.0)
+                                   for n, c in svc.blobs.upstreams.clients.items()])
+        yield gauge("edgecache_fills_in_progress", "Blob fills under way",
+                    samples=[([], len(svc.blobs.fills.active()))])
+        yield counter("edgecache_sendfile_bytes", "Blob bytes sent with the kernel's sendfile",
+                      svc.sender.sendfile_bytes)
+    return collect
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/_edgecache/health", health)
+    app.router.add_get("/_edgecache/status", status)
+    app.router.add_get("/metrics", metrics)

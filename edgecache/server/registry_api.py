@@ -1,0 +1,154 @@
+"""The /v2 pull API (OCI distribution-spec v1.1, pull side).
+
+Handlers parse and validate the request, ask the pull services, and shape the
+response. They raise domain errors; oci_errors.py turns them into OCI bodies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from edgecache.config import Config
+from edgecache.mediatypes import Accept
+from edgecache.pull.blobs import BlobService, LocalBlob
+from edgecache.pull.manifests import ManifestService
+from edgecache.pull.routing import Route, resolve
+from edgecache.pull.tags import TagListService
+from edgecache.reference import parse_digest
+from edgecache.server.blob_response import BlobSender, ClientGone, StreamAborted
+from edgecache.server.oci_errors import OciError
+from edgecache.server.ranges import parse_range
+from edgecache.store.blobs import BlobStore
+from edgecache.metrics import Metrics
+
+API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+
+@dataclass
+class Services:
+    """What the handlers need; built and owned by app.py."""
+
+    config: Config
+    store: BlobStore
+    blobs: BlobService
+    manifests: ManifestService
+    tags: TagListService
+    sender: BlobSender
+    metrics: Metrics
+
+
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+
+
+def _route(request: web.Request, svc: Services) -> Route:
+    return resolve(request.match_info["name"], request.query.get("ns"),
+                   svc.config.upstreams.keys(), svc.config.default_upstream)
+
+
+def _served(request: web.Request, svc: Services, source: str, nbytes: int) -> None:
+    request["ec_source"] = source
+    request["ec_bytes"] = nbytes
+    svc.metrics.served(source, nbytes)
+
+
+async def base(request: web.Request) -> web.Response:
+    return web.json_response({}, headers=API_VERSION)
+
+
+async def manifest(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    route = _route(request, svc)
+    accept = Accept.parse(request.headers.getall("Accept", []))
+    ans = await svc.manifests.get(route, request.match_info["reference"], accept)
+    headers = {**API_VERSION, "Docker-Content-Digest": ans.digest, "X-Edgecache-Source": ans.source}
+    if ans.stale:
+        headers["X-Edgecache-Stale"] = "true"
+        headers["Warning"] = '110 edgecache "Response is Stale"'
+        request["ec_stale"] = True
+    _served(request, svc, ans.source, 0 if request.method == "HEAD" else len(ans.body))
+    resp = web.Response(body=ans.body, headers=headers)
+    resp.content_type = ans.media_type   # set apart so aiohttp does not append a charset
+    return resp
+
+
+async def blob(request: web.Request) -> web.StreamResponse:
+    svc = request.app[SERVICES]
+    route = _route(request, svc)
+    digest = parse_digest(request.match_info["digest"])
+    headers = {**API_VERSION, "Docker-Content-Digest": str(digest), "Accept-Ranges": "bytes",
+               "Content-Type": "application/octet-stream"}
+    if request.method == "HEAD":
+        size = await svc.blobs.head(route, digest)
+        resp = web.StreamResponse(headers=headers)
+        if size is not None:
+            resp.content_length = size
+        request["ec_source"] = "local" if svc.store.has(digest) else "upstream"
+        return resp
+
+    target = await svc.blobs.get(route, digest)
+    if isinstance(target, LocalBlob):
+        with svc.store.lease(digest):
+            resp, start, end = _range_response(request, headers, target.size)
+            try:
+                n = await svc.sender.send_file(request, resp, str(target.path), start, end - start)
+            except (ClientGone, StreamAborted) as e:
+                request["ec_error"] = str(e)
+                return resp
+            _served(request, svc, "local", n)
+            return resp
+
+    size = target.size
+    if size is None:
+        # The upstream did not say how long it is: stream it whole, chunked.
+        resp, start, end = web.StreamResponse(headers=headers), 0, None
+    else:
+        resp, start, end = _range_response(request, headers, size)
+    request["ec_source"] = "upstream"
+    try:
+        n = await svc.sender.send_fill(request, resp, target, start, end)
+    except (ClientGone, StreamAborted) as e:
+        request["ec_error"] = str(e)
+        return resp
+    _served(request, svc, "upstream", n)
+    return resp
+
+
+def _range_response(request: web.Request, headers: dict[str, str],
+                    size: int) -> tuple[web.StreamResponse, int, int]:
+    rng = parse_range(request.headers.get("Range"), size)
+    if rng is None:
+        resp = web.StreamResponse(headers=headers)
+        resp.content_length = size
+        return resp, 0, size
+    start, end = rng
+    resp = web.StreamResponse(status=206, headers={
+        **headers, "Content-Range": f"bytes {start}-{end - 1}/{size}"})
+    resp.content_length = end - start
+    return resp, start, end
+
+
+async def tags_list(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    route = _route(request, svc)
+    params = {k: v for k, v in request.query.items() if k in ("n", "last")}
+    body, source = await svc.tags.get(route, params)
+    _served(request, svc, source, len(body))
+    return web.Response(body=body, content_type="application/json", headers=API_VERSION)
+
+
+async def unsupported(request: web.Request) -> web.Response:
+    if request.method in ("GET", "HEAD"):
+        raise OciError("NAME_UNKNOWN", f"no such endpoint: {request.path[:200]}", message="not found")
+    raise OciError("UNSUPPORTED", f"{request.method} is not supported: this is a pull-only mirror")
+
+
+def add_routes(app: web.Application) -> None:
+    name = r"{name:[^{}]+?}"
+    for path, handler in (("/v2", base), ("/v2/", base),
+                          (rf"/v2/{name}/manifests/{{reference:[^/]+}}", manifest),
+                          (rf"/v2/{name}/blobs/{{digest:[^/]+}}", blob)):
+        app.router.add_route("GET", path, handler)
+        app.router.add_route("HEAD", path, handler)
+    app.router.add_route("GET", rf"/v2/{name}/tags/list", tags_list)
+    app.router.add_route("*", "/v2/{tail:.*}", unsupported)
