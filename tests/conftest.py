@@ -1,0 +1,28 @@
+import os
+import shutil
+
+import pytest
+
+from tests.support import containerd
+
+# Integration tests use the real Debian packages. On a developer machine without
+# them they skip; in CI (CI=true) a missing package is a failure, never a skip.
+IN_CI = os.environ.get("CI") == "true"
+
+
+def require_binaries(*names: str) -> None:
+    missing = [n for n in names if shutil.which(n) is None]
+    if not missing:
+        return
+    msg = f"missing {', '.join(missing)} (apt-get install docker-registry skopeo containerd)"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def require_containerd() -> None:
+    require_binaries("containerd", "ctr")
+    if not containerd.available():
+        if IN_CI:
+            pytest.fail("containerd needs root")
+        pytest.skip("containerd needs root")

@@ -1,0 +1,132 @@
+"""edgecache under test: in-process (for async tests that look inside) or as a
+real `edgecache serve` process on uvloop (for real clients and crash tests)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+from edgecache.config import Config, build
+from edgecache.server.accesslog import JsonAccessLogger
+from edgecache.server.app import build_app
+from edgecache.server.registry_api import SERVICES, Services
+
+from .ports import free_port, wait_http
+
+
+def make_config(data_dir: Path, upstreams: dict[str, str], *, port: int = 0,
+                default: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A config document (as YAML would give it) for the given upstream URLs."""
+    doc: dict[str, Any] = {
+        "listen": f"127.0.0.1:{port or free_port()}",
+        "data_dir": str(data_dir),
+        "upstreams": {name: {"url": url} for name, url in upstreams.items()},
+        "upstream_timeout": {"connect": "2s", "read": "5s"},
+    }
+    if default:
+        doc["default_upstream"] = default
+    doc.update(extra)
+    return doc
+
+
+class EdgeServer:
+    """The app in this process, on a real loopback socket."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.config: Config = build(doc, source="<test>", env={}, uid=os.geteuid())
+        self.app = build_app(self.config)
+        self._runner: web.AppRunner | None = None
+        self.url = f"http://127.0.0.1:{self.config.listen_port}"
+
+    @property
+    def services(self) -> Services:
+        return self.app[SERVICES]
+
+    async def start(self) -> "EdgeServer":
+        self._runner = web.AppRunner(self.app, access_log_class=JsonAccessLogger)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.config.listen_port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> "EdgeServer":
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def get(self, session: aiohttp.ClientSession, path: str, **kw: Any) -> tuple[int, dict, bytes]:
+        async with session.get(self.url + path, **kw) as r:
+            return r.status, dict(r.headers), await r.read()
+
+
+class EdgeProcess:
+    """`python -m edgecache serve --config FILE` as a child process."""
+
+    def __init__(self, workdir: Path, doc: dict[str, Any]) -> None:
+        self.workdir = workdir
+        self.doc = doc
+        self.config_path = workdir / "edgecache.yaml"
+        self.config_path.write_text(yaml.safe_dump(doc))
+        self.url = "http://" + doc["listen"]
+        self.proc: subprocess.Popen | None = None
+        self.stdout = workdir / "edgecache.out"
+        self.stderr = workdir / "edgecache.err"
+
+    def start(self, timeout: float = 15.0) -> "EdgeProcess":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgecache", "serve", "--config", str(self.config_path)],
+            stdout=open(self.stdout, "ab"), stderr=open(self.stderr, "ab"))
+        try:
+            wait_http(self.url + "/_edgecache/health", timeout)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError("edgecache did not start:\n" + self.stderr.read_text()[-2000:])
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc, self.proc = self.proc.returncode, None
+        return rc
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def access_log(self) -> list[dict]:
+        import json
+        return [json.loads(line) for line in self.stdout.read_text().splitlines() if line.startswith("{")]
+
+    def __enter__(self) -> "EdgeProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_until(pred, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()

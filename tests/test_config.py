@@ -1,0 +1,119 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgecache.config import DEFAULT_YAML, ConfigError, build, load, parse_duration, parse_size
+
+
+def cfg(doc, uid=1000, env=None):
+    return build(doc, source="<t>", env=env or {"HOME": "/home/u"}, uid=uid)
+
+
+def test_embedded_default_mirrors_public_registries_on_port_5000():
+    c = cfg(yaml.safe_load(DEFAULT_YAML), uid=0)
+    assert (c.listen_host, c.listen_port) == ("0.0.0.0", 5000)
+    assert set(c.upstreams) == {"docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "gcr.io"}
+    assert c.upstreams["docker.io"].url == "https://registry-1.docker.io"
+    assert c.cache.max_size == 20 * 1024**3
+    assert c.data_dir == Path("/var/lib/edgecache")
+
+
+def test_data_dir_for_non_root_follows_xdg_cache_home():
+    c = cfg(yaml.safe_load(DEFAULT_YAML), uid=1000, env={"XDG_CACHE_HOME": "/x/cache"})
+    assert c.data_dir == Path("/x/cache/edgecache")
+    c = cfg(yaml.safe_load(DEFAULT_YAML), uid=1000, env={"HOME": "/home/u"})
+    assert c.data_dir == Path("/home/u/.cache/edgecache")
+
+
+@pytest.mark.parametrize("text,n", [("20GiB", 20 * 1024**3), ("500M", 500 * 10**6), ("1T", 10**12),
+                                    ("1.5KiB", 1536), (4096, 4096), ("10 MiB", 10 * 1024**2)])
+def test_sizes(text, n):
+    assert parse_size("k", text) == n
+
+
+@pytest.mark.parametrize("text,s", [("60s", 60), ("5m", 300), ("6h", 21600), ("250ms", 0.25), (3, 3)])
+def test_durations(text, s):
+    assert parse_duration("k", text) == s
+
+
+def test_issue_example_config_is_accepted(tmp_path):
+    (tmp_path / "harbor.pass").write_text("s3cret\n")
+    (tmp_path / "ca.pem").write_text("x")
+    doc = yaml.safe_load(f"""
+listen: 127.0.0.1:5050
+data_dir: {tmp_path}/data
+cache: {{max_size: 20GiB}}
+upstreams:
+  registry.corp.example:
+    url: https://harbor.corp.example
+    username: robot$edge
+    password_file: {tmp_path}/harbor.pass
+    tls: {{ca_file: {tmp_path}/ca.pem, insecure_skip_verify: false}}
+  docker.io:
+    url: https://registry-1.docker.io
+default_upstream: registry.corp.example
+tag_ttl: 60s
+upstream_timeout: {{connect: 3s, read: 30s}}
+""")
+    c = cfg(doc)
+    u = c.upstreams["registry.corp.example"]
+    assert u.password == "s3cret" and u.username == "robot$edge"
+    assert c.default_upstream == "registry.corp.example"
+    assert c.tag_ttl == 60 and c.upstream_timeout.connect == 3
+    assert "s3cret" not in str(c.to_dict())
+
+
+def test_docker_hub_aliases_are_one_key():
+    c = cfg({"upstreams": {"index.docker.io": {"url": "https://registry-1.docker.io"}},
+             "default_upstream": "registry-1.docker.io"})
+    assert list(c.upstreams) == ["docker.io"] and c.default_upstream == "docker.io"
+
+
+@pytest.mark.parametrize("doc,key,value", [
+    ({"upstreams": {"a.io": {"url": "ftp://x"}}}, "upstreams.a.io.url", "ftp://x"),
+    ({"upstreams": {"a.io": {"url": "https://a"}}, "cache": {"max_size": "lots"}}, "cache.max_size", "lots"),
+    ({"upstreams": {"a.io": {"url": "https://a"}}, "tag_ttl": "soon"}, "tag_ttl", "soon"),
+    ({"upstreams": {"a.io": {"url": "https://a"}}, "listen": "nowhere"}, "listen", "nowhere"),
+    ({"upstreams": {"a.io": {"url": "https://a"}}, "default_upstream": "b.io"}, "default_upstream", "b.io"),
+    ({"upstreams": {"a.io": {"url": "https://a"}}, "colour": "blue"}, "colour", "blue"),
+    ({"upstreams": {"a.io": {"url": "https://a", "password_file": "/nonexistent/p"}}},
+     "upstreams.a.io.password_file", "/nonexistent/p"),
+    ({"upstreams": {}}, "upstreams", {}),
+])
+def test_errors_name_the_key_and_the_value(doc, key, value):
+    with pytest.raises(ConfigError) as ei:
+        cfg(doc)
+    assert ei.value.key == key and ei.value.value == value
+    assert key in str(ei.value) and repr(value) in str(ei.value)
+
+
+def test_bad_config_fails_at_start_with_one_line_and_exit_2(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("upstreams:\n  a.io: {url: https://a}\ncache: {max_size: huge}\n")
+    for argv in (["serve", "--config", str(p)], ["check-config", str(p)]):
+        r = subprocess.run([sys.executable, "-m", "edgecache", *argv], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 2
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "cache.max_size" in lines[0] and "'huge'" in lines[0]
+
+
+def test_check_config_prints_the_effective_configuration(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("upstreams:\n  docker.io: {url: https://registry-1.docker.io}\n"
+                 f"data_dir: {tmp_path}/d\ntag_ttl: 2m\n")
+    r = subprocess.run([sys.executable, "-m", "edgecache", "check-config", str(p)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    eff = yaml.safe_load(r.stdout)
+    assert eff["tag_ttl"] == 120 and eff["listen"] == "0.0.0.0:5000"
+    assert eff["upstreams"]["docker.io"]["url"] == "https://registry-1.docker.io"
+
+
+def test_load_without_a_file_uses_the_embedded_default(monkeypatch):
+    import edgecache.config as c
+    monkeypatch.setattr(c, "DEFAULT_CONFIG_PATH", Path("/nonexistent/config.yaml"))
+    assert load(None, env={}, uid=0).source == "<embedded default>"
