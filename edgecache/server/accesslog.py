@@ -10,10 +10,18 @@ from aiohttp import web
 from aiohttp.web import BaseRequest, StreamResponse
 
 
+# What handlers tell the access log about a request.
+T0 = web.RequestKey("ec_t0", float)
+SOURCE = web.RequestKey("ec_source", str)       # local | upstream
+BYTES = web.RequestKey("ec_bytes", int)         # body bytes actually sent
+STALE = web.RequestKey("ec_stale", bool)
+ERROR = web.RequestKey("ec_error", str)
+
+
 @web.middleware
 async def timing_middleware(request: web.Request, handler) -> StreamResponse:
     # uvloop's clock, which aiohttp hands the logger, ticks in whole milliseconds.
-    request["ec_t0"] = _time.perf_counter()
+    request[T0] = _time.perf_counter()
     return await handler(request)
 
 
@@ -23,16 +31,16 @@ class JsonAccessLogger(AbstractAccessLogger):
             "method": request.method,
             "path": request.path_qs[:512],
             "status": response.status,
-            "bytes": request.get("ec_bytes", response.body_length),
-            "source": request.get("ec_source", "local"),
-            "duration_ms": round(((_time.perf_counter() - request["ec_t0"]) if "ec_t0" in request
+            "bytes": request.get(BYTES, response.body_length),
+            "source": request.get(SOURCE, "local"),
+            "duration_ms": round(((_time.perf_counter() - request[T0]) if T0 in request
                                   else time) * 1000, 3),
             "remote": request.remote,
         }
-        if request.get("ec_stale"):
+        if request.get(STALE):
             line["stale"] = True
-        if "ec_error" in request:
-            line["error"] = request["ec_error"]
+        if ERROR in request:
+            line["error"] = request[ERROR]
         self.logger.info(json.dumps(line, separators=(",", ":")))
 
     @property

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from edgecache.server.accesslog import ERROR
+
 from edgecache import errors as e
 
 log = logging.getLogger("edgecache.server")
@@ -108,7 +110,7 @@ async def oci_error_middleware(request: web.Request, handler) -> web.StreamRespo
         oci = to_oci(exc)
         if oci is None:
             raise
-        request["ec_error"] = oci.oci.code
+        request[ERROR] = oci.oci.code
         if oci.status >= 500:
             log.warning("%s %s -> %d %s: %s", request.method, request.path, oci.status,
                         oci.oci.code, exc)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from edgecache.server.accesslog import BYTES, ERROR, SOURCE, STALE
+
 from edgecache.config import Config
 from edgecache.mediatypes import Accept
 from edgecache.pull.blobs import BlobService, LocalBlob
@@ -47,8 +49,8 @@ def _route(request: web.Request, svc: Services) -> Route:
 
 
 def _served(request: web.Request, svc: Services, source: str, nbytes: int) -> None:
-    request["ec_source"] = source
-    request["ec_bytes"] = nbytes
+    request[SOURCE] = source
+    request[BYTES] = nbytes
     svc.metrics.served(source, nbytes)
 
 
@@ -65,7 +67,7 @@ async def manifest(request: web.Request) -> web.Response:
     if ans.stale:
         headers["X-Edgecache-Stale"] = "true"
         headers["Warning"] = '110 edgecache "Response is Stale"'
-        request["ec_stale"] = True
+        request[STALE] = True
     _served(request, svc, ans.source, 0 if request.method == "HEAD" else len(ans.body))
     resp = web.Response(body=ans.body, headers=headers)
     resp.content_type = ans.media_type   # set apart so aiohttp does not append a charset
@@ -83,7 +85,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers=headers)
         if size is not None:
             resp.content_length = size
-        request["ec_source"] = "local" if svc.store.has(digest) else "upstream"
+        request[SOURCE] = "local" if svc.store.has(digest) else "upstream"
         return resp
 
     target = await svc.blobs.get(route, digest)
@@ -93,7 +95,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
             try:
                 n = await svc.sender.send_file(request, resp, str(target.path), start, end - start)
             except (ClientGone, StreamAborted) as e:
-                request["ec_error"] = str(e)
+                request[ERROR] = str(e)
                 return resp
             _served(request, svc, "local", n)
             return resp
@@ -104,11 +106,11 @@ async def blob(request: web.Request) -> web.StreamResponse:
         resp, start, end = web.StreamResponse(headers=headers), 0, None
     else:
         resp, start, end = _range_response(request, headers, size)
-    request["ec_source"] = "upstream"
+    request[SOURCE] = "upstream"
     try:
         n = await svc.sender.send_fill(request, resp, target, start, end)
     except (ClientGone, StreamAborted) as e:
-        request["ec_error"] = str(e)
+        request[ERROR] = str(e)
         return resp
     _served(request, svc, "upstream", n)
     return resp

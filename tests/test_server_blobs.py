@@ -1,0 +1,168 @@
+"""Blobs through the in-process server, against the fault-injecting upstream."""
+import asyncio
+import os
+
+import aiohttp
+import pytest
+
+from edgecache.store import layout
+from tests.support.edge import EdgeServer, make_config
+from tests.support.faulty import FaultyUpstream
+from tests.support.images import make_image
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+async def world(tmp_path):
+    img = make_image(7, layers=2, layer_size=2 * MiB)
+    up = await FaultyUpstream({"demo/app:v1": img}).start()
+    edge = await EdgeServer(make_config(tmp_path / "data", {"central.example": up.url},
+                                        default="central.example")).start()
+    async with aiohttp.ClientSession() as session:
+        yield up, edge, img, session
+    await edge.stop()
+    await up.stop()
+
+
+def blob_path(img, i=0):
+    return f"/v2/demo/app/blobs/{img.layers[i].digest}"
+
+
+def gets(up, digest):
+    return up.count("GET", rf"/v2/demo/app/blobs/{digest}")
+
+
+async def test_twenty_concurrent_cold_pulls_hit_the_upstream_once(world):
+    up, edge, img, session = world
+    layer = img.layers[0]
+    up.fault("slow", digest=layer.digest, rate=8 * MiB)      # ~0.25 s: the requests overlap
+    results = await asyncio.gather(*(edge.get(session, blob_path(img)) for _ in range(20)))
+    assert all(s == 200 and body == layer.data for s, _, body in results)
+    assert gets(up, layer.digest) == 1
+    assert edge.services.blobs.fills.coalesced == 19
+    assert edge.services.store.has(edge_digest(layer))
+
+
+def edge_digest(blob):
+    from edgecache.reference import parse_digest
+    return parse_digest(blob.digest)
+
+
+async def test_bytes_stream_to_clients_before_the_fill_ends(world):
+    up, edge, img, session = world
+    layer = img.layers[0]
+    up.fault("stall", digest=layer.digest, seconds=1.5)      # half the body, then a pause
+    async with session.get(edge.url + blob_path(img)) as r:
+        assert r.headers["Content-Length"] == str(layer.size)
+        first = await asyncio.wait_for(r.content.readexactly(layer.size // 4), timeout=1.0)
+        assert first == layer.data[: layer.size // 4]
+        # A second client joins mid-fill, with a Range, and is served from the growing file.
+        async with session.get(edge.url + blob_path(img), headers={"Range": "bytes=100-199"}) as r2:
+            assert r2.status == 206 and await r2.read() == layer.data[100:200]
+        rest = await r.read()
+    assert first + rest == layer.data
+    assert gets(up, layer.digest) == 1
+
+
+@pytest.mark.parametrize("fault", ["truncate", "wrong_bytes"])
+async def test_a_bad_fill_aborts_every_client_and_the_next_request_refetches(world, fault):
+    up, edge, img, session = world
+    layer = img.layers[0]
+    up.fault(fault, digest=layer.digest, times=1)
+
+    async def pull():
+        try:
+            async with session.get(edge.url + blob_path(img)) as r:
+                return await r.read()
+        except aiohttp.ClientPayloadError:
+            return None
+
+    results = await asyncio.gather(*(pull() for _ in range(5)))
+    assert results == [None] * 5            # nobody got a complete response with wrong bytes
+    assert list(layout.tmp_dir(edge.config.data_dir).iterdir()) == []
+    assert not edge.services.store.has(edge_digest(layer))
+    metrics = (await edge.get(session, "/metrics"))[2].decode()
+    reason = "digest_mismatch" if fault == "wrong_bytes" else "size_mismatch|incomplete"
+    assert any(line.startswith("edgecache_fill_failures_total") and any(
+        r in line for r in reason.split("|")) and line.endswith(" 1.0") for line in metrics.splitlines())
+    status, _, body = await edge.get(session, blob_path(img))
+    assert status == 200 and body == layer.data
+    assert gets(up, layer.digest) == 2
+
+
+async def test_the_fill_goes_on_when_its_client_disconnects(world):
+    up, edge, img, session = world
+    layer = img.layers[1]
+    up.fault("slow", digest=layer.digest, rate=4 * MiB)
+    async with aiohttp.ClientSession() as s2:
+        async with s2.get(edge.url + blob_path(img, 1)) as r:
+            await r.content.readexactly(1000)
+        # the session closes: the client is gone after 1000 bytes
+    for _ in range(100):
+        if edge.services.store.has(edge_digest(layer)):
+            break
+        await asyncio.sleep(0.05)
+    assert edge.services.store.has(edge_digest(layer))
+    status, _, body = await edge.get(session, blob_path(img, 1))
+    assert status == 200 and body == layer.data and gets(up, layer.digest) == 1
+
+
+@pytest.mark.parametrize("use_sendfile", [True, False])
+async def test_cached_blobs_with_and_without_sendfile(world, use_sendfile):
+    up, edge, img, session = world
+    edge.services.sender.use_sendfile = use_sendfile
+    layer = img.layers[0]
+    assert (await edge.get(session, blob_path(img)))[0] == 200
+    sender = edge.services.sender
+    await asyncio.sleep(0.1)
+    before = sender.sendfile_bytes, sender.copied_bytes
+    status, headers, body = await edge.get(session, blob_path(img))
+    assert status == 200 and body == layer.data
+    assert headers["Docker-Content-Digest"] == layer.digest
+    assert headers["Content-Length"] == str(layer.size)
+    # The handler counts after the client has its bytes: give it a moment.
+    for _ in range(100):
+        if sender.sendfile_bytes + sender.copied_bytes - sum(before) >= layer.size:
+            break
+        await asyncio.sleep(0.01)
+    assert sender.sendfile_bytes - before[0] == (layer.size if use_sendfile else 0)
+    assert sender.copied_bytes - before[1] == (0 if use_sendfile else layer.size)
+    status, headers, body = await edge.get(session, blob_path(img), headers={"Range": "bytes=-10"})
+    assert status == 206 and body == layer.data[-10:]
+    assert headers["Content-Range"] == f"bytes {layer.size - 10}-{layer.size - 1}/{layer.size}"
+    status, headers, body = await edge.get(session, blob_path(img),
+                                           headers={"Range": f"bytes={layer.size}-"})
+    assert status == 416 and headers["Content-Range"] == f"bytes */{layer.size}"
+    assert gets(up, layer.digest) == 1
+
+
+async def test_head_of_a_blob_asks_the_upstream_with_head_only(world):
+    up, edge, img, session = world
+    layer = img.layers[0]
+    async with session.head(edge.url + blob_path(img)) as r:
+        assert r.status == 200 and r.headers["Content-Length"] == str(layer.size)
+    assert gets(up, layer.digest) == 0 and up.count("HEAD", rf".*/blobs/{layer.digest}") == 1
+
+
+async def test_unknown_blob_is_blob_unknown(world):
+    up, edge, img, session = world
+    status, _, body = await edge.get(session, "/v2/demo/app/blobs/sha256:" + "0" * 64)
+    assert status == 404 and b"BLOB_UNKNOWN" in body
+
+
+async def test_upstream_429_is_passed_on(world):
+    up, edge, img, session = world
+    up.fault("status", digest=img.layers[0].digest, status=429, retry_after=7, times=1)
+    status, headers, body = await edge.get(session, blob_path(img))
+    assert status == 429 and b"TOOMANYREQUESTS" in body and headers["Retry-After"] == "7"
+
+
+async def test_no_descriptor_leak_over_many_requests(world):
+    up, edge, img, session = world
+    await edge.get(session, blob_path(img))
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        await edge.get(session, blob_path(img), headers={"Range": "bytes=0-99"})
+        await edge.get(session, blob_path(img))
+    assert len(os.listdir("/proc/self/fd")) <= fds + 2
