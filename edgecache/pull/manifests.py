@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-from edgecache.errors import (DigestMismatch, ManifestTooLarge, ManifestUnknown, UpstreamError,
+from edgecache.errors import (DigestMismatch, ManifestUnknown, UpstreamError,
                               UpstreamNotFound, UpstreamDenied, is_unavailable)
 from edgecache.mediatypes import OCI_MANIFEST, PREFERENCE, Accept
 from edgecache.metrics import Metrics
@@ -54,6 +54,13 @@ def media_type_of(content_type: str, body: bytes) -> str:
     return mt if isinstance(mt, str) and mt else OCI_MANIFEST
 
 
+def _acceptable(answer: ManifestAnswer, accept: Accept) -> ManifestAnswer:
+    """Like Distribution: a manifest of a type the client did not accept is "unknown" to it."""
+    if not accept.accepts(answer.media_type):
+        raise ManifestUnknown(f"{answer.media_type} found, but the client's Accept does not include it")
+    return answer
+
+
 class ManifestService:
     def __init__(self, store: BlobStore, meta: MetaStore, upstreams: Upstreams, metrics: Metrics,
                  tag_ttl: float, *, clock: Callable[[], float] = time.time,
@@ -86,10 +93,11 @@ class ManifestService:
         self.metrics.miss("manifest")
         client = self.upstreams.get(route.upstream)
         try:
-            return await self.flight.do(("digest", str(d)),
-                                        lambda: self._fetch(client, route, str(d), accept, d))
+            answer = await self.flight.do(("digest", str(d)),
+                                          lambda: self._fetch(client, route, str(d), accept, d))
         except UpstreamNotFound:
             raise ManifestUnknown(f"{route.repo}@{d}") from None
+        return _acceptable(answer, accept)
 
     # -- by tag ----------------------------------------------------------------
 
@@ -103,8 +111,9 @@ class ManifestService:
                 return local
         client = self.upstreams.get(route.upstream)
         try:
-            return await self.flight.do(("tag", key, accept.key()),
-                                        lambda: self._revalidate(client, route, tag, accept))
+            return _acceptable(await self.flight.do(("tag", key, accept.key()),
+                                                    lambda: self._revalidate(client, route, tag, accept)),
+                               accept)
         except UpstreamNotFound:
             raise ManifestUnknown(f"{route.repo}:{tag}") from None
         except UpstreamError as e:
@@ -124,15 +133,18 @@ class ManifestService:
         head = await client.head_manifest(route.repo, tag, accept.for_upstream())
         if head.digest:
             known = await self._local(head.digest)
-            if known is not None and accept.accepts(known.media_type):
+            if known is not None:
                 # Unchanged (or known from elsewhere): one HEAD and nothing else.
-                self.meta.put_tag(key, accept.key(), TagRecord(
-                    known.digest, known.media_type, len(known.body), self.clock()))
+                if accept.accepts(known.media_type):
+                    self.meta.put_tag(key, accept.key(), TagRecord(
+                        known.digest, known.media_type, len(known.body), self.clock()))
                 self.metrics.hit("manifest")
                 return known
         self.metrics.miss("manifest")
         expected = parse_digest(head.digest) if head.digest else None
         answer = await self._fetch(client, route, head.digest or tag, accept, expected)
+        if not accept.accepts(answer.media_type):
+            return answer        # refused by the caller; never recorded as this client's answer
         self.meta.put_tag(key, accept.key(), TagRecord(
             answer.digest, answer.media_type, len(answer.body), self.clock()))
         return answer
@@ -157,8 +169,6 @@ class ManifestService:
     async def _fetch(self, client: UpstreamClient, route: Route, ref: str, accept: Accept,
                      expected: Digest | None) -> ManifestAnswer:
         m = await client.get_manifest(route.repo, ref, accept.for_upstream(), MAX_MANIFEST_BYTES)
-        if len(m.body) > MAX_MANIFEST_BYTES:
-            raise ManifestTooLarge(f"{route.repo}:{ref} is over {MAX_MANIFEST_BYTES} bytes")
         algo = expected.algorithm if expected else "sha256"
         actual = digest_of(m.body, algo)
         if expected is not None and actual != expected:

@@ -17,7 +17,7 @@ from typing import AsyncIterator, Callable, Mapping
 import aiohttp
 
 from edgecache.config import BreakerConfig, Timeouts, UpstreamConfig
-from edgecache.errors import (UpstreamBadResponse, UpstreamDenied, UpstreamDown, UpstreamError,
+from edgecache.errors import (ManifestTooLarge, UpstreamBadResponse, UpstreamDenied, UpstreamDown, UpstreamError,
                               UpstreamNotFound, UpstreamRateLimited, UpstreamTimeout,
                               UpstreamUnreachable)
 from edgecache.upstream.auth import TokenCache, basic_header, parse_challenge
@@ -239,7 +239,7 @@ class UpstreamClient:
         async with self._request("GET", f"/v2/{repo}/manifests/{ref}", scope=self.scope(repo),
                                  headers={"Accept": ", ".join(accept)}) as r:
             if r.content_length is not None and r.content_length > max_size:
-                raise UpstreamBadResponse(self.name, r.status, f"manifest over {max_size} bytes")
+                raise ManifestTooLarge(f"{repo}:{ref} is over {max_size} bytes")
             try:
                 body = await r.content.read(max_size + 1)
                 # read(n) returns what has arrived; keep reading to the end or the cap.
@@ -248,7 +248,7 @@ class UpstreamClient:
             except Exception as e:   # noqa: BLE001
                 raise self.translate(e, mid_body=True) from e
             if len(body) > max_size:
-                raise UpstreamBadResponse(self.name, r.status, f"manifest over {max_size} bytes")
+                raise ManifestTooLarge(f"{repo}:{ref} is over {max_size} bytes")
             return Manifest(body, r.headers.get("Docker-Content-Digest"),
                             r.headers.get("Content-Type", "").split(";")[0].strip())
 

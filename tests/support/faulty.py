@@ -120,6 +120,7 @@ class FaultyUpstream:
         app = web.Application(middlewares=[self._count_mw])
         app.router.add_get("/v2/", self._base)
         app.router.add_get("/token", self._token)
+        app.router.add_get("/v2/{name:.+}/tags/list", self._tags)
         app.router.add_route("*", "/v2/{name:.+}/manifests/{ref}", self._manifest)
         app.router.add_route("*", "/v2/{name:.+}/blobs/{ref}", self._blob)
         # Short shutdown + handler cancellation so stop() does not wait out a stalled response.
@@ -195,6 +196,15 @@ class FaultyUpstream:
         token = secrets.token_hex(16)
         self._tokens[token] = repos
         return web.json_response({"token": token, "access_token": token, "expires_in": self.token_ttl})
+
+    async def _tags(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if (denied := self._denied(request, name)) is not None:
+            return denied
+        repo = self._repos.get(name)
+        if repo is None:
+            return _error(404, "NAME_UNKNOWN", "repository name not known to registry")
+        return web.json_response({"name": name, "tags": sorted(repo.tags)})
 
     async def _manifest(self, request: web.Request) -> web.StreamResponse:
         name, ref = request.match_info["name"], request.match_info["ref"]
