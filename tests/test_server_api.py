@@ -1,0 +1,136 @@
+"""The request surface: OCI errors, pull-only, validation, auth towards the upstream, admin."""
+import asyncio
+import json
+import os
+
+import aiohttp
+import pytest
+import yarl
+
+from tests.support.edge import EdgeServer, make_config
+from tests.support.faulty import FaultyUpstream
+from tests.support.images import make_image
+
+
+@pytest.fixture
+async def world(tmp_path):
+    img = make_image(11, layer_size=8192)
+    up = await FaultyUpstream({"demo/app:v1": img}).start()
+    edge = await EdgeServer(make_config(tmp_path / "data", {"central.example": up.url},
+                                        default="central.example")).start()
+    async with aiohttp.ClientSession() as session:
+        yield up, edge, img, session
+    await edge.stop()
+    await up.stop()
+
+
+async def req(edge, session, method, path, **kw):
+    # encoded=True: send the path exactly as written, no client-side normalising of %2e%2e.
+    async with session.request(method, yarl.URL(edge.url + path, encoded=True), **kw) as r:
+        return r.status, r.headers, await r.read()
+
+
+def code(body):
+    return json.loads(body)["errors"][0]["code"]
+
+
+async def test_base_endpoint_answers_like_a_registry(world):
+    up, edge, img, session = world
+    status, h, body = await req(edge, session, "GET", "/v2/")
+    assert status == 200 and h["Docker-Distribution-API-Version"] == "registry/2.0"
+
+
+@pytest.mark.parametrize("method,path", [
+    ("POST", "/v2/demo/app/blobs/uploads/"), ("PUT", "/v2/demo/app/manifests/v1"),
+    ("DELETE", "/v2/demo/app/manifests/v1"), ("PATCH", "/v2/demo/app/blobs/uploads/x"),
+    ("DELETE", "/v2/demo/app/blobs/sha256:" + "a" * 64)])
+async def test_push_methods_are_unsupported(world, method, path):
+    up, edge, img, session = world
+    status, _, body = await req(edge, session, method, path)
+    assert status == 405 and code(body) == "UNSUPPORTED"
+
+
+@pytest.mark.parametrize("path,status,oci", [
+    ("/v2/Demo/App/manifests/v1", 400, "NAME_INVALID"),
+    ("/v2/demo/%2e%2e/manifests/v1", 400, "NAME_INVALID"),
+    ("/v2/demo/app/manifests/-bad-tag", 400, "NAME_INVALID"),
+    ("/v2/demo/app/blobs/sha256:zz", 400, "DIGEST_INVALID"),
+    ("/v2/demo/app/blobs/md5:" + "a" * 32, 400, "DIGEST_INVALID"),
+    ("/v2/demo/app/manifests/sha256:" + "a" * 63, 400, "DIGEST_INVALID"),
+    ("/v2/" + "a/" * 200 + "b/manifests/v1", 400, "NAME_INVALID"),
+    ("/v2/demo/app/nothing-here", 404, "NAME_UNKNOWN"),
+    ("/v2/demo/app/manifests/v1?ns=unknown.example", 404, "NAME_UNKNOWN"),
+    ("/v2/demo/app/manifests/nope", 404, "MANIFEST_UNKNOWN"),
+])
+async def test_bad_requests_get_oci_errors_and_touch_nothing(world, path, status, oci):
+    up, edge, img, session = world
+    up.reset_counts()
+    before = sorted(os.listdir(edge.config.data_dir))
+    s, _, body = await req(edge, session, "GET", path)
+    assert (s, code(body)) == (status, oci)
+    if status == 400:
+        assert sum(up.counts.values()) == 0
+    assert sorted(os.listdir(edge.config.data_dir)) == before
+
+
+async def test_head_errors_have_no_body(world):
+    up, edge, img, session = world
+    status, _, body = await req(edge, session, "HEAD", "/v2/demo/app/manifests/nope")
+    assert status == 404 and body == b""
+
+
+async def test_status_and_metrics_report_what_happened(world):
+    up, edge, img, session = world
+    for _ in range(2):
+        await req(edge, session, "GET", f"/v2/demo/app/blobs/{img.layers[0].digest}")
+    st = json.loads((await req(edge, session, "GET", "/_edgecache/status"))[2])
+    assert st["blob_count"] == 1 and st["bytes_used"] == img.layers[0].size
+    assert st["hit_ratio"] == 0.5 and st["upstreams"]["central.example"]["state"] == "up"
+    assert st["budget_bytes"] == 20 * 1024**3 and st["pinned_bytes"] == 0
+    m = (await req(edge, session, "GET", "/metrics"))[2].decode()
+    for line in ('edgecache_cache_hits_total{kind="blob"} 1.0',
+                 'edgecache_cache_misses_total{kind="blob"} 1.0',
+                 f'edgecache_served_bytes_total{{source="local"}} {float(img.layers[0].size)}',
+                 'edgecache_upstream_breaker_state{state="closed",upstream="central.example"} 1.0',
+                 f'edgecache_store_bytes{{kind="used"}} {float(img.layers[0].size)}'):
+        assert line in m, line
+    assert (await req(edge, session, "GET", "/_edgecache/health"))[0] == 200
+
+
+async def test_access_log_has_one_structured_line_per_request(world, caplog):
+    up, edge, img, session = world
+    import logging
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    await req(edge, session, "GET", f"/v2/demo/app/blobs/{img.layers[0].digest}")
+    await asyncio.sleep(0.05)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
+    line = [x for x in lines if "/blobs/" in x["path"]][-1]
+    assert line["method"] == "GET" and line["status"] == 200 and line["source"] == "upstream"
+    assert line["bytes"] == img.layers[0].size and line["duration_ms"] > 0
+
+
+@pytest.mark.parametrize("basic", [None, ("robot$edge", "s3cret")])
+async def test_bearer_token_auth_one_token_for_many_requests(tmp_path, basic):
+    img = make_image(12, layers=3, layer_size=4096)
+    async with FaultyUpstream({"private/app:v1": img}, auth=True, basic=basic) as up:
+        ups = {"central.example": {"url": up.url}}
+        if basic:
+            ups["central.example"].update(username=basic[0], password=basic[1])
+        doc = make_config(tmp_path / "d", {}, default="central.example")
+        doc["upstreams"] = ups
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as session:
+            rs = await asyncio.gather(*(req(edge, session, "GET", f"/v2/private/app/blobs/{b.digest}")
+                                        for b in img.layers),
+                                      req(edge, session, "GET", "/v2/private/app/manifests/v1"))
+            assert [r[0] for r in rs] == [200] * 4
+            assert up.token_requests == 1
+
+
+async def test_wrong_credentials_are_denied_not_hung(tmp_path):
+    img = make_image(13, layer_size=1024)
+    async with FaultyUpstream({"private/app:v1": img}, basic=("u", "right")) as up:
+        doc = make_config(tmp_path / "d", {}, default="central.example")
+        doc["upstreams"] = {"central.example": {"url": up.url, "username": "u", "password": "wrong"}}
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as session:
+            status, _, body = await req(edge, session, "GET", "/v2/private/app/manifests/v1")
+            assert status == 403 and code(body) == "DENIED"
