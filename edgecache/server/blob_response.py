@@ -4,17 +4,17 @@ uvloop does not implement loop.sendfile (aiohttp then silently copies through
 user space, about a third of the speed). So we flush the headers through the
 transport, then run os.sendfile on a duplicate of the connection's socket on a
 thread of our own until the range is sent: zero-copy under uvloop and asyncio
-alike. The duplicate descriptor keeps the socket alive for the thread even if
-the event loop closes its own descriptor meanwhile, so bytes can never go to a
-recycled descriptor. TLS connections (or a platform without sendfile) take the
+alike. A thread sends until the socket is full, then the loop waits for it to
+drain (add_writer on the duplicate), so a slow client holds no thread. The
+duplicate descriptor keeps the socket alive for the thread even if the event
+loop closes its own descriptor meanwhile, so bytes can never go to a recycled
+descriptor. TLS connections (or a platform without sendfile) take the
 copying path.
 """
 from __future__ import annotations
 
 import asyncio
 import os
-import select
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -34,34 +34,41 @@ class StreamAborted(ConnectionResetError):
     """The body's source failed; the response is cut so the client sees an error."""
 
 
-def _sendfile_blocking(sock_fd: int, file_fd: int, offset: int, count: int,
-                       idle_timeout: float, cancelled: list[bool]) -> int:
-    """Send count bytes from file_fd at offset to a non-blocking socket; returns bytes sent."""
+def _sendfile_until_blocked(sock_fd: int, file_fd: int, offset: int, count: int) -> tuple[int, bool]:
+    """Send from file_fd at offset until done or the socket is full: (bytes sent, would block)."""
     sent = 0
-    poller = select.poll()
-    poller.register(sock_fd, select.POLLOUT)
-    last_progress = time.monotonic()
-    while sent < count and not cancelled[0]:
+    while sent < count:
         try:
             n = os.sendfile(sock_fd, file_fd, offset + sent, min(count - sent, SENDFILE_CHUNK))
         except BlockingIOError:
-            poller.poll(250)
-            if time.monotonic() - last_progress > idle_timeout:
-                raise TimeoutError(f"client took no bytes for {idle_timeout:.0f}s") from None
-            continue
+            return sent, True
         except (BrokenPipeError, ConnectionResetError) as e:
+            if sent:
+                return sent, False     # report progress first; the next call raises again
             raise ClientGone(str(e)) from None
         if n == 0:
             raise EOFError(f"file ended at {offset + sent}, {count - sent} bytes short")
         sent += n
-        last_progress = time.monotonic()
-    return sent
+    return sent, False
+
+
+async def _writable(fd: int, timeout: float) -> None:
+    """Wait until the socket takes bytes again: a slow client holds no thread meanwhile."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    loop.add_writer(fd, lambda: fut.done() or fut.set_result(None))
+    try:
+        await asyncio.wait_for(fut, timeout)
+    except asyncio.TimeoutError:
+        raise ClientGone(f"client took no bytes for {timeout:.0f}s") from None
+    finally:
+        loop.remove_writer(fd)
 
 
 class BlobSender:
     """Owns the thread pool that runs sendfile; one per app."""
 
-    def __init__(self, threads: int = 64, idle_timeout: float = 120.0,
+    def __init__(self, threads: int = 16, idle_timeout: float = 120.0,
                  use_sendfile: bool = True) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="edgecache-sendfile")
         self.idle_timeout = idle_timeout
@@ -77,6 +84,7 @@ class BlobSender:
         """Prepare resp (status and headers already set) and send [offset, offset+count)."""
         loop = asyncio.get_running_loop()
         fd = await loop.run_in_executor(self._pool, os.open, path, os.O_RDONLY)
+        owned = [fd]            # descriptors to close on the way out, unless a thread still holds them
         try:
             writer = await resp.prepare(request)
             if count == 0 or request.method == "HEAD":
@@ -95,24 +103,42 @@ class BlobSender:
                 if transport.is_closing():
                     raise ClientGone("connection lost while sending headers")
                 await asyncio.sleep(0.001)
-            sock_fd = os.dup(sock.fileno())
-            cancelled = [False]
+            owned.append(os.dup(sock.fileno()))
             try:
-                sent = await loop.run_in_executor(
-                    self._pool, _sendfile_blocking, sock_fd, fd, offset, count,
-                    self.idle_timeout, cancelled)
+                sent = await self._sendfile(owned, offset, count)
             except (TimeoutError, EOFError, ClientGone, OSError) as e:
                 transport.abort()
                 raise ClientGone(str(e)) from None
-            finally:
-                cancelled[0] = True
-                # The thread may still be mid-call if we were cancelled; it closes its own copy.
-                os.close(sock_fd)
-            self.sendfile_bytes += sent
             await resp.write_eof()
             return sent
         finally:
-            await loop.run_in_executor(self._pool, os.close, fd)
+            for d in owned:
+                os.close(d)
+
+    async def _sendfile(self, owned: list[int], offset: int, count: int) -> int:
+        """Drive the sendfile thread over owned = [file fd, dup of the socket fd]."""
+        fd, sock_fd = owned
+        loop = asyncio.get_running_loop()
+        sent = 0
+        fut: asyncio.Future | None = None
+        try:
+            while sent < count:
+                fut = loop.run_in_executor(self._pool, _sendfile_until_blocked, sock_fd, fd,
+                                           offset + sent, count - sent)
+                n, blocked = await asyncio.shield(fut)
+                sent += n
+                self.sendfile_bytes += n
+                if blocked:
+                    await _writable(sock_fd, self.idle_timeout)
+            return sent
+        finally:
+            if fut is not None and not fut.done():
+                # Cancelled while a thread is mid-call: it still uses both descriptors, so
+                # they are closed after it returns, never under it (a recycled fd number
+                # could otherwise receive another client's bytes).
+                held = list(owned)
+                owned.clear()
+                fut.add_done_callback(lambda _f: [os.close(d) for d in held])
 
     async def _copy(self, resp: web.StreamResponse, fd: int, offset: int, count: int) -> int:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,112 @@
+"""The servers the benchmark compares, all on 127.0.0.1, all under one work dir.
+
+- upstream: a CNCF Distribution registry holding the images (tests/support Registry)
+- proxy:    Distribution in pull-through proxy mode in front of the upstream (the peer)
+- nginx:    serves one blob file from disk with sendfile (the practical limit for blobs)
+- edge:     `python3 -m edgecache serve` as a real process on uvloop
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.support.edge import EdgeProcess, make_config
+from tests.support.ports import free_port, wait_http
+from tests.support.registry import Registry
+
+UPSTREAM_NAME = "central.example"
+
+NGINX_CONF = """\
+daemon off;
+worker_processes 2;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    sendfile on;
+    tcp_nopush on;
+    access_log {dir}/access.log;
+    default_type application/octet-stream;
+    client_body_temp_path {dir}/tmp/body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {dir}/www;
+        # Any /v2/<name>/blobs/<digest> is the one blob file.
+        location ~ ^/v2/.+/blobs/sha256:[0-9a-f]{{64}}$ {{ rewrite ^ /blob break; }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """nginx (master + 2 workers) serving `blob_file` for every /v2/<name>/blobs/<digest>."""
+
+    def __init__(self, workdir: Path, blob_file: Path) -> None:
+        self.dir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (self.dir / "www").mkdir(parents=True)
+        (self.dir / "tmp").mkdir()
+        os.link(blob_file, self.dir / "www" / "blob")
+        # Workers run as nobody: they need to reach and read the file.
+        for p in (self.dir, self.dir / "www", self.dir / "www" / "blob"):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        self.conf = self.dir / "nginx.conf"
+        self.conf.write_text(NGINX_CONF.format(dir=self.dir, port=self.port))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Nginx":
+        self.proc = subprocess.Popen(
+            ["nginx", "-p", str(self.dir), "-e", str(self.dir / "error.log"), "-c", str(self.conf)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(self.dir / "stderr.log", "ab"))
+        try:
+            wait_http(self.url + "/", 10)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError("nginx did not start:\n" + (self.dir / "stderr.log").read_text()
+                               + (self.dir / "error.log").read_text())
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)      # fast shutdown of master and workers
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_upstream(workdir: Path) -> Registry:
+    return Registry(workdir=workdir / "upstream").start()
+
+
+def start_proxy(workdir: Path, upstream: Registry) -> Registry:
+    return Registry(upstream=upstream.url, workdir=workdir / "proxy").start()
+
+
+def registry_pid(reg: Registry) -> int | None:
+    proc = reg._proc                       # tests/support keeps the Popen private
+    return proc.pid if proc is not None else None
+
+
+def start_edge(workdir: Path, upstream: Registry) -> EdgeProcess:
+    d = workdir / "edge"
+    d.mkdir()
+    doc = make_config(d / "data", {UPSTREAM_NAME: upstream.url}, default=UPSTREAM_NAME,
+                      tag_ttl="1h", cache={"max_size": "16GiB"},
+                      upstream_timeout={"connect": "2s", "read": "60s"})
+    return EdgeProcess(d, doc).start()
