@@ -166,3 +166,44 @@ async def test_no_descriptor_leak_over_many_requests(world):
         await edge.get(session, blob_path(img), headers={"Range": "bytes=0-99"})
         await edge.get(session, blob_path(img))
     assert len(os.listdir("/proc/self/fd")) <= fds + 2
+
+
+async def test_clients_that_stop_reading_hold_no_sendfile_thread(world):
+    up, edge, _, session = world
+    img = make_image(8, layers=1, layer_size=32 * MiB)    # far more than socket buffers hold
+    up.add("demo/app:big", img)
+    layer = img.layers[0]
+    assert (await edge.get(session, blob_path(img)))[0] == 200      # cached now
+    port = edge.config.listen_port
+    stuck = []
+    for _ in range(40):      # more than the sendfile pool has threads
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {blob_path(img)} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        stuck.append(writer)
+    await asyncio.sleep(0.3)
+    status, _, body = await asyncio.wait_for(edge.get(session, blob_path(img)), timeout=5)
+    assert status == 200 and body == layer.data
+    for w in stuck:
+        w.close()
+
+
+async def test_an_upstream_stall_past_the_read_timeout_aborts_and_recovers(world):
+    up, edge, img, session = world
+    layer = img.layers[0]
+    up.fault("stall", digest=layer.digest, seconds=30, times=1)   # read timeout is 5 s
+    t0 = asyncio.get_running_loop().time()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with session.get(edge.url + blob_path(img)) as r:
+            await r.read()
+    assert asyncio.get_running_loop().time() - t0 < 8
+    assert list(layout.tmp_dir(edge.config.data_dir).iterdir()) == []
+    status, _, body = await edge.get(session, blob_path(img))
+    assert status == 200 and body == layer.data
+
+
+async def test_upstream_500_on_a_blob_is_a_5xx(world):
+    up, edge, img, session = world
+    up.fault("status", digest=img.layers[0].digest, status=500, times=1)
+    status, _, body = await edge.get(session, blob_path(img))
+    assert status == 503 and b"UNAVAILABLE" in body
+    assert (await edge.get(session, blob_path(img)))[0] == 200
