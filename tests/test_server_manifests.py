@@ -164,7 +164,7 @@ async def test_unknown_ns_is_name_unknown_and_never_dialled(world):
 
 async def test_oversized_manifest_is_refused(world):
     up, edge, idx, session, clock = world
-    from tests.support.images import Blob, ImageIndex
+    from tests.support.images import ImageIndex
     big = ImageIndex(json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [],
                                  "annotations": {"x": "y" * (4 * 1024 * 1024)}}).encode(), OCI_INDEX, ())
     up.add("demo/app:big", big)

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from .procs import stop_process
+
 NAMESPACE = "k8s.io"  # what K3s/kubelet use; keeps pulled images where a real node would have them
 
 
@@ -137,13 +139,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout)
         self._unmount_all()
 
     def _unmount_all(self) -> None:

@@ -20,6 +20,7 @@ from edgecache.server.app import build_app
 from edgecache.server.registry_api import SERVICES, Services
 
 from .ports import free_port, wait_http
+from .procs import stop_process
 
 
 def make_config(data_dir: Path, upstreams: dict[str, str], *, port: int = 0,
@@ -97,17 +98,8 @@ class EdgeProcess:
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        rc, self.proc = self.proc.returncode, None
-        return rc
+        proc, self.proc = self.proc, None
+        return stop_process(proc, timeout, sig)
 
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)

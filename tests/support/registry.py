@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .ports import free_port, wait_http
+from .procs import stop_process
 
 # Anchored on the combined-log shape so logrus lines (which also mention methods and URIs) never match.
 _ACCESS = re.compile(
@@ -93,13 +94,7 @@ class Registry:
 
     def stop(self, timeout: float = 5.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, timeout)
 
     def cleanup(self) -> None:
         """Stop and remove the temp dir if this object created it (a caller-given dir is kept for inspection)."""
