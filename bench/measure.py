@@ -25,7 +25,13 @@ def curl_parallel(urls: list[str], timeout: float = 120) -> tuple[float, list[Fe
     t0 = time.monotonic()
     procs = [subprocess.Popen([*cmd, u], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
              for u in urls]
-    outs = [p.communicate(timeout=timeout + 10)[0] for p in procs]
+    try:
+        outs = [p.communicate(timeout=timeout + 10)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     wall = time.monotonic() - t0
     results = []
     for out in outs:
@@ -154,15 +160,19 @@ class RssSampler:
         self.pids = pids
         self.interval = interval
         self.peak_kib = {name: 0 for name in pids}
+        self.phase = "start"                    # set by the caller; peaks are also kept per phase
+        self.phase_peak_kib: dict[str, dict[str, int]] = {}
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            phase = self.phase_peak_kib.setdefault(self.phase, dict.fromkeys(self.pids, 0))
             for name, pid in self.pids.items():
                 kib = sum(_status_kib(p, "VmRSS") for p in process_tree(pid))
                 self.peak_kib[name] = max(self.peak_kib[name], kib)
+                phase[name] = max(phase[name], kib)
             self.samples += 1
             self._stop.wait(self.interval)
 

@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from pathlib import Path
 
 from tests.support.edge import EdgeProcess, make_config
 from tests.support.ports import free_port, wait_http
+from tests.support.procs import stop_process
 from tests.support.registry import Registry
 
 UPSTREAM_NAME = "central.example"
@@ -38,7 +38,7 @@ http {{
         listen 127.0.0.1:{port};
         root {dir}/www;
         # Any /v2/<name>/blobs/<digest> is the one blob file.
-        location ~ ^/v2/.+/blobs/sha256:[0-9a-f]{{64}}$ {{ rewrite ^ /blob break; }}
+        location ~ "^/v2/.+/blobs/sha256:[0-9a-f]{{64}}$" {{ rewrite ^ /blob break; }}
     }}
 }}
 """
@@ -80,14 +80,7 @@ class Nginx:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)      # fast shutdown of master and workers
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10)                # SIGTERM: fast shutdown of master and workers
 
 
 def start_upstream(workdir: Path) -> Registry:
