@@ -49,8 +49,10 @@ def edge_digest(blob):
     return parse_digest(blob.digest)
 
 
-async def test_bytes_stream_to_clients_before_the_fill_ends(world):
+@pytest.mark.parametrize("use_sendfile", [True, False])
+async def test_bytes_stream_to_clients_before_the_fill_ends(world, use_sendfile):
     up, edge, img, session = world
+    edge.services.sender.use_sendfile = use_sendfile
     layer = img.layers[0]
     up.fault("stall", digest=layer.digest, seconds=1.5)      # half the body, then a pause
     async with session.get(edge.url + blob_path(img)) as r:
@@ -65,9 +67,11 @@ async def test_bytes_stream_to_clients_before_the_fill_ends(world):
     assert gets(up, layer.digest) == 1
 
 
+@pytest.mark.parametrize("use_sendfile", [True, False])
 @pytest.mark.parametrize("fault", ["truncate", "wrong_bytes"])
-async def test_a_bad_fill_aborts_every_client_and_the_next_request_refetches(world, fault):
+async def test_a_bad_fill_aborts_every_client_and_the_next_request_refetches(world, fault, use_sendfile):
     up, edge, img, session = world
+    edge.services.sender.use_sendfile = use_sendfile
     layer = img.layers[0]
     up.fault(fault, digest=layer.digest, times=1)
 

@@ -2,10 +2,10 @@
 
 A Fill copies one blob from a source (the upstream, later a sibling) into a
 temp file, hashing as it writes, and commits it to the store only when size and
-digest match. Any number of readers follow the growing temp file through one
-shared read-only descriptor (pread takes its own offset, and the descriptor
-stays valid across the rename into place). The fill runs as its own task: a
-client that goes away does not stop it.
+digest match. Any number of readers follow the growing temp file, each through
+its own duplicate of a read-only descriptor (it stays valid across the rename
+into place), so they can sendfile from it like from any cached blob. The fill
+runs as its own task: a client that goes away does not stop it.
 
 No reader ever completes a response with unverified bytes: each reader holds
 back the last byte of its range until the whole blob has been verified, and a
@@ -62,7 +62,6 @@ class Fill:
         self.error: BaseException | None = None
         self.verified = False
         self.done = False
-        self.readers = 0
         self.tmp: Path = store.temp_path()
         self._rfd: int | None = None
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -109,21 +108,25 @@ class Fill:
                                     written=self.written)
             self.verified = True
         except BaseException as e:   # noqa: BLE001 - every failure is handed to the readers
-            self.error = e
             if isinstance(e, StoreFull):
                 self.store.note_disk_full(time.time())
             log.warning("fill of %s from %s failed after %d bytes: %s",
                         self.digest, self.source_name, self.written, e)
+            # Clean up first, then tell the readers: when a client sees the abort, the
+            # partial file is already gone.
             if wfd is not None:
                 await asyncio.to_thread(os.close, wfd)
             await asyncio.to_thread(self.tmp.unlink, True)
+            self.error = e
             if isinstance(e, asyncio.CancelledError):
                 raise
         finally:
             self.done = True
             self._headers_known.set()
             self._notify()
-            self._maybe_close_rfd()
+            if self._rfd is not None:
+                os.close(self._rfd)
+                self._rfd = None
 
     def _open_files(self) -> tuple[int, int]:
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -137,11 +140,6 @@ class Fill:
         fut, self._changed = self._changed, asyncio.get_running_loop().create_future()
         fut.set_result(None)
 
-    def _maybe_close_rfd(self) -> None:
-        if self.done and self.readers == 0 and self._rfd is not None:
-            fd, self._rfd = self._rfd, None
-            os.close(fd)
-
     # -- the readers -----------------------------------------------------------
 
     async def wait_headers(self) -> int | None:
@@ -151,44 +149,44 @@ class Fill:
             raise self.error
         return self.size
 
-    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Bytes [start, end) as they arrive; the last one only after verification."""
-        self.readers += 1
-        own_fd: int | None = None
-        try:
-            pos = start
-            while True:
-                if self.error is not None:
-                    raise self.error
-                stop = end if end is not None else self.size
-                if stop is not None and pos >= stop:
-                    return
-                # While unverified, stay one byte short of the response's end.
-                if self.verified:
-                    limit = self.written if stop is None else min(stop, self.written)
-                else:
-                    limit = min(self.written, stop - 1) if stop is not None else self.written - 1
-                fd = self._rfd if self._rfd is not None else own_fd
-                if fd is None and self.verified:
-                    # Joined as the fill finished and its descriptor closed: read the blob.
-                    own_fd = fd = await asyncio.to_thread(os.open, self.store.path(self.digest),
-                                                          os.O_RDONLY)
-                if pos < limit and fd is not None:
-                    n = min(limit - pos, READ_CHUNK)
-                    data = await asyncio.to_thread(os.pread, fd, n, pos)
-                    if not data:
-                        raise SizeMismatch(stop or self.written, pos, "temp file")
-                    pos += len(data)
-                    yield data
-                    continue
-                if self.verified and (stop is None or pos >= limit):
-                    return
-                await self._changed
-        finally:
-            self.readers -= 1
-            if own_fd is not None:
-                os.close(own_fd)
-            self._maybe_close_rfd()
+    async def open_fd(self) -> int:
+        """A read-only descriptor of the blob's bytes, the caller's to close.
+
+        A duplicate of the temp file's while the fill runs (it survives the rename),
+        or the stored blob's once the fill is done.
+        """
+        await self._headers_known.wait()
+        if self._rfd is not None:
+            return os.dup(self._rfd)
+        if self.verified:
+            return await asyncio.to_thread(os.open, self.store.path(self.digest), os.O_RDONLY)
+        raise self.error or SizeMismatch(self.size or 0, self.written, "fill")
+
+    async def spans(self, start: int = 0, end: int | None = None) -> AsyncIterator[tuple[int, int]]:
+        """(offset, count) windows of [start, end) as they can be sent.
+
+        The last byte of the range comes only after the whole blob is verified; a
+        failed fill raises here, in every reader.
+        """
+        pos = start
+        while True:
+            if self.error is not None:
+                raise self.error
+            stop = end if end is not None else self.size
+            if stop is not None and pos >= stop:
+                return
+            # While unverified, stay one byte short of the response's end.
+            if self.verified:
+                limit = self.written if stop is None else min(stop, self.written)
+            else:
+                limit = min(self.written, stop - 1) if stop is not None else self.written - 1
+            if pos < limit:
+                yield pos, limit - pos
+                pos = limit
+                continue
+            if self.verified:
+                return
+            await self._changed
 
 
 class FillRegistry:

@@ -81,96 +81,127 @@ class BlobSender:
 
     async def send_file(self, request: web.Request, resp: web.StreamResponse, path: str,
                         offset: int, count: int) -> int:
-        """Prepare resp (status and headers already set) and send [offset, offset+count)."""
+        """Prepare resp (status and headers already set) and send [offset, offset+count) of path."""
         loop = asyncio.get_running_loop()
         fd = await loop.run_in_executor(self._pool, os.open, path, os.O_RDONLY)
-        owned = [fd]            # descriptors to close on the way out, unless a thread still holds them
+        body = _Body(self, request, resp, [fd])
         try:
-            writer = await resp.prepare(request)
-            if count == 0 or request.method == "HEAD":
-                await resp.write_eof()
-                return 0
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                raise ClientGone("connection lost before the body")
-            sock = transport.get_extra_info("socket")
-            if (not self.use_sendfile or sock is None
-                    or transport.get_extra_info("sslcontext") is not None):
-                return await self._copy(resp, fd, offset, count)
-            # Push the buffered status line and headers out before we write beside them.
-            writer.send_headers()                 # type: ignore[attr-defined]
-            while transport.get_write_buffer_size():
-                if transport.is_closing():
-                    raise ClientGone("connection lost while sending headers")
-                await asyncio.sleep(0.001)
-            owned.append(os.dup(sock.fileno()))
-            try:
-                sent = await self._sendfile(owned, offset, count)
-            except (TimeoutError, EOFError, ClientGone, OSError) as e:
-                transport.abort()
-                raise ClientGone(str(e)) from None
-            await resp.write_eof()
-            return sent
+            if not await body.start() or count == 0:
+                return await body.finish()
+            await body.send(offset, count)
+            return await body.finish()
         finally:
-            for d in owned:
-                os.close(d)
-
-    async def _sendfile(self, owned: list[int], offset: int, count: int) -> int:
-        """Drive the sendfile thread over owned = [file fd, dup of the socket fd]."""
-        fd, sock_fd = owned
-        loop = asyncio.get_running_loop()
-        sent = 0
-        fut: asyncio.Future | None = None
-        try:
-            while sent < count:
-                fut = loop.run_in_executor(self._pool, _sendfile_until_blocked, sock_fd, fd,
-                                           offset + sent, count - sent)
-                n, blocked = await asyncio.shield(fut)
-                sent += n
-                self.sendfile_bytes += n
-                if blocked:
-                    await _writable(sock_fd, self.idle_timeout)
-            return sent
-        finally:
-            if fut is not None and not fut.done():
-                # Cancelled while a thread is mid-call: it still uses both descriptors, so
-                # they are closed after it returns, never under it (a recycled fd number
-                # could otherwise receive another client's bytes).
-                held = list(owned)
-                owned.clear()
-                fut.add_done_callback(lambda _f: [os.close(d) for d in held])
-
-    async def _copy(self, resp: web.StreamResponse, fd: int, offset: int, count: int) -> int:
-        loop = asyncio.get_running_loop()
-        pos, end = offset, offset + count
-        while pos < end:
-            data = await loop.run_in_executor(self._pool, os.pread, fd, min(COPY_CHUNK, end - pos), pos)
-            if not data:
-                raise StreamAborted(f"file ended at {pos}")
-            await resp.write(data)
-            pos += len(data)
-        self.copied_bytes += count
-        await resp.write_eof()
-        return count
+            body.close()
 
     async def send_fill(self, request: web.Request, resp: web.StreamResponse, fill: Fill,
                         start: int, end: int | None) -> int:
-        """Stream [start, end) of a fill as it grows; cut the connection if the fill fails."""
-        await resp.prepare(request)
-        if request.method == "HEAD":
-            await resp.write_eof()
-            return 0
-        sent = 0
+        """Send [start, end) of a fill as it grows; cut the connection if the fill fails."""
+        fd = await fill.open_fd()
+        body = _Body(self, request, resp, [fd])
         try:
-            async for chunk in fill.read(start, end):
-                await resp.write(chunk)
-                sent += len(chunk)
-        except (ConnectionResetError, ConnectionError):
-            raise ClientGone("client went away during a fill") from None
-        except Exception as e:   # noqa: BLE001 - any failure of the fill: the body must not complete
-            if request.transport is not None:
-                request.transport.abort()
-            raise StreamAborted(f"fill of {fill.digest} failed: {e}") from e
-        self.copied_bytes += sent
-        await resp.write_eof()
-        return sent
+            if not await body.start():
+                return await body.finish()
+            try:
+                async for offset, count in fill.spans(start, end):
+                    await body.send(offset, count)
+            except ClientGone:
+                raise
+            except Exception as e:   # noqa: BLE001 - any failure of the fill: the body must not complete
+                body.abort()
+                raise StreamAborted(f"fill of {fill.digest} failed: {e}") from e
+            return await body.finish()
+        finally:
+            body.close()
+
+
+class _Body:
+    """One response body sent from a file descriptor, by sendfile or by copying."""
+
+    def __init__(self, sender: BlobSender, request: web.Request, resp: web.StreamResponse,
+                 owned: list[int]) -> None:
+        self.sender = sender
+        self.request = request
+        self.resp = resp
+        self.fd = owned[0]
+        self.sock_fd: int | None = None
+        self.owned = owned              # closed at the end, unless a thread still holds them
+        self.sent = 0
+        self._thread: asyncio.Future | None = None
+
+    async def start(self) -> bool:
+        """Send the headers; False when there is to be no body (HEAD)."""
+        writer = await self.resp.prepare(self.request)
+        if self.request.method == "HEAD":
+            return False
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            raise ClientGone("connection lost before the body")
+        sock = transport.get_extra_info("socket")
+        if (not self.sender.use_sendfile or sock is None
+                or transport.get_extra_info("sslcontext") is not None):
+            return True                 # the copying path
+        # Push the buffered status line and headers out before we write beside them.
+        writer.send_headers()           # type: ignore[attr-defined]
+        while transport.get_write_buffer_size():
+            if transport.is_closing():
+                raise ClientGone("connection lost while sending headers")
+            await asyncio.sleep(0.001)
+        self.sock_fd = os.dup(sock.fileno())
+        self.owned.append(self.sock_fd)
+        return True
+
+    async def send(self, offset: int, count: int) -> None:
+        try:
+            if self.sock_fd is None:
+                await self._copy(offset, count)
+            else:
+                await self._sendfile(offset, count)
+        except (TimeoutError, EOFError, ClientGone, OSError) as e:
+            self.abort()
+            raise ClientGone(str(e)) from None
+
+    async def _sendfile(self, offset: int, count: int) -> None:
+        assert self.sock_fd is not None
+        loop = asyncio.get_running_loop()
+        done = 0
+        while done < count:
+            self._thread = loop.run_in_executor(self.sender._pool, _sendfile_until_blocked,
+                                                self.sock_fd, self.fd, offset + done, count - done)
+            n, blocked = await asyncio.shield(self._thread)
+            done += n
+            self.sent += n
+            self.sender.sendfile_bytes += n
+            if blocked:
+                await _writable(self.sock_fd, self.sender.idle_timeout)
+
+    async def _copy(self, offset: int, count: int) -> None:
+        loop = asyncio.get_running_loop()
+        pos, end = offset, offset + count
+        while pos < end:
+            data = await loop.run_in_executor(self.sender._pool, os.pread, self.fd,
+                                              min(COPY_CHUNK, end - pos), pos)
+            if not data:
+                raise EOFError(f"file ended at {pos}")
+            await self.resp.write(data)
+            pos += len(data)
+            self.sent += len(data)
+            self.sender.copied_bytes += len(data)
+
+    async def finish(self) -> int:
+        await self.resp.write_eof()
+        return self.sent
+
+    def abort(self) -> None:
+        if self.request.transport is not None:
+            self.request.transport.abort()
+
+    def close(self) -> None:
+        held, self.owned = self.owned, []
+        if self._thread is not None and not self._thread.done():
+            # Cancelled while a thread is mid-call: it still uses the descriptors, so they
+            # are closed after it returns, never under it (a recycled descriptor number
+            # could otherwise receive another client's bytes).
+            self._thread.add_done_callback(lambda _f: [os.close(d) for d in held])
+        else:
+            for d in held:
+                os.close(d)
