@@ -81,7 +81,7 @@ class BlobService:
         return fill
 
     def _fill_finished(self, fill: Fill) -> None:
-        if fill.error is not None:
-            self.metrics.fill_failed(failure_reason(fill.error))
+        if fill.error is not None or fill.commit_error is not None:
+            self.metrics.fill_failed(failure_reason(fill.error or fill.commit_error))
         else:
             self.metrics.fetched(fill.source_name.removeprefix("upstream "), fill.written)

@@ -61,6 +61,8 @@ class Fill:
         self.started_at = time.monotonic()
         self.error: BaseException | None = None
         self.verified = False
+        self.stored = False
+        self.commit_error: BaseException | None = None
         self.done = False
         self.tmp: Path = store.temp_path()
         self._rfd: int | None = None
@@ -100,13 +102,25 @@ class Fill:
             wfd = None
             if self.size is None:
                 self.size = self.written
+            if self.written != self.size:
+                raise SizeMismatch(self.size, self.written, self.source_name)
             computed = hasher.hexdigest()
             if computed != self.digest.hex:
                 raise DigestMismatch(str(self.digest), f"{self.digest.algorithm}:{computed}",
                                      self.source_name)
-            await self.store.commit(self.tmp, self.digest, size=self.size, computed=computed,
-                                    written=self.written)
+            # The bytes are right: readers may finish now, while the store fsyncs and
+            # renames (durability of the cache is not the clients' wait).
             self.verified = True
+            self._notify()
+            try:
+                await self.store.commit(self.tmp, self.digest, size=self.size,
+                                        computed=computed, written=self.written)
+                self.stored = True
+            except Exception as e:   # noqa: BLE001 - the clients still get their verified bytes
+                self.commit_error = e
+                if isinstance(e, StoreFull):
+                    self.store.note_disk_full(time.time())
+                log.warning("could not store %s: %s", self.digest, e)
         except BaseException as e:   # noqa: BLE001 - every failure is handed to the readers
             if isinstance(e, StoreFull):
                 self.store.note_disk_full(time.time())
@@ -158,9 +172,9 @@ class Fill:
         await self._headers_known.wait()
         if self._rfd is not None:
             return os.dup(self._rfd)
-        if self.verified:
+        if self.stored:
             return await asyncio.to_thread(os.open, self.store.path(self.digest), os.O_RDONLY)
-        raise self.error or SizeMismatch(self.size or 0, self.written, "fill")
+        raise self.error or self.commit_error or SizeMismatch(self.size or 0, self.written, "fill")
 
     async def spans(self, start: int = 0, end: int | None = None) -> AsyncIterator[tuple[int, int]]:
         """(offset, count) windows of [start, end) as they can be sent.
