@@ -86,18 +86,7 @@ class Fill:
                         raise SizeMismatch(self.size, src.size, self.source_name)
                     self.size = src.size
                 self._headers_known.set()
-                while True:
-                    chunk = await src.read(READ_CHUNK)
-                    if not chunk:
-                        break
-                    if self.size is not None and self.written + len(chunk) > self.size:
-                        raise SizeMismatch(self.size, self.written + len(chunk), self.source_name)
-                    try:
-                        await asyncio.to_thread(_write_and_hash, wfd, hasher, chunk)
-                    except OSError as e:
-                        raise _translate_oserror(e) from e
-                    self.written += len(chunk)
-                    self._notify()
+                await self._copy_in(src, wfd, hasher)
             await asyncio.to_thread(os.close, wfd)
             wfd = None
             if self.size is None:
@@ -141,6 +130,38 @@ class Fill:
             if self._rfd is not None:
                 os.close(self._rfd)
                 self._rfd = None
+
+    async def _copy_in(self, src: Source, wfd: int, hasher) -> None:
+        """Copy the source into the temp file, hashing, telling readers as bytes land.
+
+        Double-buffered: the next chunk arrives while a thread writes and hashes this
+        one. At most one write is in flight, so writes stay in order, and none is left
+        running when this returns or raises (the descriptor is closed after it).
+        """
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[None] | None = None
+        pending_len = received = 0
+        try:
+            while True:
+                chunk = await src.read(READ_CHUNK)
+                received += len(chunk)
+                if self.size is not None and received > self.size:
+                    raise SizeMismatch(self.size, received, self.source_name)
+                if pending is not None:
+                    try:
+                        await pending
+                    except OSError as e:
+                        raise _translate_oserror(e) from e
+                    pending = None
+                    self.written += pending_len
+                    self._notify()
+                if not chunk:
+                    return
+                pending = loop.run_in_executor(None, _write_and_hash, wfd, hasher, chunk)
+                pending_len = len(chunk)
+        finally:
+            if pending is not None:
+                await asyncio.wait([pending])
 
     def _open_files(self) -> tuple[int, int]:
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
