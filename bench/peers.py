@@ -92,12 +92,11 @@ def start_proxy(workdir: Path, upstream: Registry) -> Registry:
 
 
 def registry_pid(reg: Registry) -> int | None:
-    proc = reg._proc                       # tests/support keeps the Popen private
-    return proc.pid if proc is not None else None
+    return reg.pid
 
 
-def start_edge(workdir: Path, upstream: Registry) -> EdgeProcess:
-    d = workdir / "edge"
+def start_edge(workdir: Path, upstream: Registry, name: str = "edge") -> EdgeProcess:
+    d = workdir / name
     d.mkdir()
     doc = make_config(d / "data", {UPSTREAM_NAME: upstream.url}, default=UPSTREAM_NAME,
                       tag_ttl="1h", cache={"max_size": "16GiB"},

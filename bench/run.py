@@ -31,6 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 import measure  # noqa: E402  (bench/ is the script's own directory)
 import peers    # noqa: E402
+from wan import NS as wan_ns_name, Wan  # noqa: E402
+from tests.support.registry import Registry  # noqa: E402
 from tests.support.images import MANIFEST_TYPES, OCI_LAYER, Blob, make_image, push, push_blob  # noqa: E402
 
 MiB = 1 << 20
@@ -165,7 +167,7 @@ def settled_count(upstream, digest: str, quiet: float = 0.5, timeout: float = 10
 
 
 def cold_blobs(upstream, bases: dict[str, str], digests: dict[str, tuple[str, str]],
-               sampler: measure.RssSampler, n: int = 20) -> list[str]:
+               sampler: measure.RssSampler, n: int = 20, wan: str | None = None) -> list[str]:
     """(c) n concurrent curl of one never-fetched blob vs one curl of another never-fetched blob.
 
     Then the same two fetches straight from the upstream, as the floor this machine allows.
@@ -189,11 +191,23 @@ def cold_blobs(upstream, bases: dict[str, str], digests: dict[str, tuple[str, st
         if name == "edgecache":
             ok = gets20 == 1 and ratio <= 1.3
             target, verdict = "1 upstream GET, wall(20) <= 1.3x wall(1)", met(ok)
-            SUMMARY.append([f"(c) {n} cold requests: upstream GETs", "1", gets20, met(gets20 == 1)])
-            SUMMARY.append([f"(c) wall({n}) / wall(1)", "<=1.3x", f"{ratio:.2f}x", met(ratio <= 1.3)])
+            where = f"over a {wan} WAN" if wan else "on loopback"
+            SUMMARY.append([f"(c) {n} cold requests {where}: upstream GETs", "1", gets20, met(gets20 == 1)])
+            SUMMARY.append([f"(c) wall({n}) / wall(1) {where}", "<=1.3x", f"{ratio:.2f}x",
+                            met(ratio <= 1.3)])
         else:
             target, verdict = "-", "-"
         rows.append([name, gets20, f"{wall20:.2f}", gets1, f"{wall1:.2f}", f"{ratio:.2f}x", target, verdict])
+    if wan:
+        out = [f"## (c, WAN) {n} concurrent cold requests for one 128 MiB blob over a {wan} WAN",
+               "",
+               f"The same measurement with the upstream registry in a network namespace whose only link "
+               f"is a veth pair shaped to {wan} (tbf): every upstream byte crosses a WAN of known speed, "
+               "as from a branch office, while the clients stay on loopback.",
+               ""]
+        out += table(["server", f"upstream GETs ({n})", f"wall({n}) s", "upstream GETs (1)", "wall(1) s",
+                      f"wall({n})/wall(1)", "target", "met?"], rows)
+        return out
     out = [f"## (c) {n} concurrent cold requests for one 128 MiB blob",
            "",
            f"{n} `curl` processes started together for a blob that server has never seen; upstream blob "
@@ -277,7 +291,7 @@ def machine_info(quick: bool) -> list[str]:
     return ["## Machine", ""] + table(["", ""], rows)
 
 
-def run(quick: bool, work: Path, stack: contextlib.ExitStack) -> str:
+def run(quick: bool, work: Path, stack: contextlib.ExitStack, wan_rate: str | None) -> str:
     rounds, wrk_secs = (3, 2) if quick else (5, 5)
     layers, layer_mib = 6, 16
     info = machine_info(quick)
@@ -321,6 +335,20 @@ def run(quick: bool, work: Path, stack: contextlib.ExitStack) -> str:
     sections += manifest_rps(bases, manifest_digest, wrk_secs)
     log("(c) concurrent cold blob requests")
     sections += cold_blobs(upstream, {"proxy": proxy.url, "edgecache": edge.url}, cold, sampler)
+    if wan_rate:
+        log(f"(c, WAN) concurrent cold blob requests over a {wan_rate} WAN")
+        wan = Wan(wan_rate).up()
+        stack.callback(wan.down)
+        far = Registry(workdir=work / "far-upstream", addr=wan.addr, netns=wan_ns_name).start()
+        stack.callback(far.stop)
+        far_proxy = Registry(upstream=far.url, workdir=work / "far-proxy").start()
+        stack.callback(far_proxy.stop)
+        far_edge = peers.start_edge(work, far, name="far-edge")
+        stack.callback(far_edge.stop)
+        far_cold = {n: (new_blob(far.url, COLD_REPO), new_blob(far.url, COLD_REPO))
+                    for n in ("proxy", "edgecache")}
+        sections += cold_blobs(far, {"proxy": far_proxy.url, "edgecache": far_edge.url}, far_cold,
+                               sampler, wan=wan_rate)
     log("(d) cold image pull with skopeo")
     sampler.phase = "(d) cold pulls"
     sections += cold_pull(pull_refs, work / "skopeo", layers, layer_mib)
@@ -346,6 +374,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds, shorter wrk runs (~1-2 min)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--wan-rate", default="1gbit", help="rate of the shaped WAN link for (c, WAN)")
+    ap.add_argument("--no-wan", action="store_true", help="skip (c, WAN): it needs root and ip netns")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # still run the cleanup below
     t0 = time.monotonic()
@@ -353,7 +383,7 @@ def main() -> int:
     work.chmod(0o755)                      # nginx workers (nobody) read the blob file in here
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, work, ignore_errors=True)
-        report = run(args.quick, work, stack)
+        report = run(args.quick, work, stack, None if args.no_wan else args.wan_rate)
     report += f"\n_Whole run: {time.monotonic() - t0:.0f} s._\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)

@@ -42,8 +42,12 @@ class Registry:
         workdir: Path | str | None = None,
         port: int | None = None,
         upstream_auth: tuple[str, str] | None = None,
+        addr: str = "127.0.0.1",
+        netns: str | None = None,
     ) -> None:
         self.upstream = upstream
+        self.addr = addr
+        self.netns = netns                # run inside this network namespace (ip netns exec)
         self.upstream_auth = upstream_auth
         self._own_dir = workdir is None
         self.dir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="registry-"))
@@ -54,7 +58,7 @@ class Registry:
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.addr}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -81,8 +85,9 @@ class Registry:
         (self.dir / "data").mkdir(parents=True, exist_ok=True)
         self._write_config()
         with open(self.log_path, "ab") as log:
+            prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
             self._proc = subprocess.Popen(
-                ["docker-registry", "serve", str(self.config_path)],
+                [*prefix, "docker-registry", "serve", str(self.config_path)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         try:
@@ -91,6 +96,10 @@ class Registry:
             self.stop()
             raise RuntimeError(f"registry did not start:\n{self.log_tail()}") from None
         return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     def stop(self, timeout: float = 5.0) -> None:
         proc, self._proc = self._proc, None
