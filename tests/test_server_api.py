@@ -81,8 +81,9 @@ async def test_head_errors_have_no_body(world):
 
 async def test_status_and_metrics_report_what_happened(world):
     up, edge, img, session = world
-    for _ in range(2):
-        await req(edge, session, "GET", f"/v2/demo/app/blobs/{img.layers[0].digest}")
+    await req(edge, session, "GET", f"/v2/demo/app/blobs/{img.layers[0].digest}")
+    assert await edge.stored(img.layers[0].digest)
+    await req(edge, session, "GET", f"/v2/demo/app/blobs/{img.layers[0].digest}")
     st = json.loads((await req(edge, session, "GET", "/_edgecache/status"))[2])
     assert st["blob_count"] == 1 and st["bytes_used"] == img.layers[0].size
     assert st["hit_ratio"] == 0.5 and st["upstreams"]["central.example"]["state"] == "up"

@@ -137,10 +137,11 @@ class Fill:
         Double-buffered: the next chunk arrives while a thread writes and hashes this
         one. At most one write is in flight, so writes stay in order, and none is left
         running when this returns or raises (the descriptor is closed after it).
+        Readers hear of each write as soon as it lands, not when the next chunk comes.
         """
         loop = asyncio.get_running_loop()
         pending: asyncio.Future[None] | None = None
-        pending_len = received = 0
+        received = 0
         try:
             while True:
                 chunk = await src.read(READ_CHUNK)
@@ -153,15 +154,18 @@ class Fill:
                     except OSError as e:
                         raise _translate_oserror(e) from e
                     pending = None
-                    self.written += pending_len
-                    self._notify()
                 if not chunk:
                     return
                 pending = loop.run_in_executor(None, _write_and_hash, wfd, hasher, chunk)
-                pending_len = len(chunk)
+                pending.add_done_callback(lambda f, n=len(chunk): self._landed(f, n))
         finally:
             if pending is not None:
                 await asyncio.wait([pending])
+
+    def _landed(self, write: asyncio.Future[None], n: int) -> None:
+        if not write.cancelled() and write.exception() is None:
+            self.written += n
+            self._notify()
 
     def _open_files(self) -> tuple[int, int]:
         self.tmp.parent.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,17 @@ class EdgeServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    async def stored(self, digest: str, timeout: float = 5.0) -> bool:
+        """Wait until the store holds digest: clients finish on verification, the commit follows."""
+        import asyncio
+        from edgecache.reference import parse_digest
+        d = parse_digest(digest)
+        for _ in range(int(timeout / 0.02)):
+            if self.services.store.has(d):
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
     async def get(self, session: aiohttp.ClientSession, path: str, **kw: Any) -> tuple[int, dict, bytes]:
         async with session.get(self.url + path, **kw) as r:
             return r.status, dict(r.headers), await r.read()
