@@ -125,6 +125,10 @@ async def test_bearer_token_auth_one_token_for_many_requests(tmp_path, basic):
                                       req(edge, session, "GET", "/v2/private/app/manifests/v1"))
             assert [r[0] for r in rs] == [200] * 4
             assert up.token_requests == 1
+            # The upstream forgets its tokens (expiry, rotation): one new token, no failure.
+            up.revoke_tokens()
+            status, _, _ = await req(edge, session, "GET", f"/v2/private/app/blobs/{img.config.digest}")
+            assert status == 200 and up.token_requests == 2
 
 
 async def test_wrong_credentials_are_denied_not_hung(tmp_path):

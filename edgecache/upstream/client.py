@@ -149,7 +149,9 @@ class UpstreamClient:
                     hdrs["Authorization"] = auth
                 resp = await self._session.request(method, self._url(path), headers=hdrs,
                                                    params=params, allow_redirects=True)
-                if resp.status == 401 and attempt == 0 and await self._answer_challenge(resp, scope):
+                if resp.status == 401 and attempt == 0 and (
+                        self._auth_header(scope) != auth      # a token arrived meanwhile
+                        or await self._answer_challenge(resp, scope)):
                     resp.release()
                     continue
                 break
