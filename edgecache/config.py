@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from edgecache.cron import Cron
+
 DEFAULT_CONFIG_PATH = Path("/etc/edgecache/config.yaml")
 
 # The embedded default: a useful mirror for the public registries on port 5000.
@@ -126,6 +128,15 @@ class BreakerConfig:
 
 
 @dataclass(frozen=True)
+class SyncConfig:
+    schedule: str | None = None     # 5-field cron; when set it wins over interval
+    interval: float = 6 * 3600.0
+    concurrency: int = 4            # images fetched at once
+    retention: float = 24 * 3600.0  # how long a replaced or removed pinned image stays pinned
+    watch_interval: float = 2.0     # how often list files are checked for edits
+
+
+@dataclass(frozen=True)
 class Config:
     listen_host: str
     listen_port: int
@@ -137,6 +148,9 @@ class Config:
     upstream_timeout: Timeouts
     breaker: BreakerConfig
     source: str                   # where it came from: a path or "<embedded default>"
+    pinned: Path | None = None    # a list file or a directory of them
+    prefetch: Path | None = None
+    sync: SyncConfig = SyncConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration, secrets masked (for check-config)."""
@@ -158,6 +172,10 @@ class Config:
                                  "read": self.upstream_timeout.read},
             "breaker": {"failures": self.breaker.failures, "backoff": self.breaker.backoff,
                         "max_backoff": self.breaker.max_backoff},
+            "pinned": str(self.pinned) if self.pinned else None,
+            "prefetch": str(self.prefetch) if self.prefetch else None,
+            "sync": {"schedule": self.sync.schedule, "interval": self.sync.interval,
+                     "concurrency": self.sync.concurrency, "retention": self.sync.retention},
         }
 
 
@@ -239,7 +257,8 @@ def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
     """Validate a parsed YAML document into a Config."""
     raw = _mapping("(top level)", raw)
     _reject_unknown("", raw, {"listen", "data_dir", "cache", "upstreams", "default_upstream",
-                              "tag_ttl", "upstream_timeout", "breaker"})
+                              "tag_ttl", "upstream_timeout", "breaker", "pinned", "prefetch",
+                              "sync"})
     host, port = _listen(raw.get("listen", "0.0.0.0:5000"))
     data_dir = Path(raw["data_dir"]) if raw.get("data_dir") else default_data_dir(env, uid)
 
@@ -293,10 +312,44 @@ def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
                             max_backoff=parse_duration("breaker.max_backoff",
                                                        br_raw.get("max_backoff", 60)))
 
+    lists = {}
+    for k in ("pinned", "prefetch"):
+        v = raw.get(k)
+        if v is None:
+            lists[k] = None
+            continue
+        if not isinstance(v, str) or not v:
+            raise ConfigError(k, v, "expected the path of a list file or a directory of them")
+        lists[k] = base / v
+
     return Config(listen_host=host, listen_port=port, data_dir=data_dir, cache=cache,
                   upstreams=upstreams, default_upstream=default,
                   tag_ttl=parse_duration("tag_ttl", raw.get("tag_ttl", 60)),
-                  upstream_timeout=timeouts, breaker=breaker, source=source)
+                  upstream_timeout=timeouts, breaker=breaker, source=source,
+                  pinned=lists["pinned"], prefetch=lists["prefetch"],
+                  sync=_sync(raw.get("sync")))
+
+
+def _sync(value: Any) -> SyncConfig:
+    raw = _mapping("sync", value)
+    _reject_unknown("sync", raw, {"schedule", "interval", "concurrency", "retention", "watch_interval"})
+    schedule = raw.get("schedule")
+    if schedule is not None:
+        try:
+            Cron.parse(str(schedule))
+        except ValueError as e:
+            raise ConfigError("sync.schedule", schedule, f"not a cron expression: {e}") from None
+    interval = parse_duration("sync.interval", raw.get("interval", "6h"))
+    if interval <= 0:
+        raise ConfigError("sync.interval", raw.get("interval"), "must be positive")
+    conc = raw.get("concurrency", 4)
+    if isinstance(conc, bool) or not isinstance(conc, int) or not 1 <= conc <= 64:
+        raise ConfigError("sync.concurrency", conc, "expected a whole number from 1 to 64")
+    return SyncConfig(schedule=str(schedule) if schedule is not None else None, interval=interval,
+                      concurrency=conc,
+                      retention=parse_duration("sync.retention", raw.get("retention", "24h")),
+                      watch_interval=parse_duration("sync.watch_interval",
+                                                    raw.get("watch_interval", "2s")) or 2.0)
 
 
 def load(path: Path | None, *, env: Mapping[str, str] | None = None, uid: int | None = None) -> Config:

@@ -1,6 +1,7 @@
 """Blobs: from the store when present, else from the one fill for that digest."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,29 @@ class BlobService:
         except UpstreamNotFound:
             raise BlobUnknown(str(digest)) from None
         return fill
+
+    async def ensure(self, route: Route, digest: Digest, on_fill=None) -> int:
+        """Have the blob in the store (fetching it if need be); returns its size.
+
+        on_fill(fill) is told of the fill, for progress; clients asking for the same
+        digest meanwhile share it.
+        """
+        if (size := self.store.size(digest)) is not None:
+            return size
+        client = self.upstreams.get(route.upstream)
+        fill = self.fills.start(digest, lambda: client.blob(route.repo, str(digest)),
+                                expected_size=None, source_name=f"upstream {route.upstream}")
+        if on_fill is not None:
+            on_fill(fill)
+        assert fill.task is not None
+        await asyncio.shield(fill.task)
+        if fill.error is not None:
+            if isinstance(fill.error, UpstreamNotFound):
+                raise BlobUnknown(str(digest)) from None
+            raise fill.error
+        if not fill.stored:
+            raise fill.commit_error or BlobUnknown(str(digest))
+        return fill.size or 0
 
     def _fill_finished(self, fill: Fill) -> None:
         if fill.error is not None or fill.commit_error is not None:

@@ -75,6 +75,9 @@ class ManifestService:
         self._bodies: OrderedDict[str, bytes] = OrderedDict()
         self._bodies_bytes = 0
         self._bodies_cap = body_cache_bytes
+        # Pinned tags answer from the syncer, which switches them only once the new
+        # image is complete (set by the runtime; None: every tag follows tag_ttl).
+        self.tag_override: Callable[[tuple[str, str, str]], str | None] | None = None
 
     async def get(self, route: Route, reference: str, accept: Accept) -> ManifestAnswer:
         if is_digest(reference):
@@ -103,6 +106,12 @@ class ManifestService:
 
     async def _by_tag(self, route: Route, tag: str, accept: Accept) -> ManifestAnswer:
         key = (route.upstream, route.repo, tag)
+        pinned = self.tag_override(key) if self.tag_override else None
+        if pinned is not None:
+            local = await self._local(pinned)
+            if local is not None and accept.accepts(local.media_type):
+                self.metrics.hit("manifest")
+                return local
         rec = self.meta.tags(key).get(accept.key())
         if rec is not None and self.clock() - rec.checked < self.tag_ttl:
             local = await self._local(rec.digest)

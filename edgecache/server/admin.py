@@ -35,7 +35,22 @@ async def status(request: web.Request) -> web.Response:
         "fills_in_progress": [{"digest": str(f.digest), "bytes": f.written, "size": f.size,
                                "source": f.source_name} for f in svc.blobs.fills.active()],
         "upstreams": {name: c.status() for name, c in svc.blobs.upstreams.clients.items()},
+        "data_dir": str(svc.config.data_dir),
+        "sync": svc.syncer.status(),
     })
+
+
+async def sync_start(request: web.Request) -> web.Response:
+    """Start a sync now (or join the one under way); follow it with GET."""
+    svc = request.app[SERVICES]
+    if request.query.get("reload") != "0":
+        await svc.syncer.reload()
+    svc.syncer.sync()
+    return web.json_response(svc.syncer.status(), status=202)
+
+
+async def sync_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SERVICES].syncer.status())
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -70,6 +85,17 @@ def state_collector(svc: Services) -> Iterable:
                     samples=[([], len(svc.blobs.fills.active()))])
         yield counter("edgecache_sendfile_bytes", "Blob bytes sent with the kernel's sendfile",
                       svc.sender.sendfile_bytes)
+        sync = svc.syncer.status()
+        yield gauge("edgecache_sync_entries", "Pinned and prefetch entries by state",
+                    ["list", "state"],
+                    [([kind, state], sync["totals"][kind][state]) for kind in ("pinned", "prefetch")
+                     for state in ("desired", "complete", "failed", "fetching", "pending")])
+        yield gauge("edgecache_sync_entry_complete", "1 when the entry's image is complete",
+                    ["list", "ref", "platforms"],
+                    [([e["kind"], e["ref"], ",".join(e["platforms"])],
+                      1.0 if e["state"] == "complete" else 0.0) for e in sync["entries"]])
+        yield gauge("edgecache_sync_list_problems", "Problems in the list files",
+                    samples=[([], len(sync["problems"]))])
     return collect
 
 
@@ -77,3 +103,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/_edgecache/health", health)
     app.router.add_get("/_edgecache/status", status)
     app.router.add_get("/metrics", metrics)
+    app.router.add_post("/_edgecache/sync", sync_start)
+    app.router.add_get("/_edgecache/sync", sync_status)

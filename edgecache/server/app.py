@@ -1,7 +1,7 @@
 """Building the aiohttp application and owning its resources.
 
-Everything with a lifecycle (store, metadata, upstream sessions, fills, the
-sendfile pool) is opened in one cleanup context and closed in reverse order.
+The runtime (store, metadata, upstream sessions, fills, syncer) and the
+sendfile pool are opened in one cleanup context and closed in reverse order.
 """
 from __future__ import annotations
 
@@ -9,75 +9,37 @@ import asyncio
 import logging
 import signal
 import time
-from contextlib import AsyncExitStack
 from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from edgecache.config import Config
-from edgecache.metrics import Metrics
-from edgecache.pull.blobs import BlobService
-from edgecache.pull.fill import FillRegistry
-from edgecache.pull.manifests import ManifestService
-from edgecache.pull.tags import TagListService
+from edgecache.runtime import open_runtime
 from edgecache.server import admin, registry_api
 from edgecache.server.accesslog import JsonAccessLogger, timing_middleware
 from edgecache.server.blob_response import BlobSender
 from edgecache.server.oci_errors import oci_error_middleware
 from edgecache.server.registry_api import SERVICES, Services
-from edgecache.store import layout
-from edgecache.store.blobs import BlobStore
-from edgecache.store.meta import MetaStore
-from edgecache.upstream.client import Upstreams
 
 log = logging.getLogger("edgecache")
 
 CONFIG = web.AppKey("config", Config)
-META_FLUSH_INTERVAL = 1.0
-
-
-async def _flush_meta(meta: MetaStore) -> None:
-    while True:
-        await asyncio.sleep(META_FLUSH_INTERVAL)
-        await asyncio.to_thread(meta.flush)
+BACKGROUND_SYNC = web.AppKey("background_sync", bool)   # False in tests that drive the syncer
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
-    cfg = app[CONFIG]
-    async with AsyncExitStack() as stack:
-        store = BlobStore(cfg.data_dir, cfg.cache.max_size,
-                          high_watermark=cfg.cache.high_watermark,
-                          low_watermark=cfg.cache.low_watermark)
-        await store.open()
-        stack.push_async_callback(store.close)
-
-        meta = MetaStore(layout.meta_dir(cfg.data_dir))
-        await asyncio.to_thread(meta.load)
-        stack.callback(meta.close)
-        flusher = asyncio.create_task(_flush_meta(meta))
-        stack.callback(flusher.cancel)
-
-        upstreams = await stack.enter_async_context(
-            Upstreams(cfg.upstreams, cfg.upstream_timeout, cfg.breaker))
-        metrics = Metrics()
-        for name, client in upstreams.clients.items():
-            client.on_error = (lambda n: lambda err: metrics.upstream_error(n, err.kind))(name)
-
-        fills = FillRegistry(store)
-        stack.push_async_callback(fills.close)
+    async with open_runtime(app[CONFIG]) as rt:
         sender = BlobSender()
-        stack.callback(sender.close)
-
-        svc = Services(config=cfg, store=store,
-                       blobs=BlobService(store, fills, upstreams, metrics),
-                       manifests=ManifestService(store, meta, upstreams, metrics, cfg.tag_ttl),
-                       tags=TagListService(meta, upstreams, metrics),
-                       sender=sender, metrics=metrics)
-        metrics.add_state(admin.state_collector(svc))
+        svc = Services(config=rt.config, store=rt.store, blobs=rt.blobs, manifests=rt.manifests,
+                       tags=rt.tags, sender=sender, metrics=rt.metrics, syncer=rt.syncer)
+        rt.metrics.add_state(admin.state_collector(svc))
         app[SERVICES] = svc
-        log.info("store %s: %d blobs, %d bytes of %d budget", cfg.data_dir,
-                 len(store.index), store.index.total_bytes, store.max_size)
-        yield
+        if app.get(BACKGROUND_SYNC, True):
+            rt.syncer.start_background()
+        try:
+            yield
+        finally:
+            sender.close()
 
 
 def build_app(cfg: Config) -> web.Application:
@@ -106,6 +68,8 @@ async def serve(cfg: Config, *, ready: Callable[[], Awaitable[None] | None] | No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP: read the image lists again (systemd's ExecReload sends it).
+    loop.add_signal_handler(signal.SIGHUP, lambda: app[SERVICES].syncer.request_reload())
     try:
         if ready is not None:
             r = ready()

@@ -23,6 +23,7 @@ from edgecache.server.oci_errors import OciError
 from edgecache.server.ranges import parse_range
 from edgecache.store.blobs import BlobStore
 from edgecache.metrics import Metrics
+from edgecache.sync.syncer import Syncer
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 
@@ -38,6 +39,7 @@ class Services:
     tags: TagListService
     sender: BlobSender
     metrics: Metrics
+    syncer: Syncer
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from edgecache.errors import DigestMismatch, SizeMismatch, StoreFull
 from edgecache.reference import Digest, parse_digest
@@ -227,16 +227,28 @@ class BlobStore:
 
     # -- pins ------------------------------------------------------------------
 
-    async def pin(self, digest: Digest, owner: str) -> None:
-        self.index.pin(str(digest), owner)
+    async def pin(self, digest: Digest | str, owner: str) -> None:
+        await self.pin_many([digest], owner)
+
+    async def unpin(self, digest: Digest | str, owner: str) -> None:
+        await self.unpin_many([digest], owner)
+
+    async def pin_many(self, digests: Iterable[Digest | str], owner: str) -> None:
+        """Pin (also digests not stored yet: they are exempt from eviction once they land)."""
+        for d in digests:
+            self.index.pin(str(d), owner)
         await self.flush()
 
-    async def unpin(self, digest: Digest, owner: str) -> None:
-        self.index.unpin(str(digest), owner)
+    async def unpin_many(self, digests: Iterable[Digest | str], owner: str) -> None:
+        for d in digests:
+            self.index.unpin(str(d), owner)
         await self.flush()
         self._maybe_evict()
 
-    def is_pinned(self, digest: Digest) -> bool:
+    def pin_owners(self) -> set[str]:
+        return self.index.owners()
+
+    def is_pinned(self, digest: Digest | str) -> bool:
         return self.index.is_pinned(str(digest))
 
     # -- eviction --------------------------------------------------------------

@@ -144,6 +144,9 @@ class BlobIndex:
                 self.pinned_bytes -= self._lru[digest].size
             self._disk.delete(("pin", digest))
 
+    def owners(self) -> set[str]:
+        return {o for owners in self._pins.values() for o in owners}
+
     @property
     def unpinned_bytes(self) -> int:
         return self.total_bytes - self.pinned_bytes

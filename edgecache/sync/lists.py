@@ -21,7 +21,7 @@ import yaml
 
 from edgecache.config import normalize_registry
 from edgecache.errors import EdgecacheError
-from edgecache.reference import is_digest, parse_digest, validate_name, validate_tag
+from edgecache.reference import parse_digest, validate_name, validate_tag
 
 _PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
 
@@ -40,6 +40,7 @@ class ListProblem:
     file: str
     line: int
     reason: str
+    whole_file: bool = False     # the file could not be read or parsed: none of it counts
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.reason}"
@@ -117,11 +118,12 @@ def parse_text(text: str, file: str, upstreams: Collection[str] | None = None,
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         return [], [ListProblem(file, mark.line + 1 if mark else 1,
-                                f"does not parse: {getattr(e, 'problem', None) or e}")]
+                                f"does not parse: {getattr(e, 'problem', None) or e}", True)]
     if root is None:
         return [], []
     if not isinstance(root, yaml.MappingNode):
-        return [], [ListProblem(file, root.start_mark.line + 1, "expected a mapping with `images:`")]
+        return [], [ListProblem(file, root.start_mark.line + 1, "expected a mapping with `images:`",
+                                True)]
     items: yaml.Node | None = None
     problems: list[ListProblem] = []
     for k, v in root.value:
@@ -198,7 +200,7 @@ def load(path: Path, upstreams: Collection[str] | None = None,
         try:
             text = f.read_text()
         except OSError as e:
-            problems.append(ListProblem(str(f), 1, f"cannot read: {e.strerror}"))
+            problems.append(ListProblem(str(f), 1, f"cannot read: {e.strerror}", True))
             continue
         es, ps = parse_text(text, str(f), upstreams, default_platform)
         problems += ps

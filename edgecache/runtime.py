@@ -1,0 +1,98 @@
+"""Everything with a lifecycle, built from the config and closed in reverse order:
+store, metadata, upstream sessions, fills, the pull services, the syncer.
+
+The HTTP server runs on one; `edgecache sync` without a daemon runs on another.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from edgecache.config import Config
+from edgecache.metrics import Metrics
+from edgecache.pull.blobs import BlobService
+from edgecache.pull.fill import FillRegistry
+from edgecache.pull.manifests import ManifestService
+from edgecache.pull.tags import TagListService
+from edgecache.store import layout
+from edgecache.store.blobs import BlobStore
+from edgecache.store.meta import MetaStore
+from edgecache.sync.syncer import Syncer
+from edgecache.upstream.client import Upstreams
+
+log = logging.getLogger("edgecache")
+
+META_FLUSH_INTERVAL = 1.0
+
+
+@dataclass
+class Runtime:
+    config: Config
+    store: BlobStore
+    meta: MetaStore
+    upstreams: Upstreams
+    fills: FillRegistry
+    blobs: BlobService
+    manifests: ManifestService
+    tags: TagListService
+    metrics: Metrics
+    syncer: Syncer
+
+
+async def _flush_meta(meta: MetaStore) -> None:
+    while True:
+        await asyncio.sleep(META_FLUSH_INTERVAL)
+        await asyncio.to_thread(meta.flush)
+
+
+class open_runtime:
+    """`async with open_runtime(cfg) as rt:` opens everything, closes it on exit."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Runtime:
+        cfg, stack = self.cfg, self._stack
+        try:
+            store = BlobStore(cfg.data_dir, cfg.cache.max_size,
+                              high_watermark=cfg.cache.high_watermark,
+                              low_watermark=cfg.cache.low_watermark)
+            await store.open()
+            stack.push_async_callback(store.close)
+
+            meta = MetaStore(layout.meta_dir(cfg.data_dir))
+            await asyncio.to_thread(meta.load)
+            stack.callback(meta.close)
+            flusher = asyncio.create_task(_flush_meta(meta))
+            stack.callback(flusher.cancel)
+
+            upstreams = await stack.enter_async_context(
+                Upstreams(cfg.upstreams, cfg.upstream_timeout, cfg.breaker))
+            metrics = Metrics()
+            for name, client in upstreams.clients.items():
+                client.on_error = (lambda n: lambda err: metrics.upstream_error(n, err.kind))(name)
+
+            fills = FillRegistry(store)
+            stack.push_async_callback(fills.close)
+            blobs = BlobService(store, fills, upstreams, metrics)
+            manifests = ManifestService(store, meta, upstreams, metrics, cfg.tag_ttl)
+            syncer = Syncer(cfg, store, meta, upstreams, manifests, blobs)
+            await syncer.open()
+            stack.push_async_callback(syncer.close)
+            manifests.tag_override = syncer.pinned_tag
+            rt = Runtime(config=cfg, store=store, meta=meta, upstreams=upstreams, fills=fills,
+                         blobs=blobs, manifests=manifests,
+                         tags=TagListService(meta, upstreams, metrics), metrics=metrics,
+                         syncer=syncer)
+            log.info("store %s: %d blobs, %d bytes of %d budget", cfg.data_dir,
+                     len(store.index), store.index.total_bytes, store.max_size)
+            return rt
+        except BaseException:
+            await stack.aclose()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()

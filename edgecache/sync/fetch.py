@@ -1,0 +1,134 @@
+"""Fetching a whole image ahead of time through the pull path: the index, the
+manifests of the wanted platforms, their configs and layers. Blobs go through
+the same single-flight fills as client requests, so a client pulling the same
+image meanwhile shares the WAN transfer, and blobs shared between images are
+fetched once."""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+
+from edgecache.errors import EdgecacheError, ManifestUnknown
+from edgecache.mediatypes import INDEX_TYPES, Accept
+from edgecache.pull.blobs import BlobService
+from edgecache.pull.fill import Fill
+from edgecache.pull.manifests import ManifestService
+from edgecache.pull.routing import Route
+from edgecache.reference import parse_digest
+from edgecache.sync.lists import ImageRef
+from edgecache.upstream.client import Upstreams
+
+ANY = Accept.parse([])
+BLOBS_AT_ONCE = 3          # per image; the syncer bounds images at once
+
+
+class NoMatchingPlatform(EdgecacheError):
+    pass
+
+
+@dataclass
+class Progress:
+    state: str = "pending"            # pending | fetching | complete | failed
+    digest: str | None = None
+    bytes_total: int = 0
+    bytes_done: int = 0               # of blobs complete
+    reason: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    fills: list[Fill] = field(default_factory=list, repr=False)
+
+    def live_bytes(self) -> int:
+        """Bytes done, counting blobs still being filled."""
+        return min(self.bytes_total, self.bytes_done + sum(
+            f.written for f in self.fills if not f.done))
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    digest: str
+    media_type: str
+    digests: tuple[str, ...]          # everything it is made of: manifests, configs, layers
+    size: int
+
+
+def _platform(desc: dict) -> tuple[str, str, str]:
+    p = desc.get("platform") or {}
+    return p.get("os", ""), p.get("architecture", ""), p.get("variant", "")
+
+
+def matches(wanted: str, desc: dict) -> bool:
+    """"linux/arm64" matches any arm64 variant; "linux/arm/v7" only v7."""
+    parts = wanted.split("/")
+    os_, arch, variant = _platform(desc)
+    if (parts[0], parts[1]) != (os_, arch):
+        return False
+    return len(parts) < 3 or parts[2] == variant
+
+
+class ImageFetcher:
+    def __init__(self, manifests: ManifestService, blobs: BlobService, upstreams: Upstreams) -> None:
+        self.manifests = manifests
+        self.blobs = blobs
+        self.upstreams = upstreams
+
+    async def resolve(self, ref: ImageRef) -> str:
+        """The tag's digest now, asked with HEAD only (a GET counts against rate limits)."""
+        assert ref.tag is not None
+        head = await self.upstreams.get(ref.upstream).head_manifest(ref.repo, ref.tag,
+                                                                    ANY.for_upstream())
+        if head.digest:
+            return head.digest
+        # No Docker-Content-Digest on HEAD: fall back to fetching the manifest.
+        return (await self.manifests.get(Route(ref.upstream, ref.repo), ref.tag, ANY)).digest
+
+    async def manifest_digests(self, ref: ImageRef, digest: str, platforms: tuple[str, ...]
+                               ) -> tuple[str, list[str], dict[str, int]]:
+        """(top media type, manifest digests, {blob digest: size}) of an image."""
+        route = Route(ref.upstream, ref.repo)
+        top = await self.manifests.get(route, digest, ANY)
+        manifests = [top]
+        if top.media_type in INDEX_TYPES:
+            index = json.loads(top.body)
+            chosen = [m for m in index.get("manifests", [])
+                      if any(matches(p, m) for p in platforms)]
+            if not chosen:
+                raise NoMatchingPlatform(f"{ref} has no manifest for {', '.join(platforms)}")
+            manifests += await asyncio.gather(*(self.manifests.get(route, m["digest"], ANY)
+                                                for m in chosen))
+        blobs: dict[str, int] = {}
+        for m in manifests[1:] if top.media_type in INDEX_TYPES else manifests:
+            doc = json.loads(m.body)
+            if "config" not in doc:
+                raise ManifestUnknown(f"{m.digest} is not an image manifest")
+            for d in [doc["config"], *doc.get("layers", [])]:
+                blobs[d["digest"]] = int(d.get("size", 0))
+        return top.media_type, [m.digest for m in manifests], blobs
+
+    async def fetch(self, ref: ImageRef, digest: str, platforms: tuple[str, ...],
+                    progress: Progress, before_blobs=None) -> FetchedImage:
+        """Fetch everything; await before_blobs(digests) once they are known, before the
+        blobs move (the syncer pins them there, so nothing is evicted mid-fetch)."""
+        route = Route(ref.upstream, ref.repo)
+        media_type, manifest_digests, blobs = await self.manifest_digests(ref, digest, platforms)
+        everything = tuple(manifest_digests + list(blobs))
+        if before_blobs is not None:
+            await before_blobs(everything)
+        progress.bytes_total = sum(blobs.values())
+        progress.bytes_done = 0
+        gate = asyncio.Semaphore(BLOBS_AT_ONCE)
+
+        async def one(d: str, size: int) -> None:
+            async with gate:
+                await self.blobs.ensure(route, parse_digest(d), on_fill=progress.fills.append)
+                progress.bytes_done += size
+
+        try:
+            results = await asyncio.gather(*(one(d, s) for d, s in blobs.items()),
+                                           return_exceptions=True)
+        finally:
+            progress.fills.clear()
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return FetchedImage(digest, media_type, everything, progress.bytes_total)

@@ -1,0 +1,366 @@
+"""The syncer: keeps the pinned set and the prefetch lists fetched.
+
+- Pinned images are pinned in the store (never evicted) under an owner of their
+  own, `pinned:<entry>@<digest>`, from the moment their digests are known, so
+  nothing is evicted mid-fetch. Blobs shared between images simply have several
+  owners.
+- A tracked tag is re-resolved with one HEAD per sync. When it moved, the new
+  image is fetched completely before the tag switches (clients are answered from
+  `pinned_tag`, not from the TTL path); the old image stays pinned for
+  `sync.retention`, then becomes ordinary LRU content. A removed entry goes the
+  same way.
+- Prefetch entries are fetched the same way but not pinned.
+- List files are watched (and reloaded on SIGHUP); a file that does not parse
+  keeps its old entries.
+
+What has been synced (digests, owners, retained pins) is kept in
+data_dir/sync/state.json, written atomically.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from edgecache.config import Config
+from edgecache.cron import Cron
+from edgecache.mediatypes import Accept
+from edgecache.pull.blobs import BlobService
+from edgecache.pull.manifests import ManifestService
+from edgecache.reference import parse_digest
+from edgecache.store.blobs import BlobStore
+from edgecache.store.meta import MetaStore, TagRecord
+from edgecache.sync import lists
+from edgecache.sync.fetch import ImageFetcher, Progress
+from edgecache.sync.lists import Entry, ListProblem
+from edgecache.upstream.client import Upstreams
+
+log = logging.getLogger("edgecache.sync")
+
+KINDS = ("pinned", "prefetch")
+ANY_KEY = Accept.parse([]).key()
+
+
+def state_path(data_dir: Path) -> Path:
+    return data_dir / "sync" / "state.json"
+
+
+def _owner(kind: str, entry: Entry, digest: str) -> str:
+    return f"{kind}:{entry.key}@{digest}"
+
+
+class Syncer:
+    def __init__(self, cfg: Config, store: BlobStore, meta: MetaStore, upstreams: Upstreams,
+                 manifests: ManifestService, blobs: BlobService) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.meta = meta
+        self.fetcher = ImageFetcher(manifests, blobs, upstreams)
+        self.paths = {"pinned": cfg.pinned, "prefetch": cfg.prefetch}
+        self.desired: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        self.problems: list[ListProblem] = []
+        self.progress: dict[tuple[str, str], Progress] = {}
+        # Persisted: {"pinned": {key: record}, "prefetch": {...}, "retained": [...]}
+        self.state: dict[str, Any] = {"pinned": {}, "prefetch": {}, "retained": []}
+        self._tags: dict[tuple[str, str, str], str] = {}
+        self._run: asyncio.Task[dict] | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._signature: tuple = ()
+        self._reload_wanted = asyncio.Event()
+        self.runs = 0
+        self.last_run: dict[str, Any] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._load_state)
+        for rec in self.state["pinned"].values():
+            if rec.get("tag"):
+                self._tags[tuple(rec["tag"])] = rec["digest"]
+        await self.reload()
+
+    def start_background(self) -> None:
+        """The daemon's loops: the schedule, the list watcher, retention expiry."""
+        self._tasks = [asyncio.create_task(self._schedule_loop(), name="sync schedule"),
+                       asyncio.create_task(self._watch_loop(), name="sync watch"),
+                       asyncio.create_task(self._retention_loop(), name="sync retention")]
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        if self._run is not None:
+            self._run.cancel()
+        await asyncio.gather(*self._tasks, *([self._run] if self._run else []),
+                             return_exceptions=True)
+        await asyncio.to_thread(self._save_state)
+
+    def _load_state(self) -> None:
+        try:
+            self.state.update(json.loads(state_path(self.cfg.data_dir).read_text()))
+        except FileNotFoundError:
+            pass
+        except ValueError:
+            log.error("sync state %s is damaged; starting from an empty one",
+                      state_path(self.cfg.data_dir))
+
+    def _save_state(self) -> None:
+        p = state_path(self.cfg.data_dir)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.state, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+
+    async def _save(self) -> None:
+        await asyncio.to_thread(self._save_state)
+
+    # -- the lists ---------------------------------------------------------------
+
+    def pinned_tag(self, key: tuple[str, str, str]) -> str | None:
+        return self._tags.get(key)
+
+    def _list_signature(self) -> tuple:
+        sig = []
+        for kind in KINDS:
+            path = self.paths[kind]
+            if path is None:
+                continue
+            for f in lists.list_files(path) if path.exists() else [path]:
+                try:
+                    st = f.stat()
+                    sig.append((str(f), st.st_mtime_ns, st.st_size))
+                except OSError:
+                    sig.append((str(f), None, None))
+        return tuple(sig)
+
+    async def reload(self) -> bool:
+        """Read the list files again; True when the desired set changed."""
+        self._signature = await asyncio.to_thread(self._list_signature)
+        desired: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        problems: list[ListProblem] = []
+        for kind in KINDS:
+            path = self.paths[kind]
+            if path is None:
+                continue
+            if not path.exists():
+                problems.append(ListProblem(str(path), 1, "no such file or directory", True))
+                desired[kind] = dict(self.desired[kind])       # keep what we had
+                continue
+            entries, ps = await asyncio.to_thread(lists.load, path, self.cfg.upstreams.keys())
+            problems += ps
+            broken = {p.file for p in ps if p.whole_file}
+            for e in entries:
+                desired[kind][e.key] = e
+            # A file that does not parse keeps the entries it had.
+            for key, e in self.desired[kind].items():
+                if e.file in broken:
+                    desired[kind].setdefault(key, e)
+        for p in problems:
+            log.error("list problem: %s", p)
+        self.problems = problems
+        changed = desired != self.desired
+        self.desired = desired
+        for kind in KINDS:
+            for key in desired[kind]:
+                self.progress.setdefault((kind, key), Progress())
+            for key in [k for (kd, k) in self.progress if kd == kind and k not in desired[kind]]:
+                del self.progress[(kind, key)]
+        await self._drop_removed()
+        return changed
+
+    async def _drop_removed(self) -> None:
+        """Entries gone from the lists: pins are retained, then released; tags unpinned."""
+        now = time.time()
+        dirty = False
+        for kind in KINDS:
+            for key in [k for k in self.state[kind] if k not in self.desired[kind]]:
+                rec = self.state[kind].pop(key)
+                dirty = True
+                if kind == "pinned":
+                    self._retain(rec, now)
+                    if rec.get("tag") and self._tags.get(tuple(rec["tag"])) == rec["digest"]:
+                        del self._tags[tuple(rec["tag"])]
+                log.info("%s entry %s removed from the list", kind, rec.get("ref", key))
+        if dirty:
+            await self._save()
+
+    def _retain(self, rec: dict, now: float) -> None:
+        self.state["retained"].append({"owner": rec["owner"], "digests": rec["digests"],
+                                       "until": now + self.cfg.sync.retention})
+
+    async def expire_retained(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        keep, expired = [], []
+        for r in self.state["retained"]:
+            (expired if r["until"] <= now else keep).append(r)
+        current = {rec["owner"] for rec in self.state["pinned"].values()}
+        for r in expired:
+            if r["owner"] not in current:          # the same image came back meanwhile
+                await self.store.unpin_many(r["digests"], r["owner"])
+        if expired:
+            self.state["retained"] = keep
+            await self._save()
+        return len(expired)
+
+    # -- syncing -----------------------------------------------------------------
+
+    def sync(self, keys: set[tuple[str, str]] | None = None) -> asyncio.Task[dict]:
+        """Start a sync (of everything, or of keys), or join the one under way."""
+        if self._run is None or self._run.done():
+            self._run = asyncio.create_task(self._sync(keys), name="sync run")
+        return self._run
+
+    async def _sync(self, keys: set[tuple[str, str]] | None) -> dict:
+        self.runs += 1
+        started = time.time()
+        todo = [(kind, e) for kind in KINDS for key, e in self.desired[kind].items()
+                if keys is None or (kind, key) in keys]
+        for kind, e in todo:
+            p = self.progress.setdefault((kind, e.key), Progress())
+            p.state, p.reason = "pending", None
+        gate = asyncio.Semaphore(self.cfg.sync.concurrency)
+
+        async def one(kind: str, e: Entry) -> None:
+            async with gate:
+                await self._sync_one(kind, e)
+
+        await asyncio.gather(*(one(k, e) for k, e in todo))
+        await self._save()
+        self.last_run = {"started": started, "finished": time.time(), **self.totals()}
+        return self.last_run
+
+    async def _sync_one(self, kind: str, entry: Entry) -> None:
+        p = self.progress.setdefault((kind, entry.key), Progress())
+        p.state, p.reason, p.started, p.finished = "fetching", None, time.time(), None
+        rec = self.state[kind].get(entry.key)
+        planned: tuple[str, ...] = ()
+        owner = None
+        try:
+            if entry.ref.digest:
+                digest = entry.ref.digest
+            elif entry.track or rec is None:
+                digest = await self.fetcher.resolve(entry.ref)
+            else:
+                digest = rec["digest"]
+            p.digest = digest
+            owner = _owner(kind, entry, digest)
+            if rec and rec["digest"] == digest and all(
+                    self.store.has(parse_digest(d)) for d in rec["digests"]):
+                # Unchanged and whole: one HEAD (for a tracked tag) and nothing else.
+                p.bytes_total = p.bytes_done = rec.get("size", 0)
+                self._switch_tag(kind, entry, digest, rec.get("media_type", ""))
+                p.state, p.finished = "complete", time.time()
+                return
+
+            async def pin(digests: tuple[str, ...]) -> None:
+                nonlocal planned
+                planned = digests
+                if kind == "pinned":
+                    await self.store.pin_many(digests, owner)
+
+            img = await self.fetcher.fetch(entry.ref, digest, entry.platforms, p, before_blobs=pin)
+            if rec and rec["owner"] != owner and kind == "pinned":
+                self._retain(rec, time.time())
+            self.state[kind][entry.key] = {
+                "ref": str(entry.ref), "platforms": list(entry.platforms), "digest": digest,
+                "media_type": img.media_type, "digests": list(img.digests), "size": img.size,
+                "owner": owner, "tag": [entry.ref.upstream, entry.ref.repo, entry.ref.tag]
+                if entry.ref.tag else None, "synced": time.time()}
+            # Only now, with the new image complete, does the tag switch.
+            self._switch_tag(kind, entry, digest, img.media_type)
+            await self._save()
+            p.state, p.finished = "complete", time.time()
+            log.info("%s %s: %s complete (%d bytes)", kind, entry.ref, digest, img.size)
+        except Exception as e:   # noqa: BLE001 - one entry's failure must not stop the others
+            p.state, p.reason, p.finished = "failed", f"{type(e).__name__}: {e}", time.time()
+            log.warning("%s %s failed: %s", kind, entry.ref, p.reason)
+            if kind == "pinned" and planned and owner and (rec is None or rec["owner"] != owner):
+                await self.store.unpin_many(planned, owner)
+
+    def _switch_tag(self, kind: str, entry: Entry, digest: str, media_type: str) -> None:
+        if entry.ref.tag is None:
+            return
+        key = (entry.ref.upstream, entry.ref.repo, entry.ref.tag)
+        if kind == "pinned":
+            self._tags[key] = digest
+        else:
+            # Prefetched tags answer offline like any tag a client pulled.
+            rec = self.meta.manifest(digest)
+            self.meta.put_tag(key, ANY_KEY, TagRecord(digest, media_type, rec.size if rec else 0,
+                                                      time.time()))
+
+    # -- background loops ----------------------------------------------------------
+
+    def request_reload(self) -> None:
+        self._reload_wanted.set()
+
+    async def _schedule_loop(self) -> None:
+        cron = Cron.parse(self.cfg.sync.schedule) if self.cfg.sync.schedule else None
+        await self.sync()                       # at start: a node after a power cut catches up
+        while True:
+            if cron is not None:
+                import datetime as dt
+                now = dt.datetime.now().astimezone()
+                delay = (cron.next_after(now) - now).total_seconds()
+            else:
+                delay = self.cfg.sync.interval
+            await asyncio.sleep(delay)
+            await self.sync()
+
+    async def _watch_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._reload_wanted.wait(), self.cfg.sync.watch_interval)
+            except asyncio.TimeoutError:
+                if await asyncio.to_thread(self._list_signature) == self._signature:
+                    continue
+            self._reload_wanted.clear()
+            before = {(k, key) for k in KINDS for key in self.desired[k]}
+            await self.reload()
+            new = {(k, key) for k in KINDS for key in self.desired[k]} - before
+            log.info("lists reloaded: %d new entries", len(new))
+            if new:
+                if self._run is not None and not self._run.done():
+                    await asyncio.shield(self._run)
+                self.sync(new)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, max(1.0, self.cfg.sync.retention / 4)))
+            await self.expire_retained()
+
+    # -- figures -----------------------------------------------------------------
+
+    def totals(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for kind in KINDS:
+            states = [self.progress[(kind, k)].state for k in self.desired[kind]
+                      if (kind, k) in self.progress]
+            out[kind] = {"desired": len(self.desired[kind]),
+                         "complete": states.count("complete"),
+                         "failed": states.count("failed"),
+                         "fetching": states.count("fetching"),
+                         "pending": states.count("pending")}
+        out["bytes_pinned"] = self.store.index.pinned_bytes
+        return out
+
+    def status(self) -> dict[str, Any]:
+        entries = []
+        for kind in KINDS:
+            for key, e in self.desired[kind].items():
+                p = self.progress.get((kind, key), Progress())
+                entries.append({"kind": kind, "ref": str(e.ref), "platforms": list(e.platforms),
+                                "track": e.track, "source": f"{e.file}:{e.line}",
+                                "state": p.state, "digest": p.digest, "reason": p.reason,
+                                "bytes_done": p.live_bytes(), "bytes_total": p.bytes_total,
+                                "started": p.started, "finished": p.finished})
+        return {"running": self._run is not None and not self._run.done(), "runs": self.runs,
+                "last_run": self.last_run, "totals": self.totals(), "entries": entries,
+                "retained": len(self.state["retained"]),
+                "problems": [str(p) for p in self.problems]}
