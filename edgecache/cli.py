@@ -1,10 +1,13 @@
-"""Command line: serve, check-config, gc, verify."""
+"""Command line: serve, check-config, gc, verify, sync, pin, prefetch."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Coroutine
 
@@ -13,6 +16,9 @@ import yaml
 from edgecache import __version__
 from edgecache.config import Config, ConfigError, load
 from edgecache.store.blobs import BlobStore
+from edgecache.sync import listedit
+from edgecache.sync.lists import ListError, list_files
+from edgecache.sync.lists import load as load_list
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -85,6 +91,134 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
     return 1 if report.bad else 0
 
 
+def _daemon_url(cfg: Config) -> str | None:
+    """The URL of a daemon serving this configuration (same data_dir), if one runs."""
+    host = "127.0.0.1" if cfg.listen_host in ("0.0.0.0", "::", "") else cfg.listen_host
+    url = f"http://{host}:{cfg.listen_port}"
+    try:
+        with urllib.request.urlopen(url + "/_edgecache/status", timeout=2) as r:
+            st = json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+    return url if st.get("data_dir") == str(cfg.data_dir) else None
+
+
+class _Progress:
+    """Per-image sync progress: redrawn in place on a terminal, plain lines otherwise."""
+
+    def __init__(self, out=sys.stdout) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.drawn = 0
+        self.last: dict[str, tuple] = {}
+
+    @staticmethod
+    def _line(e: dict) -> str:
+        mib = 1024 * 1024
+        size = f"{e['bytes_done'] / mib:.1f}/{e['bytes_total'] / mib:.1f} MiB"
+        why = f" ({e['reason']})" if e.get("reason") else ""
+        return f"{e['kind']:8} {e['state']:9} {size:>20}  {e['ref']} [{','.join(e['platforms'])}]{why}"
+
+    def show(self, status: dict) -> None:
+        entries = status["entries"]
+        if self.tty:
+            if self.drawn:
+                self.out.write(f"\x1b[{self.drawn}F")
+            for e in entries:
+                self.out.write("\x1b[2K" + self._line(e) + "\n")
+            self.drawn = len(entries)
+        else:
+            for e in entries:
+                key = f"{e['kind']} {e['ref']} {e['platforms']}"
+                now = (e["state"], e.get("reason"))
+                if self.last.get(key) != now:
+                    self.last[key] = now
+                    self.out.write(self._line(e) + "\n")
+        self.out.flush()
+
+
+def _sync_result(status: dict) -> int:
+    for p in status["problems"]:
+        print(f"list problem: {p}", file=sys.stderr)
+    t = status["totals"]
+    print(f"pinned: {t['pinned']['complete']}/{t['pinned']['desired']} complete, "
+          f"{t['pinned']['failed']} failed; prefetch: {t['prefetch']['complete']}/"
+          f"{t['prefetch']['desired']} complete, {t['prefetch']['failed']} failed; "
+          f"{t['bytes_pinned']} bytes pinned")
+    return 1 if t["pinned"]["failed"] else 0
+
+
+def cmd_sync(cfg: Config, args: argparse.Namespace) -> int:
+    progress = _Progress()
+    url = _daemon_url(cfg)
+    if url is not None:
+        # A daemon owns this data_dir: ask it, and follow its progress.
+        req = urllib.request.Request(url + "/_edgecache/sync", method="POST", data=b"")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            status = json.loads(r.read())
+        while True:
+            progress.show(status)
+            if not status["running"]:
+                break
+            time.sleep(0.5)
+            with urllib.request.urlopen(url + "/_edgecache/sync", timeout=10) as r:
+                status = json.loads(r.read())
+        return _sync_result(status)
+
+    async def in_process() -> dict:
+        from edgecache.runtime import open_runtime
+        async with open_runtime(cfg) as rt:
+            run = rt.syncer.sync()
+            while not run.done():
+                progress.show(rt.syncer.status())
+                await asyncio.wait([run], timeout=0.5)
+            await run
+            status = rt.syncer.status()
+            progress.show(status)
+            return status
+    return _sync_result(_run(in_process()))
+
+
+def _list_path(cfg: Config, kind: str) -> Path:
+    path = cfg.pinned if kind == "pinned" else cfg.prefetch
+    if path is None:
+        raise SystemExit(f"edgecache: the configuration names no `{kind}:` list ({cfg.source})")
+    if path.is_dir():
+        files = list_files(path)
+        return files[0] if files else path / f"{kind}.yaml"
+    return path
+
+
+def cmd_list_edit(cfg: Config, args: argparse.Namespace) -> int:
+    kind = "pinned" if args.command == "pin" else "prefetch"
+    path = _list_path(cfg, kind)
+    ups = cfg.upstreams.keys()
+    try:
+        if args.action == "ls":
+            source = cfg.pinned if kind == "pinned" else cfg.prefetch
+            entries, problems = load_list(source, ups) if source.exists() else ([], [])
+            for e in entries:
+                print(f"{e.ref}\t{','.join(e.platforms)}\t{'track' if e.track else 'fixed'}\t{e.file}:{e.line}")
+            for p in problems:
+                print(f"problem: {p}", file=sys.stderr)
+            return 1 if problems else 0
+        if not args.images:
+            raise SystemExit(f"edgecache {args.command} {args.action}: name at least one image")
+        for image in args.images:
+            if args.action == "add":
+                done = listedit.add(path, image, ups)
+                print(f"{'added' if done else 'already listed'}: {image} ({path})")
+            else:
+                n = listedit.remove(path, image, ups)
+                print(f"{'removed' if n else 'not listed'}: {image} ({path})")
+                if not n:
+                    return 1
+    except (ValueError, ListError) as e:
+        print(f"edgecache: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgecache", description="Edge pull-through cache for container images")
     p.add_argument("--version", action="version", version=f"edgecache {__version__}")
@@ -104,6 +238,11 @@ def parser() -> argparse.ArgumentParser:
     cc.add_argument("file", type=Path, nargs="?", help="the file to check (same as --config)")
     add("gc", cmd_gc, "evict down to the budget now")
     add("verify", cmd_verify, "re-hash every blob, quarantine the bad ones")
+    add("sync", cmd_sync, "sync the pinned set and prefetch lists now (via the daemon if one runs)")
+    for name, what in (("pin", "the pinned list"), ("prefetch", "the prefetch list")):
+        sp = add(name, cmd_list_edit, f"edit {what}")
+        sp.add_argument("action", choices=("add", "rm", "ls"))
+        sp.add_argument("images", nargs="*", help="references: registry/repo:tag or registry/repo@digest")
     return p
 
 
