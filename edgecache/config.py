@@ -6,6 +6,7 @@ callers, so tests can build configs without touching the machine.
 """
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from dataclasses import dataclass, field
@@ -336,7 +337,7 @@ def _sync(value: Any) -> SyncConfig:
     schedule = raw.get("schedule")
     if schedule is not None:
         try:
-            Cron.parse(str(schedule))
+            Cron.parse(str(schedule)).next_after(datetime.datetime.now())
         except ValueError as e:
             raise ConfigError("sync.schedule", schedule, f"not a cron expression: {e}") from None
     interval = parse_duration("sync.interval", raw.get("interval", "6h"))

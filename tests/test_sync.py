@@ -3,7 +3,6 @@ import asyncio
 import json
 
 import aiohttp
-import pytest
 
 from edgecache.reference import parse_digest
 from edgecache.server.app import BACKGROUND_SYNC

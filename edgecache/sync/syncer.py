@@ -71,6 +71,7 @@ class Syncer:
         self._tasks: list[asyncio.Task] = []
         self._signature: tuple = ()
         self._reload_wanted = asyncio.Event()
+        self._save_lock = asyncio.Lock()
         self.runs = 0
         self.last_run: dict[str, Any] | None = None
 
@@ -96,7 +97,7 @@ class Syncer:
             self._run.cancel()
         await asyncio.gather(*self._tasks, *([self._run] if self._run else []),
                              return_exceptions=True)
-        await asyncio.to_thread(self._save_state)
+        await self._save()
 
     def _load_state(self) -> None:
         try:
@@ -107,18 +108,22 @@ class Syncer:
             log.error("sync state %s is damaged; starting from an empty one",
                       state_path(self.cfg.data_dir))
 
-    def _save_state(self) -> None:
-        p = state_path(self.cfg.data_dir)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp")
+    @staticmethod
+    def _write_state(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
         with open(tmp, "w") as f:
-            json.dump(self.state, f, indent=1, sort_keys=True)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, p)
+        os.replace(tmp, path)
 
     async def _save(self) -> None:
-        await asyncio.to_thread(self._save_state)
+        # Serialised on the loop (the state is only changed there), written on a thread,
+        # one write at a time.
+        text = json.dumps(self.state, indent=1, sort_keys=True)
+        async with self._save_lock:
+            await asyncio.to_thread(self._write_state, state_path(self.cfg.data_dir), text)
 
     # -- the lists ---------------------------------------------------------------
 
