@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,6 @@ class Syncer:
             self._run.cancel()
         await asyncio.gather(*self._tasks, *([self._run] if self._run else []),
                              return_exceptions=True)
-        await self._save()
 
     def _load_state(self) -> None:
         try:
@@ -111,12 +111,17 @@ class Syncer:
     @staticmethod
     def _write_state(path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # A temp name of its own: a write abandoned by a cancelled task may still run.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     async def _save(self) -> None:
         # Serialised on the loop (the state is only changed there), written on a thread,
@@ -236,7 +241,6 @@ class Syncer:
                 await self._sync_one(kind, e)
 
         await asyncio.gather(*(one(k, e) for k, e in todo))
-        await self._save()
         self.last_run = {"started": started, "finished": time.time(), **self.totals()}
         return self.last_run
 
