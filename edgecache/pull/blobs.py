@@ -56,29 +56,43 @@ class BlobService:
             self.metrics.hit("blob")
             return b.size
         fill = self.fills.get(digest)
-        if fill is not None:
-            return await fill.wait_headers()
-        client = self.upstreams.get(route.upstream)
         try:
-            return await client.head_blob(route.repo, str(digest))
+            if fill is not None and fill.origin == route:
+                return await fill.wait_headers()
+            return await self.upstreams.get(route.upstream).head_blob(route.repo, str(digest))
         except UpstreamNotFound:
             raise BlobUnknown(str(digest)) from None
+
+    def _start(self, route: Route, digest: Digest) -> Fill:
+        client = self.upstreams.get(route.upstream)
+        fill = self.fills.start(digest, lambda: client.blob(route.repo, str(digest)),
+                                expected_size=None, source_name=f"upstream {route.upstream}",
+                                origin=route)
+        return fill
 
     async def get(self, route: Route, digest: Digest) -> LocalBlob | Fill:
         if (b := self.local(digest)) is not None:
             self.metrics.hit("blob")
             return b
         self.metrics.miss("blob")
-        client = self.upstreams.get(route.upstream)
         joined = self.fills.get(digest) is not None
-        fill = self.fills.start(digest, lambda: client.blob(route.repo, str(digest)),
-                                expected_size=None, source_name=f"upstream {route.upstream}")
+        fill = self._start(route, digest)
         if joined:
             self.metrics.coalesced()
         try:
             await fill.wait_headers()
-        except UpstreamNotFound:
-            raise BlobUnknown(str(digest)) from None
+        except UpstreamError as e:
+            if fill.origin == route:
+                if isinstance(e, UpstreamNotFound):
+                    raise BlobUnknown(str(digest)) from None
+                raise
+            # The fill we joined came from another repository or upstream, and that one
+            # failed: ours may well have the blob. Try it ourselves, once.
+            fill = self._start(route, digest)
+            try:
+                await fill.wait_headers()
+            except UpstreamNotFound:
+                raise BlobUnknown(str(digest)) from None
         return fill
 
     async def ensure(self, route: Route, digest: Digest, on_fill=None) -> int:
@@ -89,9 +103,7 @@ class BlobService:
         """
         if (size := self.store.size(digest)) is not None:
             return size
-        client = self.upstreams.get(route.upstream)
-        fill = self.fills.start(digest, lambda: client.blob(route.repo, str(digest)),
-                                expected_size=None, source_name=f"upstream {route.upstream}")
+        fill = self._start(route, digest)
         if on_fill is not None:
             on_fill(fill)
         assert fill.task is not None
@@ -107,5 +119,8 @@ class BlobService:
     def _fill_finished(self, fill: Fill) -> None:
         if fill.error is not None or fill.commit_error is not None:
             self.metrics.fill_failed(failure_reason(fill.error or fill.commit_error))
+            if isinstance(fill.error, UpstreamError) and fill.error.kind == "incomplete":
+                # Mid-body failures never reach the client's error hook: count them here.
+                self.metrics.upstream_error(fill.error.upstream, fill.error.kind)
         else:
             self.metrics.fetched(fill.source_name.removeprefix("upstream "), fill.written)

@@ -51,10 +51,11 @@ def _write_and_hash(fd: int, hasher, data: bytes) -> None:
 
 class Fill:
     def __init__(self, digest: Digest, store: BlobStore, open_source: SourceFactory,
-                 expected_size: int | None, source_name: str) -> None:
+                 expected_size: int | None, source_name: str, origin: object = None) -> None:
         self.digest = digest
         self.store = store
         self.source_name = source_name
+        self.origin = origin            # where the bytes come from (the caller's route)
         self._open_source = open_source
         self.size: int | None = expected_size
         self.written = 0
@@ -102,8 +103,14 @@ class Fill:
             self.verified = True
             self._notify()
             try:
-                await self.store.commit(self.tmp, self.digest, size=self.size,
-                                        computed=computed, written=self.written)
+                # Shielded: a shutdown must not leave a renamed blob the index never heard of.
+                commit = asyncio.ensure_future(self.store.commit(
+                    self.tmp, self.digest, size=self.size, computed=computed, written=self.written))
+                try:
+                    await asyncio.shield(commit)
+                except asyncio.CancelledError:
+                    await asyncio.wait([commit])
+                    raise
                 self.stored = True
             except Exception as e:   # noqa: BLE001 - the clients still get their verified bytes
                 self.commit_error = e
@@ -128,8 +135,9 @@ class Fill:
             self._headers_known.set()
             self._notify()
             if self._rfd is not None:
-                os.close(self._rfd)
-                self._rfd = None
+                # Off the loop: the last close of a large unlinked file frees its blocks.
+                fd, self._rfd = self._rfd, None
+                await asyncio.to_thread(os.close, fd)
 
     async def _copy_in(self, src: Source, wfd: int, hasher) -> None:
         """Copy the source into the temp file, hashing, telling readers as bytes land.
@@ -150,7 +158,8 @@ class Fill:
                     raise SizeMismatch(self.size, received, self.source_name)
                 if pending is not None:
                     try:
-                        await pending
+                        # Shielded: a cancelled fill still waits (in finally) for this write.
+                        await asyncio.shield(pending)
                     except OSError as e:
                         raise _translate_oserror(e) from e
                     pending = None
@@ -188,6 +197,15 @@ class Fill:
             raise self.error
         return self.size
 
+    async def wait_verified(self) -> int:
+        """The size, once the whole blob is verified (for answers that need it up front)."""
+        while not self.verified:
+            if self.error is not None:
+                raise self.error
+            await self._changed
+        assert self.size is not None
+        return self.size
+
     async def open_fd(self) -> int:
         """A read-only descriptor of the blob's bytes, the caller's to close.
 
@@ -212,8 +230,8 @@ class Fill:
             if self.error is not None:
                 raise self.error
             stop = end if end is not None else self.size
-            if stop is not None and pos >= stop:
-                return
+            if stop is not None and pos >= stop and self.verified:
+                return          # an empty range too: only once the blob is verified
             # While unverified, stay one byte short of the response's end.
             if self.verified:
                 limit = self.written if stop is None else min(stop, self.written)
@@ -241,13 +259,13 @@ class FillRegistry:
         return self._fills.get(str(digest))
 
     def start(self, digest: Digest, open_source: SourceFactory, *, expected_size: int | None,
-              source_name: str) -> Fill:
+              source_name: str, origin: object = None) -> Fill:
         key = str(digest)
         existing = self._fills.get(key)
-        if existing is not None:
+        if existing is not None and existing.error is None:
             self.coalesced += 1
             return existing
-        fill = Fill(digest, self.store, open_source, expected_size, source_name)
+        fill = Fill(digest, self.store, open_source, expected_size, source_name, origin)
         self._fills[key] = fill
         fill.start()
         assert fill.task is not None

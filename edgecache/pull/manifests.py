@@ -96,7 +96,10 @@ class ManifestService:
         self.metrics.miss("manifest")
         client = self.upstreams.get(route.upstream)
         try:
-            answer = await self.flight.do(("digest", str(d)),
+            # Keyed by route and Accept too: the upstream and the Accept list decide
+            # what answer comes back (Distribution refuses an index to a client that
+            # does not accept indexes).
+            answer = await self.flight.do(("digest", route, str(d), accept.key()),
                                           lambda: self._fetch(client, route, str(d), accept, d))
         except UpstreamNotFound:
             raise ManifestUnknown(f"{route.repo}@{d}") from None

@@ -17,11 +17,12 @@ class TagListService:
         self.upstreams = upstreams
         self.metrics = metrics
 
-    async def get(self, route: Route, params: Mapping[str, str]) -> tuple[bytes, str]:
-        """The body and its source ("upstream", or "local" when the upstream failed)."""
+    async def get(self, route: Route, params: Mapping[str, str]) -> tuple[bytes, str, str | None]:
+        """The body, its source ("upstream", or "local" when the upstream failed) and the
+        upstream's Link header for the next page."""
         client = self.upstreams.get(route.upstream)
         try:
-            body = await client.tags_list(route.repo, params)
+            body, link = await client.tags_list(route.repo, params)
         except UpstreamNotFound:
             raise NameUnknown(route.repo) from None
         except UpstreamError as e:
@@ -30,7 +31,7 @@ class TagListService:
             if params or cached is None or not is_unavailable(e):
                 raise
             self.metrics.stale(route.upstream)
-            return cached, "local"
+            return cached, "local", None
         if not params:
             self.meta.put_tag_list(route.upstream, route.repo, body)
-        return body, "upstream"
+        return body, "upstream", link

@@ -57,7 +57,7 @@ async def serve(cfg: Config, *, ready: Callable[[], Awaitable[None] | None] | No
     app = build_app(cfg)
     runner = web.AppRunner(app, access_log_class=JsonAccessLogger,
                            access_log=logging.getLogger("edgecache.access"),
-                           handle_signals=False)
+                           handle_signals=False, shutdown_timeout=10.0)
     await runner.setup()
     site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port, backlog=1024,
                        reuse_address=True)

@@ -91,7 +91,7 @@ class BlobSender:
             await body.send(offset, count)
             return await body.finish()
         finally:
-            body.close()
+            await body.close()
 
     async def send_fill(self, request: web.Request, resp: web.StreamResponse, fill: Fill,
                         start: int, end: int | None) -> int:
@@ -111,7 +111,7 @@ class BlobSender:
                 raise StreamAborted(f"fill of {fill.digest} failed: {e}") from e
             return await body.finish()
         finally:
-            body.close()
+            await body.close()
 
 
 class _Body:
@@ -137,9 +137,10 @@ class _Body:
         if transport is None or transport.is_closing():
             raise ClientGone("connection lost before the body")
         sock = transport.get_extra_info("socket")
-        if (not self.sender.use_sendfile or sock is None
+        if (not self.sender.use_sendfile or sock is None or self.resp.chunked
+                or self.resp.content_length is None
                 or transport.get_extra_info("sslcontext") is not None):
-            return True                 # the copying path
+            return True                 # the copying path: aiohttp frames the body
         # Push the buffered status line and headers out before we write beside them.
         writer.send_headers()           # type: ignore[attr-defined]
         while transport.get_write_buffer_size():
@@ -178,8 +179,9 @@ class _Body:
         loop = asyncio.get_running_loop()
         pos, end = offset, offset + count
         while pos < end:
-            data = await loop.run_in_executor(self.sender._pool, os.pread, self.fd,
-                                              min(COPY_CHUNK, end - pos), pos)
+            self._thread = loop.run_in_executor(self.sender._pool, os.pread, self.fd,
+                                                min(COPY_CHUNK, end - pos), pos)
+            data = await asyncio.shield(self._thread)
             if not data:
                 raise EOFError(f"file ended at {pos}")
             await self.resp.write(data)
@@ -195,13 +197,13 @@ class _Body:
         if self.request.transport is not None:
             self.request.transport.abort()
 
-    def close(self) -> None:
+    async def close(self) -> None:
         held, self.owned = self.owned, []
         if self._thread is not None and not self._thread.done():
             # Cancelled while a thread is mid-call: it still uses the descriptors, so they
             # are closed after it returns, never under it (a recycled descriptor number
             # could otherwise receive another client's bytes).
             self._thread.add_done_callback(lambda _f: [os.close(d) for d in held])
-        else:
-            for d in held:
-                os.close(d)
+            return
+        # Off the loop: the last close of a large unlinked file frees its blocks.
+        await asyncio.to_thread(lambda: [os.close(d) for d in held])

@@ -104,10 +104,10 @@ async def blob(request: web.Request) -> web.StreamResponse:
 
     size = target.size
     if size is None:
-        # The upstream did not say how long it is: stream it whole, chunked.
-        resp, start, end = web.StreamResponse(headers=headers), 0, None
-    else:
-        resp, start, end = _range_response(request, headers, size)
+        # The upstream did not say how long it is (chunked): answer once the whole blob
+        # is verified, with an exact Content-Length and Range, like any cached blob.
+        size = await target.wait_verified()
+    resp, start, end = _range_response(request, headers, size)
     request[SOURCE] = "upstream"
     try:
         n = await svc.sender.send_fill(request, resp, target, start, end)
@@ -136,9 +136,20 @@ async def tags_list(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     route = _route(request, svc)
     params = {k: v for k, v in request.query.items() if k in ("n", "last")}
-    body, source = await svc.tags.get(route, params)
+    body, source, link = await svc.tags.get(route, params)
     _served(request, svc, source, len(body))
-    return web.Response(body=body, content_type="application/json", headers=API_VERSION)
+    headers = dict(API_VERSION)
+    if link:
+        headers["Link"] = _our_link(link, request.match_info["name"], route, request.query.get("ns"))
+    return web.Response(body=body, content_type="application/json", headers=headers)
+
+
+def _our_link(link: str, name: str, route: Route, ns: str | None) -> str:
+    """The upstream's next-page link, pointing at the same route through us."""
+    ours = link.replace(f"/v2/{route.repo}/tags/list", f"/v2/{name}/tags/list", 1)
+    if ns:
+        ours = ours.replace(">", f"&ns={ns}>" if "?" in ours.split(">")[0] else f"?ns={ns}>", 1)
+    return ours
 
 
 async def unsupported(request: web.Request) -> web.Response:

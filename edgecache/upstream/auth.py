@@ -50,7 +50,7 @@ class TokenCache:
     def __init__(self, clock=time.monotonic) -> None:
         self._clock = clock
         self._tokens: dict[str, Token] = {}
-        self._inflight: dict[str, asyncio.Future[Token]] = {}
+        self._inflight: dict[str, asyncio.Task[str]] = {}
 
     def get(self, scope: str) -> str | None:
         t = self._tokens.get(scope)
@@ -59,21 +59,25 @@ class TokenCache:
         return None
 
     async def fetch(self, scope: str, fetcher) -> str:
-        """Run `fetcher()` -> (token, expires_in) once for all concurrent callers."""
-        fut = self._inflight.get(scope)
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            self._inflight[scope] = fut
-            try:
-                value, expires_in = await fetcher()
-                tok = Token(value, self._clock() + max(1.0, expires_in - self.MARGIN))
-                self._tokens[scope] = tok
-                fut.set_result(tok)
-            except BaseException as e:
-                fut.set_exception(e)
-                fut.exception()          # retrieved: the other waiters re-raise it
-                raise
-            finally:
-                del self._inflight[scope]
-            return tok.value
-        return (await asyncio.shield(fut)).value
+        """Run `fetcher()` -> (token, expires_in) once for all concurrent callers.
+
+        The fetch is a task of its own: a caller that goes away does not cancel it
+        for the others.
+        """
+        task = self._inflight.get(scope)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(scope, fetcher))
+            self._inflight[scope] = task
+            task.add_done_callback(lambda t: self._done(scope, t))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, scope: str, fetcher) -> str:
+        value, expires_in = await fetcher()
+        self._tokens[scope] = Token(value, self._clock() + max(1.0, expires_in - self.MARGIN))
+        return value
+
+    def _done(self, scope: str, task: asyncio.Task) -> None:
+        if self._inflight.get(scope) is task:
+            del self._inflight[scope]
+        if not task.cancelled():
+            task.exception()            # retrieved even when every caller went away

@@ -85,7 +85,10 @@ class UpstreamClient:
             ssl_ctx = False
         elif self.cfg.tls.ca_file:
             ssl_ctx = ssl.create_default_context(cafile=str(self.cfg.tls.ca_file))
-        timeout = aiohttp.ClientTimeout(total=None, connect=None,
+        # sock_connect bounds the TCP (and TLS) handshake; connect also bounds DNS and the
+        # wait for a pooled connection, which a busy pool can make longer than a dial.
+        timeout = aiohttp.ClientTimeout(total=None,
+                                        connect=self.timeouts.connect + self.timeouts.read,
                                         sock_connect=self.timeouts.connect,
                                         sock_read=self.timeouts.read)
         connector = aiohttp.TCPConnector(ssl=ssl_ctx, limit=64, ttl_dns_cache=300)
@@ -217,14 +220,16 @@ class UpstreamClient:
                 raise UpstreamDenied(self.name, r.status)
             if r.status != 200:
                 raise UpstreamBadResponse(self.name, r.status, "from the token service")
-            try:
-                doc = json.loads(await r.read())
-            except ValueError:
-                raise UpstreamBadResponse(self.name, r.status, "token is not JSON") from None
-        token = doc.get("token") or doc.get("access_token")
-        if not token:
+            body = await r.read()
+        try:
+            doc = json.loads(body)
+            token = doc.get("token") or doc.get("access_token")
+            expires_in = float(doc.get("expires_in") or 60)
+        except (ValueError, TypeError, AttributeError):
+            raise UpstreamBadResponse(self.name, 200, "the token service sent no usable JSON") from None
+        if not isinstance(token, str) or not token:
             raise UpstreamBadResponse(self.name, 200, "token response without a token")
-        return token, float(doc.get("expires_in") or 60)
+        return token, expires_in
 
     # -- the pull API ------------------------------------------------------------
 
@@ -264,11 +269,12 @@ class UpstreamClient:
         async with self._request("GET", f"/v2/{repo}/blobs/{digest}", scope=self.scope(repo)) as r:
             yield BlobStream(self, r)
 
-    async def tags_list(self, repo: str, params: Mapping[str, str]) -> bytes:
+    async def tags_list(self, repo: str, params: Mapping[str, str]) -> tuple[bytes, str | None]:
+        """The body and the Link header (pagination) of a tag list."""
         async with self._request("GET", f"/v2/{repo}/tags/list", scope=self.scope(repo),
                                  params=params) as r:
             try:
-                return await r.read()
+                return await r.read(), r.headers.get("Link")
             except Exception as e:   # noqa: BLE001
                 raise self.translate(e, mid_body=True) from e
 
