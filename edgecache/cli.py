@@ -15,7 +15,7 @@ import yaml
 
 from edgecache import __version__
 from edgecache.config import Config, ConfigError, load
-from edgecache.store.blobs import BlobStore
+from edgecache.store.blobs import BlobStore, StoreLocked
 from edgecache.sync import listedit
 from edgecache.sync.lists import ListError, list_files
 from edgecache.sync.lists import load as load_list
@@ -61,7 +61,17 @@ def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _ask_daemon(url: str, path: str) -> dict:
+    req = urllib.request.Request(url + path, method="POST", data=b"")
+    with urllib.request.urlopen(req, timeout=None) as r:
+        return json.loads(r.read())
+
+
 def cmd_gc(cfg: Config, args: argparse.Namespace) -> int:
+    if (url := _daemon_url(cfg)) is not None:
+        print(json.dumps(_ask_daemon(url, "/_edgecache/gc")))
+        return 0
+
     async def gc() -> tuple[int, int, dict]:
         store = _store(cfg)
         await store.open()
@@ -76,19 +86,22 @@ def cmd_gc(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
-    async def verify():
-        store = _store(cfg)
-        await store.open()
-        try:
-            def progress(digest: str, ok: bool) -> None:
-                if not ok:
-                    print(f"BAD {digest}: quarantined", file=sys.stderr)
-            return await store.verify(progress)
-        finally:
-            await store.close()
-    report = _run(verify())
-    print(json.dumps({"checked": report.checked, "bytes": report.bytes, "bad": report.bad}))
-    return 1 if report.bad else 0
+    if (url := _daemon_url(cfg)) is not None:
+        out = _ask_daemon(url, "/_edgecache/verify")
+    else:
+        async def verify():
+            store = _store(cfg)
+            await store.open()
+            try:
+                return await store.verify()
+            finally:
+                await store.close()
+        report = _run(verify())
+        out = {"checked": report.checked, "bytes": report.bytes, "bad": report.bad}
+    for digest in out["bad"]:
+        print(f"BAD {digest}: quarantined", file=sys.stderr)
+    print(json.dumps(out))
+    return 1 if out["bad"] else 0
 
 
 def _daemon_url(cfg: Config) -> str | None:
@@ -255,4 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgecache: {e}", file=sys.stderr)
         return 2
     _setup_logging(args.verbose)
-    return args.fn(cfg, args)
+    try:
+        return args.fn(cfg, args)
+    except StoreLocked as e:
+        print(f"edgecache: {e}", file=sys.stderr)
+        return 3

@@ -4,6 +4,7 @@ hosts dir, the mechanism K3s uses."""
 import json
 import subprocess
 import threading
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,7 +32,7 @@ def registry(tmp_path):
 @pytest.fixture
 def edge(tmp_path, registry):
     doc = make_config(tmp_path / "data", {"central.example": registry.url},
-                      default="central.example", tag_ttl="60s")
+                      default="central.example", tag_ttl="1s")
     e = EdgeProcess(tmp_path, doc).start()
     yield e
     e.stop()
@@ -115,11 +116,13 @@ def test_offline_cached_tags_and_digests_still_pull(tmp_path, registry, edge):
     host = edge.url.removeprefix("http://")
     skopeo("copy", "--all", "--src-tls-verify=false", f"docker://{host}/demo/app:v2", f"oci:{tmp_path / 'a'}:v2")
     registry.stop()
-    # The tag (after its TTL too: stale-if-error) and the digest both still pull.
+    time.sleep(1.2)      # past tag_ttl: the tag is answered stale-if-error
+    # The tag and the digest both still pull.
     skopeo("copy", "--all", "--src-tls-verify=false", f"docker://{host}/demo/app:v2", f"oci:{tmp_path / 'b'}:v2")
     skopeo("copy", "--all", "--src-tls-verify=false", f"docker://{host}/demo/app@{pushed}",
            f"oci:{tmp_path / 'c'}:v2")
     assert json.loads((tmp_path / "b" / "index.json").read_text())["manifests"][0]["digest"] == pushed
+    assert any(line.get("stale") for line in edge.access_log())
     # And after a restart of edgecache itself, still offline.
     edge.stop()
     edge.start()
@@ -162,3 +165,25 @@ def test_kill_9_mid_fill_leaves_no_partial_blob(tmp_path):
             assert up.count("GET", rf"/v2/demo/huge/blobs/{layer.digest}") == 2
         finally:
             e.stop()
+
+
+def test_gc_and_verify_go_through_a_running_daemon_and_nothing_else_touches_its_store(tmp_path, registry, edge):
+    import subprocess
+    import sys
+    img = make_image(26, layers=1, layer_size=256 * 1024)
+    push(registry.url, "demo/gc", "v1", img)
+    with urllib.request.urlopen(f"{edge.url}/v2/demo/gc/blobs/{img.layers[0].digest}") as r:
+        assert r.read() == img.layers[0].data
+    for cmd in ("verify", "gc"):
+        r = subprocess.run([sys.executable, "-m", "edgecache", cmd, "--config", str(edge.config_path)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)
+    # Another configuration on the same data_dir (no daemon at its address) is refused.
+    other = tmp_path / "other.yaml"
+    other.write_text(edge.config_path.read_text().replace(edge.doc["listen"], "127.0.0.1:9"))
+    r = subprocess.run([sys.executable, "-m", "edgecache", "gc", "--config", str(other)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and "in use by another edgecache process" in r.stderr
+    with urllib.request.urlopen(f"{edge.url}/v2/demo/gc/blobs/{img.layers[0].digest}") as r:
+        assert r.read() == img.layers[0].data

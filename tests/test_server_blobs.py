@@ -210,3 +210,49 @@ async def test_upstream_500_on_a_blob_is_a_5xx(world):
     status, _, body = await edge.get(session, blob_path(img))
     assert status == 503 and b"UNAVAILABLE" in body
     assert (await edge.get(session, blob_path(img)))[0] == 200
+
+
+@pytest.mark.parametrize("use_sendfile", [True, False])
+async def test_an_upstream_without_content_length_is_served_with_one(world, use_sendfile):
+    up, edge, img, session = world
+    edge.services.sender.use_sendfile = use_sendfile
+    layer = img.layers[0]
+    up.fault("chunked", digest=layer.digest)
+    results = await asyncio.gather(*(edge.get(session, blob_path(img)) for _ in range(3)),
+                                   edge.get(session, blob_path(img), headers={"Range": "bytes=5-9"}))
+    for status, headers, body in results[:3]:
+        assert status == 200 and body == layer.data and headers["Content-Length"] == str(layer.size)
+    assert results[3][0] == 206 and results[3][2] == layer.data[5:10]
+    assert gets(up, layer.digest) == 1
+
+
+async def test_an_empty_body_for_a_real_digest_is_never_a_complete_response(world):
+    up, edge, img, session = world
+    layer = img.layers[0]
+    up.fault("empty", digest=layer.digest, times=1)
+    try:
+        status, _, body = await edge.get(session, blob_path(img))
+    except aiohttp.ClientError:
+        status, body = None, None
+    assert (status, body) != (200, b"")
+    assert status in (None, 502, 503)
+    status, _, body = await edge.get(session, blob_path(img))
+    assert status == 200 and body == layer.data
+
+
+async def test_a_failed_fill_joined_from_another_upstream_is_retried_on_ours(tmp_path):
+    img = make_image(7, layers=1, layer_size=64 * 1024)
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as good, \
+            FaultyUpstream({"demo/app:v1": make_image(99, layer_size=1024)}) as other:
+        # The other upstream does not have the blob, and says so slowly.
+        other.fault("status", digest=layer.digest, status=404, delay=0.3)
+        doc = make_config(tmp_path / "data", {"good.example": good.url, "other.example": other.url},
+                          default="good.example")
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as session:
+            first = asyncio.ensure_future(edge.get(session, blob_path(img) + "?ns=other.example"))
+            await asyncio.sleep(0.1)                 # the other upstream's fill is under way
+            status, _, body = await edge.get(session, blob_path(img) + "?ns=good.example")
+            assert status == 200 and body == layer.data
+            assert (await first)[0] == 404
+            assert gets(good, layer.digest) == 1

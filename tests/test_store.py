@@ -120,12 +120,23 @@ async def test_after_a_crash_index_and_files_are_reconciled(tmp_path):
     layout.blob_path(tmp_path, orphan).parent.mkdir(parents=True, exist_ok=True)
     layout.blob_path(tmp_path, orphan).write_bytes(b"orphan")
     (layout.tmp_dir(tmp_path) / "dead.part").write_bytes(b"partial")
-    s._index_io.shutdown(wait=True)   # abandon it like a killed process would
+    s._index_io.shutdown(wait=True)   # abandon it like a killed process would ...
+    os.close(s._lock_fd)              # ... whose lock the kernel drops
     s2 = await opened(tmp_path)
     assert not s2.has(a) and s2.has(b) and s2.has(orphan)
     assert s2.size(orphan) == 6
     assert list(layout.tmp_dir(tmp_path).iterdir()) == []
     assert s2.stats.repaired_missing_files == 1 and s2.stats.repaired_orphan_files == 1
+    await s2.close()
+
+
+async def test_one_process_owns_a_data_dir(tmp_path):
+    from edgecache.store.blobs import StoreLocked
+    s = await opened(tmp_path)
+    with pytest.raises(StoreLocked):
+        await opened(tmp_path)
+    await s.close()
+    s2 = await opened(tmp_path)        # released on close
     await s2.close()
 
 

@@ -49,6 +49,19 @@ async def sync_start(request: web.Request) -> web.Response:
     return web.json_response(svc.syncer.status(), status=202)
 
 
+async def gc(request: web.Request) -> web.Response:
+    """`edgecache gc` against a running daemon: evict down to the budget now."""
+    store = request.app[SERVICES].store
+    n, freed = await store.gc()
+    return web.json_response({"evicted": n, "freed_bytes": freed, **store.status()})
+
+
+async def verify(request: web.Request) -> web.Response:
+    """`edgecache verify` against a running daemon: re-hash every blob, quarantine the bad."""
+    report = await request.app[SERVICES].store.verify()
+    return web.json_response({"checked": report.checked, "bytes": report.bytes, "bad": report.bad})
+
+
 async def sync_status(request: web.Request) -> web.Response:
     return web.json_response(request.app[SERVICES].syncer.status())
 
@@ -104,4 +117,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/_edgecache/status", status)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/_edgecache/sync", sync_start)
+    app.router.add_post("/_edgecache/gc", gc)
+    app.router.add_post("/_edgecache/verify", verify)
     app.router.add_get("/_edgecache/sync", sync_status)

@@ -12,6 +12,7 @@ from aiohttp import web
 from edgecache.server.accesslog import BYTES, ERROR, SOURCE, STALE
 
 from edgecache.config import Config
+from edgecache.errors import BlobUnknown
 from edgecache.mediatypes import Accept
 from edgecache.pull.blobs import BlobService, LocalBlob
 from edgecache.pull.manifests import ManifestService
@@ -96,16 +97,24 @@ async def blob(request: web.Request) -> web.StreamResponse:
             resp, start, end = _range_response(request, headers, target.size)
             try:
                 n = await svc.sender.send_file(request, resp, str(target.path), start, end - start)
+            except FileNotFoundError:
+                # Gone from disk behind our back (deleted by hand): forget it, fetch again.
+                await svc.store.delete(digest)
+                target = await svc.blobs.get(route, digest)
             except (ClientGone, StreamAborted) as e:
                 request[ERROR] = str(e)
                 return resp
-            _served(request, svc, "local", n)
-            return resp
+            else:
+                _served(request, svc, "local", n)
+                return resp
+        if isinstance(target, LocalBlob):
+            raise BlobUnknown(str(digest))
 
     size = target.size
-    if size is None:
-        # The upstream did not say how long it is (chunked): answer once the whole blob
-        # is verified, with an exact Content-Length and Range, like any cached blob.
+    if size is None or size == 0:
+        # Unknown length (a chunked upstream): answer once the whole blob is verified,
+        # with an exact Content-Length and Range, like any cached blob. Empty: there is
+        # no last byte to hold back, so the headers themselves wait for verification.
         size = await target.wait_verified()
     resp, start, end = _range_response(request, headers, size)
     request[SOURCE] = "upstream"

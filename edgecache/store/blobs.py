@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import secrets
 import shutil
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from edgecache.errors import DigestMismatch, SizeMismatch, StoreFull
+from edgecache.errors import DigestMismatch, EdgecacheError, SizeMismatch, StoreFull
 from edgecache.reference import Digest, parse_digest
 from edgecache.store import layout
 from edgecache.store.index import BlobIndex
@@ -51,6 +52,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class StoreLocked(EdgecacheError):
+    """Another edgecache process owns this data_dir."""
+
+
+def _lock(path: Path) -> int:
+    """Hold an exclusive lock on data_dir for the store's lifetime: two processes
+    sharing one store would delete each other's temp files and blobs."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreLocked(f"{path.parent} is in use by another edgecache process "
+                          "(a running daemon: ask it, or stop it first)") from None
+    return fd
+
+
 def _translate_oserror(e: OSError) -> OSError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreFull(e.errno, "disk full under data_dir")
@@ -74,6 +92,7 @@ class BlobStore:
         self._evicting: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self.on_evict: Callable[[str, int], None] | None = None
+        self._lock_fd: int | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -82,7 +101,9 @@ class BlobStore:
         self._flusher = asyncio.create_task(self._flush_periodically(flush_interval))
 
     def open_sync(self) -> None:
-        """Create the tree, clear stale temp files, load the index, repair after a crash."""
+        """Lock data_dir, create the tree, clear stale temp files, load the index, repair."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock(layout.lock_path(self.data_dir))
         for d in (layout.blobs_dir(self.data_dir), layout.tmp_dir(self.data_dir),
                   layout.index_dir(self.data_dir)):
             d.mkdir(parents=True, exist_ok=True)
@@ -120,12 +141,14 @@ class BlobStore:
             await asyncio.gather(self._flusher, return_exceptions=True)
         if self._evicting:
             await asyncio.gather(self._evicting, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(self._index_io, self.index.close)
+        await asyncio.get_running_loop().run_in_executor(self._index_io, self.close_sync)
         self._index_io.shutdown(wait=True)
 
     def close_sync(self) -> None:
         self.index.close()
-        self._index_io.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)         # releases the lock
+            self._lock_fd = None
 
     async def _flush_periodically(self, interval: float) -> None:
         while True:

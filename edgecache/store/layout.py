@@ -8,6 +8,8 @@
       index/                              diskcache: blob sizes, last use, pins (LRU)
       meta/                               diskcache: manifest media types, tag records,
                                           tag lists for offline answers
+      sync/state.json                     what the syncer has fetched and pinned
+      lock                                flock'd by the one process that owns the store
 """
 from __future__ import annotations
 
@@ -54,3 +56,7 @@ def index_dir(data_dir: Path) -> Path:
 
 def meta_dir(data_dir: Path) -> Path:
     return data_dir / "meta"
+
+
+def lock_path(data_dir: Path) -> Path:
+    return data_dir / "lock"

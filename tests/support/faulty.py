@@ -25,7 +25,7 @@ from aiohttp import web
 
 from .images import Artifact, Blob, manifests
 
-FaultKind = Literal["truncate", "wrong_bytes", "stall", "status", "slow"]
+FaultKind = Literal["truncate", "wrong_bytes", "stall", "status", "slow", "chunked", "empty"]
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Fault:
     retry_after: int | None = None  # for "status": adds a Retry-After header (e.g. with 429)
     seconds: float = 30.0  # for "stall": pause after half the body, then send the rest
     rate: int = 64 * 1024  # for "slow": bytes per second
+    delay: float = 0.0  # for "status": wait this long before answering
 
 
 @dataclass
@@ -250,15 +251,19 @@ class FaultyUpstream:
     ) -> web.StreamResponse:
         f = self._take_fault(ref, request.method)
         if f is not None and f.kind == "status":
+            await asyncio.sleep(f.delay)
             headers = {"Retry-After": str(f.retry_after)} if f.retry_after is not None else {}
             return _error(f.status, "INJECTED", f"injected status {f.status}", headers)
         resp = web.StreamResponse(headers={"Content-Type": media_type, "Docker-Content-Digest": digest})
-        resp.content_length = len(data)
+        if f is not None and f.kind == "empty":
+            data = b""                              # 200 with nothing: wrong for any real digest
+        if f is None or f.kind != "chunked":        # chunked: no Content-Length, as some proxies send
+            resp.content_length = len(data)
         await resp.prepare(request)
         if request.method == "HEAD":
             return resp
         half = len(data) // 2
-        if f is None:
+        if f is None or f.kind in ("chunked", "empty"):
             await resp.write(data)
         elif f.kind == "wrong_bytes":
             # Same length, one flipped byte: only a digest check can notice.
