@@ -4,6 +4,7 @@ import shutil
 import pytest
 
 from tests.support import containerd
+from tests.support.registry import Registry
 
 # Integration tests use the real Debian packages. On a developer machine without
 # them they skip; in CI (CI=true) a missing package is a failure, never a skip.
@@ -26,3 +27,12 @@ def require_containerd() -> None:
         if IN_CI:
             pytest.fail("containerd needs root")
         pytest.skip("containerd needs root")
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """The real CNCF Distribution registry as the upstream, with an access log to count in."""
+    require_binaries("docker-registry")
+    reg = Registry(workdir=tmp_path / "registry").start()
+    yield reg
+    reg.cleanup()

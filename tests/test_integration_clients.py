@@ -15,18 +15,9 @@ from tests.support.containerd import Containerd, write_hosts_toml
 from tests.support.edge import EdgeProcess, make_config
 from tests.support.faulty import FaultyUpstream
 from tests.support.images import make_image, make_index, push
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def registry(tmp_path):
-    require_binaries("docker-registry")
-    reg = Registry(workdir=tmp_path / "registry").start()
-    yield reg
-    reg.cleanup()
 
 
 @pytest.fixture

@@ -9,22 +9,13 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import require_binaries, require_containerd
+from tests.conftest import require_containerd
 from tests.support.containerd import Containerd, write_hosts_toml
 from tests.support.edge import EdgeProcess, make_config, wait_until
 from tests.support.images import make_image, make_index, push
-from tests.support.registry import Registry
 
 pytestmark = pytest.mark.integration
 HOST = "central.example"
-
-
-@pytest.fixture
-def registry(tmp_path):
-    require_binaries("docker-registry")
-    reg = Registry(workdir=tmp_path / "registry").start()
-    yield reg
-    reg.cleanup()
 
 
 def cli(*args, timeout=120):
