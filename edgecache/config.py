@@ -187,6 +187,9 @@ def normalize_registry(name: str) -> str:
 
 
 def default_data_dir(env: Mapping[str, str], uid: int) -> Path:
+    if env.get("STATE_DIRECTORY"):
+        # Under systemd with StateDirectory=: the directory it made for us.
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
     if uid == 0:
         return Path("/var/lib/edgecache")
     xdg = env.get("XDG_CACHE_HOME") or os.path.join(env.get("HOME", "/tmp"), ".cache")

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import signal
 import time
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator
 
 from aiohttp import web
 
@@ -20,6 +20,8 @@ from edgecache.server.accesslog import JsonAccessLogger, timing_middleware
 from edgecache.server.blob_response import BlobSender
 from edgecache.server.oci_errors import oci_error_middleware
 from edgecache.server.registry_api import SERVICES, Services
+from edgecache.server.reload import reload
+from edgecache.systemd import Notifier
 
 log = logging.getLogger("edgecache")
 
@@ -52,30 +54,37 @@ def build_app(cfg: Config) -> web.Application:
     return app
 
 
-async def serve(cfg: Config, *, ready: Callable[[], Awaitable[None] | None] | None = None) -> None:
-    """Run until SIGTERM or SIGINT."""
+async def serve(cfg: Config, *, notifier: Notifier | None = None) -> None:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads; systemd is told when we are ready."""
+    notifier = notifier or Notifier()
     app = build_app(cfg)
     runner = web.AppRunner(app, access_log_class=JsonAccessLogger,
                            access_log=logging.getLogger("edgecache.access"),
                            handle_signals=False, shutdown_timeout=10.0)
-    await runner.setup()
+    await runner.setup()            # opens the store: READY comes after it and the listener
     site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port, backlog=1024,
                        reuse_address=True)
     await site.start()
     log.info("edgecache listening on %s:%d (config: %s)", cfg.listen_host, cfg.listen_port,
              cfg.source)
+    svc = app[SERVICES]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # SIGHUP: read the image lists again (systemd's ExecReload sends it).
-    loop.add_signal_handler(signal.SIGHUP, lambda: app[SERVICES].syncer.request_reload())
+
+    async def on_hup() -> None:
+        notifier.notify("RELOADING=1")
+        await reload(svc)
+        notifier.notify("READY=1")
+
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(on_hup()))
+    notifier.notify(f"READY=1\nSTATUS=serving on {cfg.listen_host}:{cfg.listen_port}")
+    watchdog = asyncio.create_task(notifier.watchdog(svc.store.healthy))
     try:
-        if ready is not None:
-            r = ready()
-            if asyncio.iscoroutine(r):
-                await r
         await stop.wait()
         log.info("stopping")
+        notifier.notify("STOPPING=1")
     finally:
+        watchdog.cancel()
         await runner.cleanup()

@@ -144,6 +144,10 @@ class BlobStore:
         await asyncio.get_running_loop().run_in_executor(self._index_io, self.close_sync)
         self._index_io.shutdown(wait=True)
 
+    def healthy(self) -> bool:
+        """For the watchdog: the store is open and its directory still there."""
+        return self._lock_fd is not None and self.data_dir.is_dir()
+
     def close_sync(self) -> None:
         self.index.close()
         if self._lock_fd is not None:

@@ -1,0 +1,46 @@
+"""SIGHUP (systemd's ExecReload): apply what can change without dropping a
+connection, and say what needs a restart."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from edgecache.config import Config, ConfigError, load
+from edgecache.server.registry_api import Services
+
+log = logging.getLogger("edgecache.reload")
+
+# Changes applied in place; anything else is logged as needing a restart.
+LIVE = {"tag_ttl", "cache", "pinned", "prefetch", "sync"}
+
+
+async def reload(svc: Services) -> list[str]:
+    """Read the config file again and apply it; returns the keys that need a restart."""
+    old = svc.config
+    if old.source.startswith("<"):
+        new = old                          # the embedded default does not change
+    else:
+        try:
+            new = load(Path(old.source))
+        except ConfigError as e:
+            log.error("reload: %s; keeping the running configuration", e)
+            return []
+    changed = [f.name for f in dataclasses.fields(Config)
+               if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)]
+    svc.manifests.tag_ttl = new.tag_ttl
+    store = svc.store
+    store.max_size = new.cache.max_size
+    store.high = int(new.cache.max_size * new.cache.high_watermark)
+    store.low = int(new.cache.max_size * new.cache.low_watermark)
+    store._maybe_evict()
+    svc.syncer.cfg = new
+    svc.syncer.paths = {"pinned": new.pinned, "prefetch": new.prefetch}
+    svc.config = new
+    svc.syncer.request_reload()
+    restart = [k for k in changed if k not in LIVE]
+    if (old.sync.schedule, old.sync.interval) != (new.sync.schedule, new.sync.interval):
+        restart.append("sync.schedule/interval")
+    log.info("reloaded %s: changed %s%s", old.source, ", ".join(changed) or "nothing",
+             f"; needs a restart: {', '.join(restart)}" if restart else "")
+    return restart
