@@ -1,4 +1,4 @@
-"""Command line: serve, check-config, gc, verify, sync, pin, prefetch."""
+"""Command line: serve, check-config, gc, verify, sync, pin, prefetch, client-config."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,7 @@ from typing import Coroutine
 import yaml
 
 from edgecache import __version__
+from edgecache.atomic import write_text_atomic
 from edgecache.config import Config, ConfigError, load
 from edgecache.store.blobs import BlobStore, StoreLocked
 from edgecache.sync import listedit
@@ -232,6 +233,39 @@ def cmd_list_edit(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_client_config(cfg: Config, args: argparse.Namespace) -> int:
+    import socket
+    from edgecache import clientconfig as cc
+    endpoint = (args.endpoint or cc.default_endpoint(cfg, socket.gethostname())).rstrip("/")
+    if args.client == "containerd":
+        files = cc.containerd(cfg, endpoint)
+        if args.output:
+            for name, text in files.items():
+                d = args.output / name
+                d.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(d / "hosts.toml", text)
+                print(f"wrote {d / 'hosts.toml'}")
+        else:
+            for name, text in files.items():
+                print(f"# --- certs.d/{name}/hosts.toml ---\n{text}")
+        return 0
+    if args.client == "k3s":
+        text = cc.k3s(cfg, endpoint, wildcard=args.wildcard)
+    elif args.client == "docker":
+        text, note = cc.docker(cfg, endpoint)
+        print(f"note: {note}", file=sys.stderr)
+    else:
+        text = cc.podman(cfg, endpoint)
+    if args.output:
+        name = {"k3s": "registries.yaml", "docker": "daemon.json", "podman": "edgecache.conf"}[args.client]
+        args.output.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.output / name, text)
+        print(f"wrote {args.output / name}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgecache", description="Edge pull-through cache for container images")
     p.add_argument("--version", action="version", version=f"edgecache {__version__}")
@@ -247,11 +281,16 @@ def parser() -> argparse.ArgumentParser:
         return sp
 
     add("serve", cmd_serve, "run the cache")
-    cc = add("check-config", cmd_check_config, "validate and print the effective configuration")
-    cc.add_argument("file", type=Path, nargs="?", help="the file to check (same as --config)")
+    ck = add("check-config", cmd_check_config, "validate and print the effective configuration")
+    ck.add_argument("file", type=Path, nargs="?", help="the file to check (same as --config)")
     add("gc", cmd_gc, "evict down to the budget now")
     add("verify", cmd_verify, "re-hash every blob, quarantine the bad ones")
     add("sync", cmd_sync, "sync the pinned set and prefetch lists now (via the daemon if one runs)")
+    cc = add("client-config", cmd_client_config, "print (or write) client configuration for this mirror")
+    cc.add_argument("client", choices=("k3s", "containerd", "docker", "podman"))
+    cc.add_argument("--endpoint", help="the mirror's URL as clients reach it (default: http://HOSTNAME:PORT)")
+    cc.add_argument("--output", type=Path, help="write into this directory (containerd: DIR/<registry>/hosts.toml)")
+    cc.add_argument("--wildcard", action="store_true", help='k3s: one "*" mirror entry for every registry')
     for name, what in (("pin", "the pinned list"), ("prefetch", "the prefetch list")):
         sp = add(name, cmd_list_edit, f"edit {what}")
         sp.add_argument("action", choices=("add", "rm", "ls"))

@@ -7,30 +7,13 @@ parsed again before it replaces the file.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Collection
 
 import yaml
 
+from edgecache.atomic import write_text_atomic
 from edgecache.sync.lists import ImageRef, ListError, ListProblem, parse_ref, parse_text
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _items(text: str, file: str) -> tuple[yaml.Node | None, yaml.Node | None]:
@@ -133,4 +116,4 @@ def _check_and_write(path: Path, text: str, upstreams: Collection[str] | None) -
     except yaml.YAMLError:
         raise ListError(ListProblem(str(path), 1, "the edit would not parse; file left as it was")) from None
     parse_text(text, str(path), upstreams)
-    _atomic_write(path, text)
+    write_text_atomic(path, text)

@@ -21,12 +21,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from edgecache.atomic import write_text_atomic
 from edgecache.config import Config
 from edgecache.cron import Cron
 from edgecache.mediatypes import Accept
@@ -108,27 +107,12 @@ class Syncer:
             log.error("sync state %s is damaged; starting from an empty one",
                       state_path(self.cfg.data_dir))
 
-    @staticmethod
-    def _write_state(path: Path, text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A temp name of its own: a write abandoned by a cancelled task may still run.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
     async def _save(self) -> None:
         # Serialised on the loop (the state is only changed there), written on a thread,
         # one write at a time.
         text = json.dumps(self.state, indent=1, sort_keys=True)
         async with self._save_lock:
-            await asyncio.to_thread(self._write_state, state_path(self.cfg.data_dir), text)
+            await asyncio.to_thread(write_text_atomic, state_path(self.cfg.data_dir), text)
 
     # -- the lists ---------------------------------------------------------------
 

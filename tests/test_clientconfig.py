@@ -1,0 +1,75 @@
+"""`edgecache client-config`: the snippets parse, name every upstream, and the
+containerd hosts.toml it writes works for a real `ctr images pull`."""
+import json
+import subprocess
+import sys
+import tomllib
+
+import pytest
+import yaml
+
+from edgecache import clientconfig as cc
+from edgecache.config import build
+from tests.conftest import require_containerd
+from tests.support.containerd import Containerd
+from tests.support.edge import EdgeProcess, make_config
+from tests.support.images import make_index, push
+
+EP = "http://edge.branch.lan:5000"
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return build({"upstreams": {"docker.io": {"url": "https://registry-1.docker.io"},
+                                "registry.corp.example": {"url": "https://harbor.corp.example"}}},
+                 source="<t>", env={}, uid=0)
+
+
+def test_k3s_registries_yaml(cfg):
+    doc = yaml.safe_load(cc.k3s(cfg, EP))
+    assert doc == {"mirrors": {"docker.io": {"endpoint": [EP]},
+                               "registry.corp.example": {"endpoint": [EP]}}}
+    assert yaml.safe_load(cc.k3s(cfg, EP, wildcard=True)) == {"mirrors": {"*": {"endpoint": [EP]}}}
+
+
+def test_containerd_hosts_toml_keeps_the_registry_as_fallback(cfg):
+    files = cc.containerd(cfg, EP)
+    hub = tomllib.loads(files["docker.io"])
+    assert hub["server"] == "https://registry-1.docker.io"
+    assert hub["host"][EP]["capabilities"] == ["pull", "resolve"]
+    assert tomllib.loads(files["registry.corp.example"])["server"] == "https://harbor.corp.example"
+
+
+def test_docker_daemon_json_is_docker_hub_only(cfg):
+    text, note = cc.docker(cfg, EP)
+    assert json.loads(text) == {"registry-mirrors": [EP], "insecure-registries": ["edge.branch.lan:5000"]}
+    assert "Docker Hub" in note
+
+
+def test_podman_uses_the_path_prefix_form(cfg):
+    doc = tomllib.loads(cc.podman(cfg, EP))
+    assert doc["registry"][1] == {"location": "registry.corp.example",
+                                  "mirror": [{"location": "edge.branch.lan:5000/registry.corp.example",
+                                              "insecure": True}]}
+
+
+def test_generated_hosts_toml_drives_a_real_ctr_pull(tmp_path, registry):
+    require_containerd()
+    idx = make_index(61, layers=2, layer_size=256 * 1024)
+    pushed = push(registry.url, "pos/app", "v1", idx)
+    doc = make_config(tmp_path / "data", {"central.example": registry.url}, default="central.example")
+    with EdgeProcess(tmp_path, doc) as edge:
+        hosts = tmp_path / "certs.d"
+        r = subprocess.run([sys.executable, "-m", "edgecache", "client-config", "containerd",
+                            "--config", str(edge.config_path), "--endpoint", edge.url,
+                            "--output", str(hosts)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        toml = (hosts / "central.example" / "hosts.toml").read_text()
+        assert f'[host."{edge.url}"]' in toml
+        with Containerd(tmp_path / "ctrd") as ctrd:
+            r = ctrd.pull("central.example/pos/app:v1", hosts)
+            assert r.returncode == 0, r.stderr
+            assert ctrd.image_digest("central.example/pos/app:v1") == pushed
+        paths = [line["path"] for line in edge.access_log()]
+        assert any(p.startswith("/v2/pos/app/manifests/v1?ns=central.example") for p in paths)
+        assert any("/blobs/" in p and "ns=central.example" in p for p in paths)
