@@ -92,6 +92,8 @@ def test_role_runs_into_a_throwaway_root_twice(tmp_path, wheels):
     r = run(cmd, env=env)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert recap(r.stdout)["changed"] > 0
+    # registries.yaml was written, so the K3s restart was asked for (skipped here: no systemd).
+    assert "RUNNING HANDLER [edgecache : Restart k3s]" in r.stdout
 
     venv_bin = root / "opt" / "edgecache" / "venv" / "bin" / "edgecache"
     cfg = root / "etc" / "edgecache" / "config.yaml"
@@ -122,6 +124,7 @@ def test_role_runs_into_a_throwaway_root_twice(tmp_path, wheels):
     r = run(cmd, env=env)
     assert r.returncode == 0, r.stdout[-3000:]
     assert recap(r.stdout)["changed"] == 0, r.stdout[-3000:]
+    assert "RUNNING HANDLER" not in r.stdout           # nothing changed: K3s is left alone
 
     # The containerd flavour writes one hosts.toml per registry.
     extra["edgecache_client"] = "containerd"
