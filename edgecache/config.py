@@ -7,6 +7,7 @@ callers, so tests can build configs without touching the machine.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -106,6 +107,8 @@ class UpstreamConfig:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     tls: TLSConfig = TLSConfig()
+    # Served to anonymous clients? An upstream with credentials is not, unless it says so.
+    public: bool = True
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,21 @@ class BreakerConfig:
     failures: int = 3             # consecutive connection failures that open it
     backoff: float = 5.0          # first open period; doubles up to max_backoff
     max_backoff: float = 60.0
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    networks: tuple[str, ...] = ()      # allowed client CIDRs; empty: any
+    htpasswd: Path | None = None        # bcrypt Basic credentials
+    tokens_file: Path | None = None     # static bearer tokens, one per line (NAME:TOKEN or TOKEN)
+
+
+@dataclass(frozen=True)
+class ListenerTLS:
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None  # mutual TLS: a verified client certificate authenticates
+    require_client_cert: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +170,8 @@ class Config:
     pinned: Path | None = None    # a list file or a directory of them
     prefetch: Path | None = None
     sync: SyncConfig = SyncConfig()
+    access: AccessConfig = AccessConfig()
+    tls: ListenerTLS | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration, secrets masked (for check-config)."""
@@ -165,7 +185,8 @@ class Config:
                 k: {"url": u.url, "username": u.username,
                     "password": "***" if u.password else None,
                     "tls": {"ca_file": str(u.tls.ca_file) if u.tls.ca_file else None,
-                            "insecure_skip_verify": u.tls.insecure_skip_verify}}
+                            "insecure_skip_verify": u.tls.insecure_skip_verify},
+                    "public": u.public}
                 for k, u in self.upstreams.items()},
             "default_upstream": self.default_upstream,
             "tag_ttl": self.tag_ttl,
@@ -177,6 +198,13 @@ class Config:
             "prefetch": str(self.prefetch) if self.prefetch else None,
             "sync": {"schedule": self.sync.schedule, "interval": self.sync.interval,
                      "concurrency": self.sync.concurrency, "retention": self.sync.retention},
+            "access": {"networks": list(self.access.networks),
+                       "htpasswd": str(self.access.htpasswd) if self.access.htpasswd else None,
+                       "tokens_file": str(self.access.tokens_file) if self.access.tokens_file else None},
+            "tls": None if self.tls is None else {
+                "cert_file": str(self.tls.cert_file), "key_file": str(self.tls.key_file),
+                "client_ca_file": str(self.tls.client_ca_file) if self.tls.client_ca_file else None,
+                "require_client_cert": self.tls.require_client_cert},
         }
 
 
@@ -226,7 +254,7 @@ def _bool(key: str, value: Any) -> bool:
 def _upstream(name: str, raw: Any, base: Path) -> UpstreamConfig:
     key = f"upstreams.{name}"
     raw = _mapping(key, raw)
-    _reject_unknown(key, raw, {"url", "username", "password", "password_file", "tls"})
+    _reject_unknown(key, raw, {"url", "username", "password", "password_file", "tls", "public"})
     url = raw.get("url")
     if not isinstance(url, str) or not re.fullmatch(r"https?://[^/\s]+(/.*)?", url):
         raise ConfigError(f"{key}.url", url, "expected an http:// or https:// URL")
@@ -252,8 +280,9 @@ def _upstream(name: str, raw: Any, base: Path) -> UpstreamConfig:
     tls = TLSConfig(ca_file=base / str(ca) if ca else None,
                     insecure_skip_verify=_bool(f"{key}.tls.insecure_skip_verify",
                                                tls_raw.get("insecure_skip_verify", False)))
+    public = _bool(f"{key}.public", raw.get("public", username is None))
     return UpstreamConfig(name=name, url=url.rstrip("/"), username=username,
-                          password=password, tls=tls)
+                          password=password, tls=tls, public=public)
 
 
 def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
@@ -262,7 +291,7 @@ def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
     raw = _mapping("(top level)", raw)
     _reject_unknown("", raw, {"listen", "data_dir", "cache", "upstreams", "default_upstream",
                               "tag_ttl", "upstream_timeout", "breaker", "pinned", "prefetch",
-                              "sync"})
+                              "sync", "access", "tls"})
     host, port = _listen(raw.get("listen", "0.0.0.0:5000"))
     data_dir = Path(raw["data_dir"]) if raw.get("data_dir") else default_data_dir(env, uid)
 
@@ -331,7 +360,50 @@ def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
                   tag_ttl=parse_duration("tag_ttl", raw.get("tag_ttl", 60)),
                   upstream_timeout=timeouts, breaker=breaker, source=source,
                   pinned=lists["pinned"], prefetch=lists["prefetch"],
-                  sync=_sync(raw.get("sync")))
+                  sync=_sync(raw.get("sync")), access=_access(raw.get("access"), base),
+                  tls=_listener_tls(raw.get("tls"), base))
+
+
+def _file(key: str, value: Any, base: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, value, "expected a file path")
+    p = base / value
+    if not p.is_file():
+        raise ConfigError(key, value, "no such file")
+    return p
+
+
+def _access(value: Any, base: Path) -> AccessConfig:
+    raw = _mapping("access", value)
+    _reject_unknown("access", raw, {"networks", "htpasswd", "tokens_file"})
+    nets = raw.get("networks") or []
+    if not isinstance(nets, list):
+        raise ConfigError("access.networks", nets, "expected a list of CIDRs")
+    for n in nets:
+        try:
+            ipaddress.ip_network(str(n), strict=False)
+        except ValueError:
+            raise ConfigError("access.networks", n, "not a CIDR such as 10.0.0.0/8") from None
+    return AccessConfig(
+        networks=tuple(str(n) for n in nets),
+        htpasswd=_file("access.htpasswd", raw["htpasswd"], base) if raw.get("htpasswd") else None,
+        tokens_file=_file("access.tokens_file", raw["tokens_file"], base) if raw.get("tokens_file") else None)
+
+
+def _listener_tls(value: Any, base: Path) -> ListenerTLS | None:
+    if value is None:
+        return None
+    raw = _mapping("tls", value)
+    _reject_unknown("tls", raw, {"cert_file", "key_file", "client_ca_file", "require_client_cert"})
+    for k in ("cert_file", "key_file"):
+        if k not in raw:
+            raise ConfigError(f"tls.{k}", None, "required when tls is set")
+    ca = _file("tls.client_ca_file", raw["client_ca_file"], base) if raw.get("client_ca_file") else None
+    require = _bool("tls.require_client_cert", raw.get("require_client_cert", False))
+    if require and ca is None:
+        raise ConfigError("tls.require_client_cert", True, "needs tls.client_ca_file")
+    return ListenerTLS(_file("tls.cert_file", raw["cert_file"], base),
+                       _file("tls.key_file", raw["key_file"], base), ca, require)
 
 
 def _sync(value: Any) -> SyncConfig:

@@ -126,3 +126,11 @@ def is_unavailable(err: BaseException) -> bool:
 
 class NameUnknown(EdgecacheError, LookupError):
     """The repository is not known upstream."""
+
+
+class Unauthorized(EdgecacheError):
+    """No credentials, or wrong ones, for something that needs them (401)."""
+
+
+class Forbidden(EdgecacheError):
+    """Not allowed, whoever the client is (403): a network outside access.networks."""

@@ -116,7 +116,8 @@ async def test_bearer_token_auth_one_token_for_many_requests(tmp_path, basic):
     async with FaultyUpstream({"private/app:v1": img}, auth=True, basic=basic) as up:
         ups = {"central.example": {"url": up.url}}
         if basic:
-            ups["central.example"].update(username=basic[0], password=basic[1])
+            # public: anonymous clients may use it although it has credentials
+            ups["central.example"].update(username=basic[0], password=basic[1], public=True)
         doc = make_config(tmp_path / "d", {}, default="central.example")
         doc["upstreams"] = ups
         async with EdgeServer(doc) as edge, aiohttp.ClientSession() as session:
@@ -135,7 +136,8 @@ async def test_wrong_credentials_are_denied_not_hung(tmp_path):
     img = make_image(13, layer_size=1024)
     async with FaultyUpstream({"private/app:v1": img}, basic=("u", "right")) as up:
         doc = make_config(tmp_path / "d", {}, default="central.example")
-        doc["upstreams"] = {"central.example": {"url": up.url, "username": "u", "password": "wrong"}}
+        doc["upstreams"] = {"central.example": {"url": up.url, "username": "u", "password": "wrong",
+                                                "public": True}}
         async with EdgeServer(doc) as edge, aiohttp.ClientSession() as session:
             status, _, body = await req(edge, session, "GET", "/v2/private/app/manifests/v1")
             assert status == 403 and code(body) == "DENIED"

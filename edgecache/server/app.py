@@ -13,11 +13,13 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from edgecache.access import Access
 from edgecache.config import Config
 from edgecache.runtime import open_runtime
 from edgecache.server import admin, registry_api
 from edgecache.server.accesslog import JsonAccessLogger, timing_middleware
 from edgecache.server.blob_response import BlobSender
+from edgecache.server.guard import ACCESS, access_middleware, listener_ssl_context
 from edgecache.server.oci_errors import oci_error_middleware
 from edgecache.server.registry_api import SERVICES, Services
 from edgecache.server.reload import reload
@@ -30,10 +32,13 @@ BACKGROUND_SYNC = web.AppKey("background_sync", bool)   # False in tests that dr
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
-    async with open_runtime(app[CONFIG]) as rt:
+    cfg = app[CONFIG]
+    app[ACCESS] = await asyncio.to_thread(Access, cfg.access, cfg.upstreams)
+    async with open_runtime(cfg) as rt:
         sender = BlobSender()
         svc = Services(config=rt.config, store=rt.store, blobs=rt.blobs, manifests=rt.manifests,
-                       tags=rt.tags, sender=sender, metrics=rt.metrics, syncer=rt.syncer)
+                       tags=rt.tags, sender=sender, metrics=rt.metrics, syncer=rt.syncer,
+                       access=app[ACCESS])
         rt.metrics.add_state(admin.state_collector(svc))
         app[SERVICES] = svc
         if app.get(BACKGROUND_SYNC, True):
@@ -45,7 +50,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 
 def build_app(cfg: Config) -> web.Application:
-    app = web.Application(middlewares=[timing_middleware, oci_error_middleware], client_max_size=1024)
+    app = web.Application(middlewares=[timing_middleware, oci_error_middleware, access_middleware],
+                          client_max_size=1024)
     app[CONFIG] = cfg
     app[admin.STARTED] = time.monotonic()
     app.cleanup_ctx.append(_resources)
@@ -63,7 +69,8 @@ async def serve(cfg: Config, *, notifier: Notifier | None = None) -> None:
                            handle_signals=False, shutdown_timeout=10.0)
     await runner.setup()            # opens the store: READY comes after it and the listener
     site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port, backlog=1024,
-                       reuse_address=True)
+                       reuse_address=True,
+                       ssl_context=listener_ssl_context(cfg.tls) if cfg.tls else None)
     await site.start()
     log.info("edgecache listening on %s:%d (config: %s)", cfg.listen_host, cfg.listen_port,
              cfg.source)

@@ -73,6 +73,11 @@ def to_oci(err: BaseException) -> OciError | None:
     if isinstance(err, e.UpstreamRateLimited):
         h = {"Retry-After": err.retry_after} if err.retry_after else {}
         return OciError("TOOMANYREQUESTS", str(err), headers=h)
+    if isinstance(err, e.Unauthorized):
+        return OciError("UNAUTHORIZED", str(err),
+                        headers={"WWW-Authenticate": 'Basic realm="edgecache"'})
+    if isinstance(err, e.Forbidden):
+        return OciError("DENIED", str(err))
     if isinstance(err, e.UpstreamDenied):
         return OciError("DENIED", str(err), message="the upstream registry denied access")
     if isinstance(err, e.UpstreamDown):
@@ -111,7 +116,10 @@ async def oci_error_middleware(request: web.Request, handler) -> web.StreamRespo
         if oci is None:
             raise
         request[ERROR] = oci.oci.code
-        if oci.status >= 500:
+        if oci.status in (401, 403):
+            log.warning("denied %s %s from %s: %s", request.method, request.path[:200],
+                        request.remote, exc)
+        elif oci.status >= 500:
             log.warning("%s %s -> %d %s: %s", request.method, request.path, oci.status,
                         oci.oci.code, exc)
         return error_response(oci, request.method)

@@ -11,8 +11,9 @@ from aiohttp import web
 
 from edgecache.server.accesslog import BYTES, ERROR, SOURCE, STALE
 
+from edgecache.access import Access
 from edgecache.config import Config
-from edgecache.errors import BlobUnknown
+from edgecache.errors import BlobUnknown, Unauthorized
 from edgecache.mediatypes import Accept
 from edgecache.pull.blobs import BlobService, LocalBlob
 from edgecache.pull.manifests import ManifestService
@@ -20,6 +21,7 @@ from edgecache.pull.routing import Route, resolve
 from edgecache.pull.tags import TagListService
 from edgecache.reference import parse_digest
 from edgecache.server.blob_response import BlobSender, ClientGone, StreamAborted
+from edgecache.server.guard import identity
 from edgecache.server.oci_errors import OciError
 from edgecache.server.ranges import parse_range
 from edgecache.store.blobs import BlobStore
@@ -41,14 +43,17 @@ class Services:
     sender: BlobSender
     metrics: Metrics
     syncer: Syncer
+    access: Access
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 
 
 def _route(request: web.Request, svc: Services) -> Route:
-    return resolve(request.match_info["name"], request.query.get("ns"),
-                   svc.config.upstreams.keys(), svc.config.default_upstream)
+    route = resolve(request.match_info["name"], request.query.get("ns"),
+                    svc.config.upstreams.keys(), svc.config.default_upstream)
+    svc.access.check_upstream(route.upstream, identity(request))
+    return route
 
 
 def _served(request: web.Request, svc: Services, source: str, nbytes: int) -> None:
@@ -58,6 +63,11 @@ def _served(request: web.Request, svc: Services, source: str, nbytes: int) -> No
 
 
 async def base(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    if identity(request) is None and svc.access.any_credentials:
+        # Clients learn the auth scheme from this ping (skopeo, Docker): challenge the
+        # anonymous ones. Without credentials they go on anonymously, to public upstreams.
+        raise Unauthorized("this mirror takes credentials")
     return web.json_response({}, headers=API_VERSION)
 
 

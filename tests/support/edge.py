@@ -17,6 +17,7 @@ from aiohttp import web
 from edgecache.config import Config, build
 from edgecache.server.accesslog import JsonAccessLogger
 from edgecache.server.app import build_app
+from edgecache.server.guard import listener_ssl_context
 from edgecache.server.registry_api import SERVICES, Services
 
 from .ports import free_port, wait_http
@@ -54,7 +55,8 @@ class EdgeServer:
     async def start(self) -> "EdgeServer":
         self._runner = web.AppRunner(self.app, access_log_class=JsonAccessLogger)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.config.listen_port).start()
+        tls = listener_ssl_context(self.config.tls) if self.config.tls else None
+        await web.TCPSite(self._runner, "127.0.0.1", self.config.listen_port, ssl_context=tls).start()
         return self
 
     async def stop(self) -> None:

@@ -1,0 +1,57 @@
+"""Access control at the door: the client's network, who it is (Basic, bearer
+token, client certificate), and the TLS context of the listener."""
+from __future__ import annotations
+
+import logging
+import ssl
+
+from aiohttp import web
+
+from edgecache.access import Access, Identity
+from edgecache.config import ListenerTLS
+from edgecache.errors import Unauthorized
+
+log = logging.getLogger("edgecache.access")
+
+ACCESS = web.AppKey("access", Access)
+IDENTITY = web.RequestKey("ec_identity", object)
+
+
+def _cert_subject(request: web.Request) -> str | None:
+    transport = request.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    if not cert:
+        return None          # no certificate, or one the CA did not verify
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return "client-certificate"
+
+
+def identity(request: web.Request) -> Identity | None:
+    return request.get(IDENTITY)
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler) -> web.StreamResponse:
+    access = request.app.get(ACCESS)
+    if access is None:                       # before the runtime is up
+        return await handler(request)
+    access.check_network(request.remote)
+    who = await access.identify(request.headers.get("Authorization"), _cert_subject(request))
+    request[IDENTITY] = who
+    if (request.method == "POST" and request.path.startswith("/_edgecache/")
+            and who is None and access.any_credentials):
+        raise Unauthorized("admin actions need credentials")
+    return await handler(request)
+
+
+def listener_ssl_context(tls: ListenerTLS) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    if tls.client_ca_file is not None:
+        ctx.load_verify_locations(str(tls.client_ca_file))
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    return ctx

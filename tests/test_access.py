@@ -1,0 +1,137 @@
+"""Access control: private upstreams need credentials (htpasswd bcrypt, bearer
+tokens, client certificates); client networks; the TLS listener."""
+import base64
+import json
+import ssl
+import subprocess
+
+import aiohttp
+import bcrypt
+import pytest
+
+from tests.conftest import require_binaries
+from tests.support.certs import make_certs
+from tests.support.edge import EdgeProcess, EdgeServer, make_config
+from tests.support.faulty import FaultyUpstream
+from tests.support.images import make_image, push
+
+
+def basic(user, password):
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture
+async def world(tmp_path):
+    img = make_image(71, layer_size=4096)
+    (tmp_path / "htpasswd").write_text(
+        "# users\nalice:" + bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode().replace("$2b$", "$2y$", 1) + "\n")
+    (tmp_path / "tokens").write_text("# K3s nodes\nnode-1:tok-abc123\n")
+    async with FaultyUpstream({"private/app:v1": img, "public/app:v1": img}) as up:
+        doc = make_config(tmp_path / "data", {}, default="private.example")
+        doc["upstreams"] = {
+            "private.example": {"url": up.url, "username": "robot", "password": "x"},   # private by default
+            "public.example": {"url": up.url},
+        }
+        doc["access"] = {"htpasswd": str(tmp_path / "htpasswd"), "tokens_file": str(tmp_path / "tokens"),
+                         "networks": ["127.0.0.0/8", "::1/128"]}
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as session:
+            yield up, edge, img, session
+
+
+async def get(edge, session, path, **headers):
+    async with session.get(edge.url + path, headers=headers) as r:
+        return r.status, r.headers, await r.read()
+
+
+async def test_anonymous_clients_get_401_for_a_private_upstream_and_are_logged(world, caplog):
+    up, edge, img, session = world
+    status, h, body = await get(edge, session, "/v2/private/app/manifests/v1?ns=private.example")
+    assert status == 401 and json.loads(body)["errors"][0]["code"] == "UNAUTHORIZED"
+    assert h["WWW-Authenticate"] == 'Basic realm="edgecache"'
+    assert up.count("GET", ".*") == 0 and up.count("HEAD", ".*") == 0     # never reached upstream
+    assert any("denied" in r.getMessage() for r in caplog.records)
+    # A public upstream is served to anyone.
+    assert (await get(edge, session, "/v2/public/app/manifests/v1?ns=public.example"))[0] == 200
+
+
+@pytest.mark.parametrize("auth,ok", [(basic("alice", "s3cret"), True), (basic("alice", "nope"), False),
+                                     (basic("bob", "s3cret"), False), ("Bearer tok-abc123", True),
+                                     ("Bearer tok-wrong", False), ("Digest x", False), ("Basic !!", False)])
+async def test_credentials(world, auth, ok):
+    up, edge, img, session = world
+    status, _, body = await get(edge, session, f"/v2/private/app/blobs/{img.layers[0].digest}?ns=private.example",
+                                Authorization=auth)
+    if ok:
+        assert status == 200 and body == img.layers[0].data
+    else:
+        assert status == 401
+
+
+async def test_admin_actions_need_credentials(world):
+    up, edge, img, session = world
+    async with session.post(edge.url + "/_edgecache/gc") as r:
+        assert r.status == 401
+    async with session.post(edge.url + "/_edgecache/gc", headers={"Authorization": "Bearer tok-abc123"}) as r:
+        assert r.status == 200
+
+
+async def test_clients_outside_the_allowed_networks_are_denied(tmp_path):
+    img = make_image(72, layer_size=1024)
+    async with FaultyUpstream({"public/app:v1": img}) as up:
+        doc = make_config(tmp_path / "data", {"public.example": up.url}, default="public.example",
+                          access={"networks": ["10.0.0.0/8"]})
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as session:
+            status, _, body = await get(edge, session, "/v2/public/app/manifests/v1")
+            assert status == 403 and json.loads(body)["errors"][0]["code"] == "DENIED"
+            assert sum(up.counts.values()) == 0
+
+
+async def test_tls_listener_and_client_certificates(tmp_path):
+    certs = make_certs(tmp_path / "certs")
+    img = make_image(73, layer_size=256 * 1024)
+    async with FaultyUpstream({"private/app:v1": img}) as up:
+        doc = make_config(tmp_path / "data", {}, default="private.example")
+        doc["upstreams"] = {"private.example": {"url": up.url, "username": "r", "password": "x"}}
+        doc["tls"] = {"cert_file": str(certs.server_cert), "key_file": str(certs.server_key),
+                      "client_ca_file": str(certs.ca)}
+        edge = EdgeServer(doc)
+        edge.url = edge.url.replace("http://", "https://")
+        async with edge:
+            trust = ssl.create_default_context(cafile=str(certs.ca))
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as s:
+                # TLS, no client certificate: anonymous, so the private upstream says 401.
+                assert (await get(edge, s, "/v2/private/app/manifests/v1"))[0] == 401
+            with_cert = ssl.create_default_context(cafile=str(certs.ca))
+            with_cert.load_cert_chain(str(certs.client_cert), str(certs.client_key))
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=with_cert)) as s:
+                status, _, body = await get(edge, s, f"/v2/private/app/blobs/{img.layers[0].digest}")
+                assert status == 200 and body == img.layers[0].data      # over TLS: the copy path
+                assert (await get(edge, s, f"/v2/private/app/blobs/{img.layers[0].digest}"))[2] == img.layers[0].data
+
+
+def test_skopeo_authenticates_to_the_mirror_with_basic_credentials(tmp_path, registry):
+    require_binaries("skopeo")
+    img = make_image(74, layer_size=128 * 1024)
+    digest = push(registry.url, "private/app", "v1", img)
+    (tmp_path / "htpasswd").write_text(
+        "alice:" + bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode() + "\n")
+    doc = make_config(tmp_path / "data", {}, default="private.example")
+    doc["upstreams"] = {"private.example": {"url": registry.url, "username": "robot", "password": "x"},
+                        "public.example": {"url": registry.url}}
+    doc["access"] = {"htpasswd": str(tmp_path / "htpasswd")}
+    with EdgeProcess(tmp_path, doc) as edge:
+        host = edge.url.removeprefix("http://")
+        src = f"docker://{host}/private/app:v1"
+        r = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", src],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "401" in r.stderr + r.stdout or "unauthorized" in (r.stderr + r.stdout).lower()
+        r = subprocess.run(["skopeo", "copy", "--src-tls-verify=false", "--src-creds", "alice:s3cret",
+                            src, f"oci:{tmp_path / 'out'}:v1"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        index = json.loads((tmp_path / "out" / "index.json").read_text())
+        assert index["manifests"][0]["digest"] == digest
+        # Anonymous clients still pull from a public upstream (the /v2/ challenge does not stop them).
+        r = subprocess.run(["skopeo", "copy", "--src-tls-verify=false",
+                            f"docker://{host}/public.example/private/app:v1", f"oci:{tmp_path / 'pub'}:v1"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
