@@ -18,7 +18,7 @@ from edgecache.atomic import write_text_atomic
 from edgecache.config import Config, ConfigError, load
 from edgecache.store.blobs import BlobStore, StoreLocked
 from edgecache.sync import listedit
-from edgecache.sync.lists import ListError, list_files
+from edgecache.sync.lists import ListError, list_files, parse_ref
 from edgecache.sync.lists import load as load_list
 
 
@@ -151,15 +151,17 @@ class _Progress:
         self.out.flush()
 
 
-def _sync_result(status: dict) -> int:
+def _sync_result(status: dict, pinned_source: Path | None) -> int:
     for p in status["problems"]:
         print(f"list problem: {p}", file=sys.stderr)
+    pinned_problem = pinned_source is not None and any(
+        p.startswith(str(pinned_source)) for p in status["problems"])
     t = status["totals"]
     print(f"pinned: {t['pinned']['complete']}/{t['pinned']['desired']} complete, "
           f"{t['pinned']['failed']} failed; prefetch: {t['prefetch']['complete']}/"
           f"{t['prefetch']['desired']} complete, {t['prefetch']['failed']} failed; "
           f"{t['bytes_pinned']} bytes pinned")
-    return 1 if t["pinned"]["failed"] else 0
+    return 1 if t["pinned"]["failed"] or pinned_problem else 0
 
 
 def cmd_sync(cfg: Config, args: argparse.Namespace) -> int:
@@ -177,7 +179,7 @@ def cmd_sync(cfg: Config, args: argparse.Namespace) -> int:
             time.sleep(0.5)
             with urllib.request.urlopen(url + "/_edgecache/sync", timeout=10) as r:
                 status = json.loads(r.read())
-        return _sync_result(status)
+        return _sync_result(status, cfg.pinned)
 
     async def in_process() -> dict:
         from edgecache.runtime import open_runtime
@@ -190,7 +192,7 @@ def cmd_sync(cfg: Config, args: argparse.Namespace) -> int:
             status = rt.syncer.status()
             progress.show(status)
             return status
-    return _sync_result(_run(in_process()))
+    return _sync_result(_run(in_process()), cfg.pinned)
 
 
 def _list_path(cfg: Config, kind: str) -> Path:
@@ -218,13 +220,22 @@ def cmd_list_edit(cfg: Config, args: argparse.Namespace) -> int:
             return 1 if problems else 0
         if not args.images:
             raise SystemExit(f"edgecache {args.command} {args.action}: name at least one image")
+        source = cfg.pinned if kind == "pinned" else cfg.prefetch
+        files = list_files(source) if source.is_dir() else [path]
         for image in args.images:
             if args.action == "add":
-                done = listedit.add(path, image, ups)
-                print(f"{'added' if done else 'already listed'}: {image} ({path})")
+                # A duplicate anywhere in the list (any file of a directory) is a no-op.
+                ref = parse_ref(image, ups)
+                listed = next((f for f in files if f.exists() and any(
+                    e.ref == ref for e in load_list(f, ups)[0])), None)
+                if listed is not None:
+                    print(f"already listed: {image} ({listed})")
+                    continue
+                listedit.add(path, image, ups)
+                print(f"added: {image} ({path})")
             else:
-                n = listedit.remove(path, image, ups)
-                print(f"{'removed' if n else 'not listed'}: {image} ({path})")
+                n = sum(listedit.remove(f, image, ups) for f in files if f.exists())
+                print(f"{'removed' if n else 'not listed'}: {image} ({source})")
                 if not n:
                     return 1
     except (ValueError, ListError) as e:

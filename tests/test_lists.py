@@ -2,6 +2,7 @@
 import datetime as dt
 
 import pytest
+import yaml
 
 from edgecache.cron import Cron
 from edgecache.sync import listedit
@@ -129,3 +130,39 @@ def test_cron(expr, after, expect):
 def test_bad_cron(expr):
     with pytest.raises(ValueError):
         Cron.parse(expr).next_after(dt.datetime(2026, 1, 1))
+
+
+def test_odd_indentation_and_crlf_are_followed(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_bytes(b"images:\r\n    -   registry.corp.example/a:1\r\n")
+    listedit.add(p, "registry.corp.example/b:1", UP)
+    assert p.read_bytes() == (b"images:\r\n    -   registry.corp.example/a:1\r\n"
+                              b"    -   registry.corp.example/b:1\r\n")
+
+
+def test_a_new_list_file_is_readable_by_the_service(tmp_path):
+    p = tmp_path / "new.yaml"
+    listedit.add(p, "busybox:1.37", UP)
+    assert p.stat().st_mode & 0o044 == 0o044
+
+
+def test_a_directory_list_is_one_list_for_add_and_rm(tmp_path):
+    import subprocess
+    import sys
+    d = tmp_path / "lists"
+    d.mkdir()
+    (d / "00-common.yaml").write_text("images:\n  - registry.corp.example/a:1\n")
+    (d / "10-site.yaml").write_text("images:\n  - registry.corp.example/b:1\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "pinned": str(d),
+                                   "upstreams": {"registry.corp.example": {"url": "https://h"}}}))
+
+    def cli(*a):
+        return subprocess.run([sys.executable, "-m", "edgecache", "pin", *a, "--config", str(cfg)],
+                              capture_output=True, text=True, timeout=60)
+    r = cli("add", "registry.corp.example/b:1")
+    assert r.returncode == 0 and "already listed" in r.stdout
+    assert (d / "00-common.yaml").read_text() == "images:\n  - registry.corp.example/a:1\n"
+    r = cli("rm", "registry.corp.example/b:1")
+    assert r.returncode == 0 and "removed" in r.stdout
+    assert (d / "10-site.yaml").read_text() == "images:\n"

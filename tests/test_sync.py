@@ -208,3 +208,70 @@ async def test_status_and_metrics_show_the_entries(tmp_path):
             assert 'edgecache_sync_entries{list="pinned",state="failed"} 1.0' in m
         finally:
             await edge.stop()
+
+
+async def test_a_tag_pinned_for_two_platforms_switches_only_when_both_are_complete(tmp_path):
+    old = make_index(42, arches=("amd64", "arm64"), layer_size=64 * 1024)
+    new = make_index(43, arches=("amd64", "arm64"), layer_size=64 * 1024)
+    async with FaultyUpstream({"pos/app:v1": old}) as up:
+        pinned = tmp_path / "pinned.yaml"
+        pinned.write_text(f"images:\n  - ref: {HOST}/pos/app:v1\n    platforms: [linux/amd64]\n"
+                          f"  - ref: {HOST}/pos/app:v1\n    platforms: [linux/arm64]\n")
+        edge = await start_edge(tmp_path, up, pinned=str(pinned))
+        syncer = edge.services.syncer
+        key = (HOST, "pos/app", "v1")
+        try:
+            await syncer.sync()
+            assert syncer.pinned_tag(key) == old.digest
+            up.add("pos/app:v1", new)
+            up.fault("truncate", digest=new.images[1].layers[0].digest)      # arm64 fails
+            result = await syncer.sync()
+            assert result["pinned"]["complete"] == 1 and result["pinned"]["failed"] == 1
+            assert syncer.pinned_tag(key) == old.digest                    # not half switched
+            up.clear_faults()
+            await syncer.sync()
+            assert syncer.pinned_tag(key) == new.digest
+            # Removing one of the two entries keeps the tag for the other.
+            pinned.write_text(f"images:\n  - ref: {HOST}/pos/app:v1\n    platforms: [linux/arm64]\n")
+            await syncer.reload()
+            assert syncer.pinned_tag(key) == new.digest
+        finally:
+            await edge.stop()
+
+
+async def test_pins_of_a_sync_stopped_mid_fetch_are_released_at_the_next_start(tmp_path):
+    img = make_image(44, layers=2, layer_size=1 * MiB)
+    async with FaultyUpstream({"pos/app:v1": img}) as up:
+        pinned = tmp_path / "pinned.yaml"
+        write_list(pinned, f"{HOST}/pos/app:v1")
+        up.fault("stall", digest=img.layers[1].digest, seconds=30)
+        edge = await start_edge(tmp_path, up, pinned=str(pinned))
+        run = edge.services.syncer.sync()
+        for _ in range(100):
+            if edge.services.store.index.pinned_bytes or edge.services.store.index.owners():
+                break
+            await asyncio.sleep(0.02)
+        assert edge.services.store.index.owners()           # pinned before the blobs landed
+        await edge.stop()                                   # the daemon stops mid-fetch
+        assert run.done()
+        write_list(pinned)                                  # and the entry is gone meanwhile
+        up.clear_faults()
+        edge = await start_edge(tmp_path, up, pinned=str(pinned))
+        try:
+            assert edge.services.store.index.owners() == set()
+            assert edge.services.store.index.pinned_bytes == 0
+        finally:
+            await edge.stop()
+
+
+async def test_a_list_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path):
+    img = make_image(45, layer_size=1024)
+    async with FaultyUpstream({"pos/app:v1": img}) as up:
+        pinned = tmp_path / "pinned.yaml"
+        pinned.write_bytes(b"# Caf\xe9\nimages:\n  - " + f"{HOST}/pos/app:v1\n".encode())
+        edge = await start_edge(tmp_path, up, pinned=str(pinned))
+        try:
+            problems = edge.services.syncer.status()["problems"]
+            assert len(problems) == 1 and "not UTF-8" in problems[0]
+        finally:
+            await edge.stop()

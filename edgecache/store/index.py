@@ -144,6 +144,9 @@ class BlobIndex:
                 self.pinned_bytes -= self._lru[digest].size
             self._disk.delete(("pin", digest))
 
+    def pin_items(self) -> list[tuple[str, frozenset[str]]]:
+        return list(self._pins.items())
+
     def owners(self) -> set[str]:
         return {o for owners in self._pins.values() for o in owners}
 

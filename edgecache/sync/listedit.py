@@ -33,6 +33,11 @@ def _items(text: str, file: str) -> tuple[yaml.Node | None, yaml.Node | None]:
     return None, None
 
 
+def _read(path: Path) -> str:
+    with open(path, newline="") as f:        # keep CRLF files CRLF
+        return f.read()
+
+
 def _last_line(node: yaml.Node) -> int:
     """The last line holding the node's own content (block collections end where the
     next token starts, past any blank and comment lines: look at the leaves instead)."""
@@ -58,22 +63,25 @@ def _item_ref(item: yaml.Node, upstreams: Collection[str] | None) -> ImageRef | 
 def add(path: Path, reference: str, upstreams: Collection[str] | None = None) -> bool:
     """Append an entry; False (and no write) if the reference is already listed."""
     ref = parse_ref(reference, upstreams)           # refuse a bad reference before touching the file
-    text = path.read_text() if path.exists() else ""
+    text = _read(path) if path.exists() else ""
     key, items = _items(text, str(path))
     if isinstance(items, yaml.SequenceNode) and any(
             _item_ref(i, upstreams) == ref for i in items.value):
         return False
     lines = text.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
+        lines[-1] += "\r\n" if lines[0].endswith("\r\n") else "\n"
     new = f"{reference.strip()}"
     if key is None:
         lines.append(f"images:\n  - {new}\n")
     elif isinstance(items, yaml.SequenceNode) and items.value and not items.flow_style:
-        last = items.value[-1]
-        indent = " " * items.value[0].start_mark.column
-        dash = indent[:-2] if len(indent) >= 2 else ""
-        lines.insert(_last_line(last) + 1, f"{dash}- {new}\n")
+        first, last = items.value[0], items.value[-1]
+        # Copy the first entry's own "  -   " prefix, whatever its spacing.
+        src = lines[first.start_mark.line]
+        dash = src.rfind("-", 0, first.start_mark.column)
+        prefix = src[:first.start_mark.column] if dash >= 0 else "  - "
+        eol = "\r\n" if src.endswith("\r\n") else "\n"
+        lines.insert(_last_line(last) + 1, f"{prefix}{new}{eol}")
     elif isinstance(items, yaml.SequenceNode) and items.flow_style and items.value:
         raise ListError(ListProblem(str(path), items.start_mark.line + 1,
                                     "a flow-style list ([a, b]) is not edited; write one entry per line"))
@@ -91,7 +99,7 @@ def remove(path: Path, reference: str, upstreams: Collection[str] | None = None)
     ref = parse_ref(reference, upstreams)
     if not path.exists():
         return 0
-    text = path.read_text()
+    text = _read(path)
     _key, items = _items(text, str(path))
     if not isinstance(items, yaml.SequenceNode):
         return 0

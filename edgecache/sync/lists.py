@@ -134,15 +134,15 @@ def parse_text(text: str, file: str, upstreams: Collection[str] | None = None,
     if items is None or (isinstance(items, yaml.ScalarNode) and items.value in ("", "null", "~")):
         return [], problems
     if not isinstance(items, yaml.SequenceNode):
-        return [], problems + [ListProblem(file, items.start_mark.line + 1, "`images:` must be a list")]
+        return [], problems + [ListProblem(file, items.start_mark.line + 1, "`images:` must be a list", True)]
     entries: list[Entry] = []
     seen: set[str] = set()
     for item in items.value:
         line = item.start_mark.line + 1
         try:
             entry = _entry(item, file, line, upstreams, default_platform)
-        except (ValueError, EdgecacheError) as e:
-            problems.append(ListProblem(file, line, str(e)))
+        except Exception as e:   # noqa: BLE001 - any odd entry is a problem to report, not a crash
+            problems.append(ListProblem(file, line, str(e) or type(e).__name__))
             continue
         if entry.key in seen:
             problems.append(ListProblem(file, line, f"duplicate entry {entry.ref}"))
@@ -159,7 +159,7 @@ def _entry(item: yaml.Node, file: str, line: int, upstreams: Collection[str] | N
         return Entry(ref, (default_platform,), ref.tag is not None, file, line)
     if not isinstance(item, yaml.MappingNode):
         raise ValueError("an entry is a reference or a mapping with `ref:`")
-    fields = {_scalar(k): v for k, v in item.value}
+    fields = {str(_scalar(k)): v for k, v in item.value}
     unknown = set(fields) - {"ref", "platforms", "track"}
     if unknown:
         raise ValueError(f"unknown key {sorted(unknown)[0]!r}")
@@ -198,9 +198,12 @@ def load(path: Path, upstreams: Collection[str] | None = None,
     seen: set[str] = set()
     for f in list_files(path):
         try:
-            text = f.read_text()
+            text = f.read_text(encoding="utf-8")
         except OSError as e:
             problems.append(ListProblem(str(f), 1, f"cannot read: {e.strerror}", True))
+            continue
+        except UnicodeDecodeError as e:
+            problems.append(ListProblem(str(f), 1, f"not UTF-8 (byte {e.start})", True))
             continue
         es, ps = parse_text(text, str(f), upstreams, default_platform)
         problems += ps

@@ -68,10 +68,12 @@ class Syncer:
         self.state: dict[str, Any] = {"pinned": {}, "prefetch": {}, "retained": []}
         self._tags: dict[tuple[str, str, str], str] = {}
         self._run: asyncio.Task[dict] | None = None
+        self._run_keys: set[tuple[str, str]] | None = None
         self._tasks: list[asyncio.Task] = []
         self._signature: tuple = ()
         self._reload_wanted = asyncio.Event()
         self._save_lock = asyncio.Lock()
+        self._reload_lock = asyncio.Lock()
         self.runs = 0
         self.last_run: dict[str, Any] | None = None
 
@@ -79,10 +81,25 @@ class Syncer:
 
     async def open(self) -> None:
         await asyncio.to_thread(self._load_state)
+        await self._release_orphaned_pins()
+        await self.reload()
         for rec in self.state["pinned"].values():
             if rec.get("tag"):
-                self._tags[tuple(rec["tag"])] = rec["digest"]
-        await self.reload()
+                self._refresh_tag(tuple(rec["tag"]))
+
+    async def _release_orphaned_pins(self) -> None:
+        """Pins whose image state.json never recorded (a sync stopped mid-fetch, a
+        damaged state file) would otherwise be held forever."""
+        known = {rec["owner"] for rec in self.state["pinned"].values()}
+        known |= {r["owner"] for r in self.state["retained"]}
+        orphans: dict[str, list[str]] = {}
+        for digest, owners in self.store.index.pin_items():
+            for o in owners:
+                if o.startswith("pinned:") and o not in known:
+                    orphans.setdefault(o, []).append(digest)
+        for owner, digests in orphans.items():
+            log.warning("releasing pins of an image no sync completed: %s", owner)
+            await self.store.unpin_many(digests, owner)
 
     def start_background(self) -> None:
         """The daemon's loops: the schedule, the list watcher, retention expiry."""
@@ -135,6 +152,10 @@ class Syncer:
 
     async def reload(self) -> bool:
         """Read the list files again; True when the desired set changed."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         self._signature = await asyncio.to_thread(self._list_signature)
         desired: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
         problems: list[ListProblem] = []
@@ -178,8 +199,8 @@ class Syncer:
                 dirty = True
                 if kind == "pinned":
                     self._retain(rec, now)
-                    if rec.get("tag") and self._tags.get(tuple(rec["tag"])) == rec["digest"]:
-                        del self._tags[tuple(rec["tag"])]
+                    if rec.get("tag"):
+                        self._refresh_tag(tuple(rec["tag"]))
                 log.info("%s entry %s removed from the list", kind, rec.get("ref", key))
         if dirty:
             await self._save()
@@ -205,9 +226,20 @@ class Syncer:
     # -- syncing -----------------------------------------------------------------
 
     def sync(self, keys: set[tuple[str, str]] | None = None) -> asyncio.Task[dict]:
-        """Start a sync (of everything, or of keys), or join the one under way."""
-        if self._run is None or self._run.done():
+        """Start a sync (of everything, or of keys); one under way is joined when it
+        covers what is asked, else the new one runs right after it."""
+        current = self._run
+        if current is None or current.done():
             self._run = asyncio.create_task(self._sync(keys), name="sync run")
+        elif keys is None and self._run_keys is not None or (
+                keys is not None and self._run_keys is not None and not keys <= self._run_keys):
+            async def after() -> dict:
+                await asyncio.wait([current])
+                return await self._sync(keys)
+            self._run = asyncio.create_task(after(), name="sync run (queued)")
+        else:
+            return current
+        self._run_keys = keys
         return self._run
 
     async def _sync(self, keys: set[tuple[str, str]] | None) -> dict:
@@ -258,6 +290,12 @@ class Syncer:
                     await self.store.pin_many(digests, owner)
 
             img = await self.fetcher.fetch(entry.ref, digest, entry.platforms, p, before_blobs=pin)
+            if entry.key not in self.desired[kind]:
+                # Removed from the list while it was fetched: retained like any removal.
+                if kind == "pinned":
+                    self._retain({"owner": owner, "digests": list(img.digests)}, time.time())
+                    await self._save()
+                return
             if rec and rec["owner"] != owner and kind == "pinned":
                 self._retain(rec, time.time())
             self.state[kind][entry.key] = {
@@ -273,7 +311,8 @@ class Syncer:
         except Exception as e:   # noqa: BLE001 - one entry's failure must not stop the others
             p.state, p.reason, p.finished = "failed", f"{type(e).__name__}: {e}", time.time()
             log.warning("%s %s failed: %s", kind, entry.ref, p.reason)
-            if kind == "pinned" and planned and owner and (rec is None or rec["owner"] != owner):
+            if kind == "pinned" and planned and owner and (rec is None or rec["owner"] != owner) \
+                    and owner not in {r["owner"] for r in self.state["retained"]}:
                 await self.store.unpin_many(planned, owner)
 
     def _switch_tag(self, kind: str, entry: Entry, digest: str, media_type: str) -> None:
@@ -281,12 +320,25 @@ class Syncer:
             return
         key = (entry.ref.upstream, entry.ref.repo, entry.ref.tag)
         if kind == "pinned":
-            self._tags[key] = digest
+            self._refresh_tag(key)
         else:
             # Prefetched tags answer offline like any tag a client pulled.
             rec = self.meta.manifest(digest)
             self.meta.put_tag(key, ANY_KEY, TagRecord(digest, media_type, rec.size if rec else 0,
                                                       time.time()))
+
+    def _refresh_tag(self, key: tuple[str, str, str]) -> None:
+        """Point a pinned tag at a digest only when every pinned entry for it (one per
+        platform set) is complete at that digest; forget it when no entry uses it."""
+        entries = [e for e in self.desired["pinned"].values()
+                   if (e.ref.upstream, e.ref.repo, e.ref.tag) == key]
+        if not entries:
+            self._tags.pop(key, None)
+            return
+        digests = {(self.state["pinned"].get(e.key) or {}).get("digest") for e in entries}
+        if len(digests) == 1 and None not in digests:
+            self._tags[key] = digests.pop()
+        # Otherwise some entry is not there yet: the tag keeps its current answer.
 
     # -- background loops ----------------------------------------------------------
 
@@ -315,7 +367,11 @@ class Syncer:
                     continue
             self._reload_wanted.clear()
             before = {(k, key) for k in KINDS for key in self.desired[k]}
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception:   # noqa: BLE001 - the watcher must outlive a bad reload
+                log.exception("reloading the lists failed; keeping the previous ones")
+                continue
             new = {(k, key) for k in KINDS for key in self.desired[k]} - before
             log.info("lists reloaded: %d new entries", len(new))
             if new:
