@@ -61,11 +61,16 @@ def test_role_runs_into_a_throwaway_root_twice(tmp_path, wheels):
     need("ansible-playbook")
     root = tmp_path / "root"
     inventory = tmp_path / "hosts.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"children": {"branches": {"children": {
-        "branch_berlin": {"hosts": {"localhost": {
-            "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}}}}}))
+    node_root = tmp_path / "node-root"
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory.write_text(yaml.safe_dump({"all": {"children": {
+        "branches": {"children": {"branch_berlin": {"hosts": {
+            "cache-box": {**local, "edgecache_root": str(root)}}}}},
+        "k3s_nodes": {"children": {"k3s_berlin": {"hosts": {
+            "k3s-node": {**local, "edgecache_root": str(node_root),
+                         "edgecache_endpoint": "http://edge-berlin-1:5000"}}}}}}}}))
     extra = {
-        "edgecache_root": str(root), "edgecache_install_os_packages": False,
+        "edgecache_install_os_packages": False,
         "edgecache_create_user": False, "edgecache_manage_services": False,
         "edgecache_pip_extra_args": f"--find-links {wheels}",
         "edgecache_upstreams": {"registry.corp.example": {"url": "https://harbor.corp.example"},
@@ -119,6 +124,13 @@ def test_role_runs_into_a_throwaway_root_twice(tmp_path, wheels):
     assert unit.read_text() == open(os.path.join(ROOT, "systemd", "edgecache.service")).read()
     link = root / "etc" / "systemd" / "system" / "multi-user.target.wants" / "edgecache.service"
     assert os.readlink(link) == "/etc/systemd/system/edgecache.service"
+
+    # The site's K3s nodes get only the client side, pointing at the cache box.
+    node_reg = yaml.safe_load((node_root / "etc" / "rancher" / "k3s" / "registries.yaml").read_text())
+    assert node_reg["mirrors"]["registry.corp.example"] == {"endpoint": ["http://edge-berlin-1:5000"]}
+    assert not (node_root / "opt").exists() and not (node_root / "etc" / "edgecache").exists()
+    dropin = root / "etc" / "systemd" / "system" / "edgecache.service.d" / "ansible.conf"
+    assert "ExecStart=/opt/edgecache/venv/bin/edgecache serve" in dropin.read_text()
 
     # Idempotent: the second run changes nothing.
     r = run(cmd, env=env)
