@@ -4,7 +4,6 @@ daemon runs; `edgecache sync` through the daemon and on its own."""
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -114,4 +113,48 @@ def test_prefetch_add_keeps_a_commented_file(tmp_path, registry):
         "# the debug shell\n", f"# the debug shell\n  - {HOST}/tools/net:2\n")
     r = cli("prefetch", "ls", "--config", str(edge.config_path))
     assert r.returncode == 0 and f"{HOST}/tools/net:2" in r.stdout and "prefetch.yaml:6" in r.stdout
-    time.sleep(0)
+
+
+def test_with_the_real_registry_pins_survive_lru_and_a_moved_tag_switches_only_when_complete(tmp_path, registry):
+    MiB = 1024 * 1024
+    old = make_image(55, layers=2, layer_size=512 * 1024)
+    new = make_image(56, layers=2, layer_size=512 * 1024)
+    push(registry.url, "pos/app", "v1", old)
+    pinned = tmp_path / "pinned.yaml"
+    pinned.write_text(f"images:\n  - {HOST}/pos/app:v1\n")
+    doc = make_config(tmp_path / "data", {HOST: registry.url}, default=HOST, pinned=str(pinned),
+                      tag_ttl="0s", cache={"max_size": 2 * MiB})
+    with EdgeProcess(tmp_path, doc) as edge:
+        def tag_digest():
+            req = urllib.request.Request(f"{edge.url}/v2/pos/app/manifests/v1", method="HEAD",
+                                         headers={"Accept": old.media_type})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.headers["Docker-Content-Digest"]
+
+        def sync():
+            return cli("sync", "--config", str(edge.config_path))
+
+        assert sync().returncode == 0
+        # Pull far more than max_size of other images through the cache: the pinned blobs stay.
+        for seed in range(57, 61):
+            filler = make_image(seed, layers=1, layer_size=1 * MiB)
+            push(registry.url, f"other/f{seed}", "v1", filler)
+            with urllib.request.urlopen(f"{edge.url}/v2/other/f{seed}/blobs/{filler.layers[0].digest}") as r:
+                r.read()
+        assert wait_until(lambda: status(edge)["store"]["evictions"] > 0, 10)
+        for b in old.blobs:
+            d = b.digest.split(":")[1]
+            assert (tmp_path / "data" / "blobs" / "sha256" / d[:2] / d).exists()
+        # The tag moves upstream, but one of the new image's layers cannot be fetched:
+        # the sync fails and the tag keeps answering the old, complete image.
+        push(registry.url, "pos/app", "v1", new)
+        req = urllib.request.Request(f"{registry.url}/v2/pos/app/blobs/{new.layers[1].digest}", method="DELETE")
+        urllib.request.urlopen(req, timeout=10).read()
+        r = sync()
+        assert r.returncode == 1 and "failed" in r.stdout
+        assert tag_digest() == old.digest
+        # Once the layer is back, the sync completes and only then does the tag switch.
+        push(registry.url, "pos/app", "v1", new)
+        assert sync().returncode == 0
+        assert tag_digest() == new.digest
+        assert status(edge)["sync"]["retained"] == 1      # the old image stays pinned a while
