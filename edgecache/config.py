@@ -122,6 +122,8 @@ class CacheConfig:
     max_size: int = 20 * 1024**3
     high_watermark: float = 0.95  # start evicting above this fraction of max_size
     low_watermark: float = 0.85   # ... and stop below this one
+    scrub_interval: float = 24 * 3600.0   # re-hash every blob this often (0: never)
+    scrub_rate: int = 64 * 1024**2        # bytes per second the scrub may read
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,9 @@ class Config:
             "data_dir": str(self.data_dir),
             "cache": {"max_size": self.cache.max_size,
                       "high_watermark": self.cache.high_watermark,
-                      "low_watermark": self.cache.low_watermark},
+                      "low_watermark": self.cache.low_watermark,
+                      "scrub_interval": self.cache.scrub_interval,
+                      "scrub_rate": self.cache.scrub_rate},
             "upstreams": {
                 k: {"url": u.url, "username": u.username,
                     "password": "***" if u.password else None,
@@ -296,7 +300,8 @@ def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
     data_dir = Path(raw["data_dir"]) if raw.get("data_dir") else default_data_dir(env, uid)
 
     cache_raw = _mapping("cache", raw.get("cache"))
-    _reject_unknown("cache", cache_raw, {"max_size", "high_watermark", "low_watermark"})
+    _reject_unknown("cache", cache_raw, {"max_size", "high_watermark", "low_watermark",
+                                         "scrub_interval", "scrub_rate"})
     hw = cache_raw.get("high_watermark", 0.95)
     lw = cache_raw.get("low_watermark", 0.85)
     for k, v in (("cache.high_watermark", hw), ("cache.low_watermark", lw)):
@@ -305,7 +310,10 @@ def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
     if lw > hw:
         raise ConfigError("cache.low_watermark", lw, "must not exceed cache.high_watermark")
     cache = CacheConfig(max_size=parse_size("cache.max_size", cache_raw.get("max_size", "20GiB")),
-                        high_watermark=float(hw), low_watermark=float(lw))
+                        high_watermark=float(hw), low_watermark=float(lw),
+                        scrub_interval=parse_duration("cache.scrub_interval",
+                                                      cache_raw.get("scrub_interval", "24h")),
+                        scrub_rate=parse_size("cache.scrub_rate", cache_raw.get("scrub_rate", "64MiB")))
 
     ups_raw = _mapping("upstreams", raw.get("upstreams"))
     upstreams: dict[str, UpstreamConfig] = {}

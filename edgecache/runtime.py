@@ -41,6 +41,16 @@ class Runtime:
     syncer: Syncer
 
 
+async def _scrub(store: BlobStore, interval: float, rate: int) -> None:
+    """Re-hash every blob now and then: bit rot on cheap disks is found before a
+    client is sent it; bad blobs are quarantined and fetched again when asked for."""
+    while True:
+        await asyncio.sleep(interval)
+        report = await store.verify(rate=rate)
+        log.info("scrub: %d blobs, %d bytes checked, %d bad", report.checked, report.bytes,
+                 len(report.bad))
+
+
 async def _flush_meta(meta: MetaStore) -> None:
     while True:
         await asyncio.sleep(META_FLUSH_INTERVAL)
@@ -74,6 +84,11 @@ class open_runtime:
             metrics = Metrics()
             for name, client in upstreams.clients.items():
                 client.on_error = (lambda n: lambda err: metrics.upstream_error(n, err.kind))(name)
+
+            if cfg.cache.scrub_interval > 0:
+                scrubber = asyncio.create_task(_scrub(store, cfg.cache.scrub_interval,
+                                                      cfg.cache.scrub_rate))
+                stack.callback(scrubber.cancel)
 
             fills = FillRegistry(store)
             stack.push_async_callback(fills.close)

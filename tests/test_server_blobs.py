@@ -256,3 +256,26 @@ async def test_a_failed_fill_joined_from_another_upstream_is_retried_on_ours(tmp
             assert status == 200 and body == layer.data
             assert (await first)[0] == 404
             assert gets(good, layer.digest) == 1
+
+
+async def test_a_blob_corrupted_on_disk_is_found_by_the_scrub_quarantined_and_fetched_again(tmp_path):
+    img = make_image(9, layers=1, layer_size=256 * 1024)
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        doc = make_config(tmp_path / "data", {"central.example": up.url}, default="central.example",
+                          cache={"scrub_interval": "200ms"})
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as session:
+            assert (await edge.get(session, blob_path(img)))[2] == layer.data
+            assert await edge.stored(layer.digest)
+            path = edge.services.store.path(edge_digest(layer))
+            data = bytearray(path.read_bytes())
+            data[1000] ^= 0xFF                       # one bit of rot
+            path.write_bytes(bytes(data))
+            for _ in range(100):
+                if edge.services.store.stats.quarantined:
+                    break
+                await asyncio.sleep(0.05)
+            assert edge.services.store.stats.quarantined == 1 and not path.exists()
+            status, _, body = await edge.get(session, blob_path(img))
+            assert status == 200 and body == layer.data
+            assert gets(up, layer.digest) == 2

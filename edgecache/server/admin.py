@@ -26,7 +26,10 @@ async def status(request: web.Request) -> web.Response:
         "uptime_s": round(time.monotonic() - request.app[STARTED], 1),
         "store": {**s, "disk_full_events": store.stats.disk_full,
                   "evictions": store.stats.evictions, "evicted_bytes": store.stats.evicted_bytes,
-                  "quarantined": store.stats.quarantined},
+                  "quarantined": store.stats.quarantined,
+                  "last_verify": store.stats.last_verify or None,
+                  "disk_full": bool(store.stats.last_disk_full
+                                    and time.time() - store.stats.last_disk_full < 300)},
         "bytes_used": s["bytes_used"],
         "budget_bytes": s["budget_bytes"],
         "blob_count": s["blob_count"],

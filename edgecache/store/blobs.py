@@ -14,6 +14,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ class StoreStats:
     repaired_orphan_files: int = 0      # files that had no index entry
     disk_full: int = 0
     last_disk_full: float = 0.0
+    last_verify: float = 0.0
+    verified_bad: int = 0
 
 
 @dataclass
@@ -309,10 +312,21 @@ class BlobStore:
 
     # -- verification ----------------------------------------------------------
 
-    async def verify(self, progress: Callable[[str, bool], None] | None = None) -> VerifyReport:
-        """Re-hash every blob; quarantine the ones that do not match their name."""
+    async def verify(self, progress: Callable[[str, bool], None] | None = None,
+                     rate: int | None = None) -> VerifyReport:
+        """Re-hash every blob; quarantine the ones that do not match their name.
+
+        With rate (bytes/s), paced so a background scrub leaves the disk to clients.
+        """
         report = VerifyReport()
+        started = time.monotonic()
         for digest in self.index.digests():
+            if rate:
+                ahead = report.bytes / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+            if digest not in self.index:
+                continue                     # evicted meanwhile
             d = parse_digest(digest)
             if str(d) in self._in_use:
                 continue
@@ -324,6 +338,8 @@ class BlobStore:
                 await self.quarantine(d)
             if progress:
                 progress(digest, ok)
+        self.stats.last_verify = time.time()
+        self.stats.verified_bad += len(report.bad)
         return report
 
     @staticmethod
