@@ -279,3 +279,26 @@ async def test_a_blob_corrupted_on_disk_is_found_by_the_scrub_quarantined_and_fe
             status, _, body = await edge.get(session, blob_path(img))
             assert status == 200 and body == layer.data
             assert gets(up, layer.digest) == 2
+
+
+@pytest.mark.parametrize("use_sendfile", [True, False])
+async def test_a_client_that_stops_reading_is_let_go_after_the_idle_timeout(world, use_sendfile):
+    up, edge, _, session = world
+    img = make_image(10, layers=1, layer_size=32 * MiB)
+    up.add("demo/app:idle", img)
+    layer = img.layers[0]
+    assert (await edge.get(session, blob_path(img)))[0] == 200
+    assert await edge.stored(layer.digest)
+    sender = edge.services.sender
+    sender.use_sendfile, sender.idle_timeout = use_sendfile, 0.5
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.config.listen_port)
+    writer.write(f"GET {blob_path(img)} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await reader.readuntil(b"\r\n\r\n")
+    # Never read the body: the server gives up and closes within a few idle timeouts.
+    await asyncio.sleep(2.0)
+    got = 0
+    while chunk := await asyncio.wait_for(reader.read(1 << 20), timeout=5):
+        got += len(chunk)
+    assert got < layer.size                  # cut short, not completed
+    writer.close()
+    assert (await edge.get(session, blob_path(img)))[2] == layer.data

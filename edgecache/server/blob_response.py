@@ -184,7 +184,9 @@ class _Body:
             data = await asyncio.shield(self._thread)
             if not data:
                 raise EOFError(f"file ended at {pos}")
-            await self.resp.write(data)
+            # A client that takes no bytes for idle_timeout is let go (sendfile: _writable).
+            async with asyncio.timeout(self.sender.idle_timeout):
+                await self.resp.write(data)
             pos += len(data)
             self.sent += len(data)
             self.sender.copied_bytes += len(data)
