@@ -7,21 +7,15 @@ import aiohttp
 import pytest
 import yarl
 
-from tests.support.edge import EdgeServer, make_config
+from tests.support.edge import EdgeServer, edge_world, make_config
 from tests.support.faulty import FaultyUpstream
 from tests.support.images import make_image
 
 
 @pytest.fixture
 async def world(tmp_path):
-    img = make_image(11, layer_size=8192)
-    up = await FaultyUpstream({"demo/app:v1": img}).start()
-    edge = await EdgeServer(make_config(tmp_path / "data", {"central.example": up.url},
-                                        default="central.example")).start()
-    async with aiohttp.ClientSession() as session:
-        yield up, edge, img, session
-    await edge.stop()
-    await up.stop()
+    async with edge_world(tmp_path, make_image(11, layer_size=8192)) as w:
+        yield w
 
 
 async def req(edge, session, method, path, **kw):

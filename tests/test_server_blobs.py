@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 
 from edgecache.store import layout
-from tests.support.edge import EdgeServer, make_config
+from tests.support.edge import EdgeServer, edge_world, make_config
 from tests.support.faulty import FaultyUpstream
 from tests.support.images import make_image
 
@@ -15,14 +15,8 @@ MiB = 1024 * 1024
 
 @pytest.fixture
 async def world(tmp_path):
-    img = make_image(7, layers=2, layer_size=2 * MiB)
-    up = await FaultyUpstream({"demo/app:v1": img}).start()
-    edge = await EdgeServer(make_config(tmp_path / "data", {"central.example": up.url},
-                                        default="central.example")).start()
-    async with aiohttp.ClientSession() as session:
-        yield up, edge, img, session
-    await edge.stop()
-    await up.stop()
+    async with edge_world(tmp_path, make_image(7, layers=2, layer_size=2 * MiB)) as w:
+        yield w
 
 
 def blob_path(img, i=0):

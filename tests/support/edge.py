@@ -2,6 +2,7 @@
 real `edgecache serve` process on uvloop (for real clients and crash tests)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -84,6 +85,18 @@ class EdgeServer:
     async def get(self, session: aiohttp.ClientSession, path: str, **kw: Any) -> tuple[int, dict, bytes]:
         async with session.get(self.url + path, **kw) as r:
             return r.status, dict(r.headers), await r.read()
+
+
+@contextlib.asynccontextmanager
+async def edge_world(tmp_path: Path, image, **cfg: Any):
+    """A fault-injecting upstream serving `image` as demo/app:v1 (central.example, the
+    default), edgecache in this process in front of it, and a client session."""
+    from .faulty import FaultyUpstream
+    async with FaultyUpstream({"demo/app:v1": image}) as up:
+        doc = make_config(tmp_path / "data", {"central.example": up.url},
+                          default="central.example", **cfg)
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as session:
+            yield up, edge, image, session
 
 
 class EdgeProcess:
