@@ -14,6 +14,7 @@ failed fill raises in every reader, which then aborts its connection.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -28,6 +29,8 @@ from edgecache.store.blobs import BlobStore, _translate_oserror
 log = logging.getLogger("edgecache.fill")
 
 READ_CHUNK = 1 << 20
+MEM_LIMIT = 16 << 20       # memory a disk-full fill may hold ahead of its slowest reader
+_reader_ids = itertools.count()
 
 
 class Source(Protocol):
@@ -67,6 +70,12 @@ class Fill:
         self.done = False
         self.tmp: Path = store.temp_path()
         self._rfd: int | None = None
+        # Disk full: the bytes from mem_base on are kept in memory, for the readers
+        # already attached, and dropped as the slowest of them passes.
+        self.memory_mode = False
+        self.mem_base = 0
+        self.mem = bytearray()
+        self._positions: dict[int, int] = {}
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._headers_known = asyncio.Event()    # size known (or failure): readers can answer
         self.task: asyncio.Task[None] | None = None
@@ -80,7 +89,10 @@ class Fill:
         wfd: int | None = None
         hasher = self.digest.hasher()
         try:
-            wfd, self._rfd = await asyncio.to_thread(self._open_files)
+            try:
+                wfd, self._rfd = await asyncio.to_thread(self._open_files)
+            except StoreFull:
+                self._to_memory_mode()
             async with self._open_source() as src:
                 if src.size is not None:
                     if self.size is not None and src.size != self.size:
@@ -88,8 +100,9 @@ class Fill:
                     self.size = src.size
                 self._headers_known.set()
                 await self._copy_in(src, wfd, hasher)
-            await asyncio.to_thread(os.close, wfd)
-            wfd = None
+            if wfd is not None:
+                await asyncio.to_thread(os.close, wfd)
+                wfd = None
             if self.size is None:
                 self.size = self.written
             if self.written != self.size:
@@ -102,6 +115,11 @@ class Fill:
             # renames (durability of the cache is not the clients' wait).
             self.verified = True
             self._notify()
+            if self.memory_mode:
+                # Served to its clients from memory; nothing half-written is kept.
+                self.commit_error = StoreFull(28, "disk full under data_dir: not cached")
+                await asyncio.to_thread(self.tmp.unlink, True)
+                return
             try:
                 # Shielded: a shutdown must not leave a renamed blob the index never heard of.
                 commit = asyncio.ensure_future(self.store.commit(
@@ -120,7 +138,7 @@ class Fill:
         except BaseException as e:   # noqa: BLE001 - every failure is handed to the readers
             if isinstance(e, StoreFull):
                 self.store.note_disk_full(time.time())
-            log.warning("fill of %s from %s failed after %d bytes: %s",
+            log.warning("fill of %s from %s failed after %d bytes: %r",
                         self.digest, self.source_name, self.written, e)
             # Clean up first, then tell the readers: when a client sees the abort, the
             # partial file is already gone.
@@ -139,16 +157,18 @@ class Fill:
                 fd, self._rfd = self._rfd, None
                 await asyncio.to_thread(os.close, fd)
 
-    async def _copy_in(self, src: Source, wfd: int, hasher) -> None:
+    async def _copy_in(self, src: Source, wfd: int | None, hasher) -> None:
         """Copy the source into the temp file, hashing, telling readers as bytes land.
 
         Double-buffered: the next chunk arrives while a thread writes and hashes this
         one. At most one write is in flight, so writes stay in order, and none is left
         running when this returns or raises (the descriptor is closed after it).
         Readers hear of each write as soon as it lands, not when the next chunk comes.
+        When the disk fills up, the rest goes to memory instead (see _to_memory_mode).
         """
         loop = asyncio.get_running_loop()
         pending: asyncio.Future[None] | None = None
+        pending_chunk = b""
         received = 0
         try:
             while True:
@@ -161,15 +181,56 @@ class Fill:
                         # Shielded: a cancelled fill still waits (in finally) for this write.
                         await asyncio.shield(pending)
                     except OSError as e:
-                        raise _translate_oserror(e) from e
+                        err = _translate_oserror(e)
+                        if not isinstance(err, StoreFull):
+                            raise err from e
+                        # The chunk did not land (nor was it hashed): it starts the memory part.
+                        self._to_memory_mode()
+                        await self._to_memory(hasher, pending_chunk)
                     pending = None
                 if not chunk:
                     return
+                if self.memory_mode:
+                    await self._to_memory(hasher, chunk)
+                    continue
+                assert wfd is not None
                 pending = loop.run_in_executor(None, _write_and_hash, wfd, hasher, chunk)
+                pending_chunk = chunk
                 pending.add_done_callback(lambda f, n=len(chunk): self._landed(f, n))
         finally:
             if pending is not None:
                 await asyncio.wait([pending])
+
+    def _to_memory_mode(self) -> None:
+        if self.memory_mode:
+            return
+        self.memory_mode = True
+        self.mem_base = self.written
+        self.store.note_disk_full(time.time())
+        log.warning("disk full while filling %s: the rest is relayed from memory, not cached",
+                    self.digest)
+
+    async def _to_memory(self, hasher, chunk: bytes) -> None:
+        # Back-pressure: the upstream waits while the slowest reader is MEM_LIMIT behind.
+        while len(self.mem) > MEM_LIMIT:
+            if not self._positions:
+                raise StoreFull(28, "disk full under data_dir, and no client left to relay to")
+            await self._changed
+        await asyncio.to_thread(hasher.update, chunk)
+        self.mem += chunk
+        self.written += len(chunk)
+        self._notify()
+
+    def _trim(self) -> None:
+        """Drop the memory every attached reader has passed."""
+        if not self.memory_mode or not self.mem:
+            return
+        low = min(self._positions.values(), default=self.mem_base + len(self.mem))
+        drop = min(len(self.mem), low - self.mem_base)
+        if drop > 0:
+            del self.mem[:drop]
+            self.mem_base += drop
+            self._notify()
 
     def _landed(self, write: asyncio.Future[None], n: int) -> None:
         if not write.cancelled() and write.exception() is None:
@@ -206,7 +267,7 @@ class Fill:
         assert self.size is not None
         return self.size
 
-    async def open_fd(self) -> int:
+    async def open_fd(self) -> int | None:
         """A read-only descriptor of the blob's bytes, the caller's to close.
 
         A duplicate of the temp file's while the fill runs (it survives the rename),
@@ -215,35 +276,53 @@ class Fill:
         await self._headers_known.wait()
         if self._rfd is not None:
             return os.dup(self._rfd)
+        if self.memory_mode:
+            return None          # disk full from the first byte: everything is in memory
         if self.stored:
             return await asyncio.to_thread(os.open, self.store.path(self.digest), os.O_RDONLY)
         raise self.error or self.commit_error or SizeMismatch(self.size or 0, self.written, "fill")
 
-    async def spans(self, start: int = 0, end: int | None = None) -> AsyncIterator[tuple[int, int]]:
-        """(offset, count) windows of [start, end) as they can be sent.
+    async def spans(self, start: int = 0, end: int | None = None
+                    ) -> AsyncIterator[tuple[int, int] | bytes]:
+        """What to send of [start, end), as it can be sent: (offset, count) windows of
+        the file, or bytes of the part held in memory (disk full).
 
         The last byte of the range comes only after the whole blob is verified; a
         failed fill raises here, in every reader.
         """
+        rid = next(_reader_ids)
         pos = start
-        while True:
-            if self.error is not None:
-                raise self.error
-            stop = end if end is not None else self.size
-            if stop is not None and pos >= stop and self.verified:
-                return          # an empty range too: only once the blob is verified
-            # While unverified, stay one byte short of the response's end.
-            if self.verified:
-                limit = self.written if stop is None else min(stop, self.written)
-            else:
-                limit = min(self.written, stop - 1) if stop is not None else self.written - 1
-            if pos < limit:
-                yield pos, limit - pos
-                pos = limit
-                continue
-            if self.verified:
-                return
-            await self._changed
+        self._positions[rid] = pos
+        try:
+            while True:
+                self._positions[rid] = pos
+                self._trim()
+                if self.error is not None:
+                    raise self.error
+                stop = end if end is not None else self.size
+                if stop is not None and pos >= stop and self.verified:
+                    return          # an empty range too: only once the blob is verified
+                # While unverified, stay one byte short of the response's end.
+                if self.verified:
+                    limit = self.written if stop is None else min(stop, self.written)
+                else:
+                    limit = min(self.written, stop - 1) if stop is not None else self.written - 1
+                if pos < limit:
+                    if self.memory_mode and pos >= self.mem_base:
+                        yield bytes(self.mem[pos - self.mem_base: limit - self.mem_base])
+                    elif self.memory_mode and pos < self.mem_base and self._rfd is None:
+                        raise StoreFull(28, "disk full: this part of the blob is gone")
+                    else:
+                        limit = min(limit, self.mem_base) if self.memory_mode else limit
+                        yield pos, limit - pos
+                    pos = limit
+                    continue
+                if self.verified:
+                    return
+                await self._changed
+        finally:
+            del self._positions[rid]
+            self._trim()
 
 
 class FillRegistry:
@@ -262,7 +341,7 @@ class FillRegistry:
               source_name: str, origin: object = None) -> Fill:
         key = str(digest)
         existing = self._fills.get(key)
-        if existing is not None and existing.error is None:
+        if existing is not None and existing.error is None and not existing.memory_mode:
             self.coalesced += 1
             return existing
         fill = Fill(digest, self.store, open_source, expected_size, source_name, origin)

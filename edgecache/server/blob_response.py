@@ -97,13 +97,16 @@ class BlobSender:
                         start: int, end: int | None) -> int:
         """Send [start, end) of a fill as it grows; cut the connection if the fill fails."""
         fd = await fill.open_fd()
-        body = _Body(self, request, resp, [fd])
+        body = _Body(self, request, resp, [fd] if fd is not None else [])
         try:
             if not await body.start():
                 return await body.finish()
             try:
-                async for offset, count in fill.spans(start, end):
-                    await body.send(offset, count)
+                async for item in fill.spans(start, end):
+                    if isinstance(item, bytes):
+                        await body.send_bytes(item)       # relayed from memory (disk full)
+                    else:
+                        await body.send(*item)
             except ClientGone:
                 raise
             except Exception as e:   # noqa: BLE001 - any failure of the fill: the body must not complete
@@ -122,7 +125,7 @@ class _Body:
         self.sender = sender
         self.request = request
         self.resp = resp
-        self.fd = owned[0]
+        self.fd = owned[0] if owned else -1
         self.sock_fd: int | None = None
         self.owned = owned              # closed at the end, unless a thread still holds them
         self.sent = 0
@@ -160,6 +163,16 @@ class _Body:
         except (TimeoutError, EOFError, ClientGone, OSError) as e:
             self.abort()
             raise ClientGone(str(e)) from None
+
+    async def send_bytes(self, data: bytes) -> None:
+        try:
+            async with asyncio.timeout(self.sender.idle_timeout):
+                await self.resp.write(data)
+        except (TimeoutError, ConnectionError) as e:
+            self.abort()
+            raise ClientGone(str(e)) from None
+        self.sent += len(data)
+        self.sender.copied_bytes += len(data)
 
     async def _sendfile(self, offset: int, count: int) -> None:
         assert self.sock_fd is not None

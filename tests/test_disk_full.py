@@ -1,0 +1,55 @@
+"""Disk full during a fill: the clients are still served (relayed from memory),
+nothing half-written is kept, and status says the disk is full. The data_dir is a
+small tmpfs of the test's own (needs root, as CI has)."""
+import asyncio
+import json
+import os
+import subprocess
+
+import aiohttp
+import pytest
+
+from edgecache.reference import parse_digest
+
+from tests.conftest import IN_CI
+from tests.support.edge import EdgeServer, make_config
+from tests.support.faulty import FaultyUpstream
+from tests.support.images import make_image
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("mounting a tmpfs needs root")
+        pytest.skip("mounting a tmpfs needs root")
+    d = tmp_path / "disk"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(d)], check=True)
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+async def test_a_fill_that_fills_the_disk_still_serves_its_clients(small_disk):
+    img = make_image(95, layers=2, layer_size=6 * MiB)      # far more than the disk holds
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        up.fault("slow", digest=layer.digest, rate=24 * MiB)   # the three clients overlap
+        doc = make_config(small_disk / "data", {"central.example": up.url}, default="central.example")
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as session:
+            path = f"/v2/demo/app/blobs/{layer.digest}"
+            results = await asyncio.gather(*(edge.get(session, path) for _ in range(3)))
+            assert all(s == 200 and body == layer.data for s, _, body in results)
+            assert up.count("GET", rf".*/blobs/{layer.digest}") == 1
+            await asyncio.sleep(0.2)
+            assert list((small_disk / "data" / "tmp").iterdir()) == []      # nothing half-written
+            assert not edge.services.store.has(parse_digest(layer.digest))
+            st = json.loads((await edge.get(session, "/_edgecache/status"))[2])
+            assert st["store"]["disk_full"] is True and st["store"]["disk_full_events"] >= 1
+            # The next request is served too (from the upstream again: nothing could be cached).
+            status, _, body = await edge.get(session, f"/v2/demo/app/blobs/{img.layers[1].digest}")
+            assert status == 200 and body == img.layers[1].data
