@@ -196,6 +196,10 @@ async def test_an_upstream_stall_past_the_read_timeout_aborts_and_recovers(world
     assert list(layout.tmp_dir(edge.config.data_dir).iterdir()) == []
     status, _, body = await edge.get(session, blob_path(img))
     assert status == 200 and body == layer.data
+    await asyncio.sleep(0.2)
+    # Nothing left behind by the stalled fill: no fill task, no fill in the registry.
+    assert edge.services.blobs.fills.active() == []
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("fill ")]
 
 
 async def test_upstream_500_on_a_blob_is_a_5xx(world):
