@@ -19,12 +19,15 @@ OCI_CODES = {"BLOB_UNKNOWN", "DIGEST_INVALID", "MANIFEST_UNKNOWN", "MANIFEST_INV
              "NAME_UNKNOWN", "UNAUTHORIZED", "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS", "UNAVAILABLE",
              "RANGE_INVALID"}
 IMG = make_image(81, layer_size=4096)
+FAKE_UPSTREAM = None        # the module's fault upstream, for tests that add to it
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("props")
+    global FAKE_UPSTREAM
     with FaultyUpstream.in_thread({"demo/app:v1": IMG}) as up:
+        FAKE_UPSTREAM = up
         doc = make_config(base / "data", {"central.example": up.url, "docker.io": up.url},
                           default="central.example")
         with EdgeProcess(base, doc) as edge:
@@ -121,4 +124,23 @@ def test_oversized_headers_are_refused_and_the_server_keeps_serving(server, name
         assert status < 500
     except (ConnectionError, http.client.HTTPException):
         pass                 # closing the connection on a huge header is a fine answer too
+    assert request(edge, "GET", "/v2/", {"Host": "x"})[0] == 200
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.one_of(st.integers(min_value=4 * 1024 * 1024 - 64, max_value=4 * 1024 * 1024 + 64),
+                      st.integers(min_value=100, max_value=9 * 1024 * 1024)))
+def test_manifests_over_4_mib_are_refused(server, size):
+    from tests.support.images import OCI_INDEX, ImageIndex
+    edge, _ = server
+    body = b'{"schemaVersion": 2, "mediaType": "' + OCI_INDEX.encode() + b'", "manifests": [], "x": "'
+    body += b"y" * max(0, size - len(body) - 2) + b'"}'
+    tag = f"s{size}"
+    FAKE_UPSTREAM.add(f"demo/app:{tag}", ImageIndex(body, OCI_INDEX, ()))
+    status, _, reply = request(edge, "GET", f"/v2/demo/app/manifests/{tag}",
+                               {"Host": "x", "Accept": OCI_INDEX})
+    if len(body) <= 4 * 1024 * 1024:
+        assert status == 200 and reply == body
+    else:
+        assert status == 502 and json.loads(reply)["errors"][0]["code"] == "MANIFEST_INVALID"
     assert request(edge, "GET", "/v2/", {"Host": "x"})[0] == 200
