@@ -62,7 +62,6 @@ class Fill:
         self._open_source = open_source
         self.size: int | None = expected_size
         self.written = 0
-        self.started_at = time.monotonic()
         self.error: BaseException | None = None
         self.verified = False
         self.stored = False

@@ -29,11 +29,7 @@ async def reload(svc: Services) -> list[str]:
     changed = [f.name for f in dataclasses.fields(Config)
                if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)]
     svc.manifests.tag_ttl = new.tag_ttl
-    store = svc.store
-    store.max_size = new.cache.max_size
-    store.high = int(new.cache.max_size * new.cache.high_watermark)
-    store.low = int(new.cache.max_size * new.cache.low_watermark)
-    store._maybe_evict()
+    svc.store.set_budget(new.cache.max_size, new.cache.high_watermark, new.cache.low_watermark)
     svc.syncer.cfg = new
     svc.syncer.paths = {"pinned": new.pinned, "prefetch": new.prefetch}
     svc.config = new

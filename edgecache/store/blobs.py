@@ -84,9 +84,6 @@ class BlobStore:
     def __init__(self, data_dir: Path, max_size: int, *, high_watermark: float = 0.95,
                  low_watermark: float = 0.85) -> None:
         self.data_dir = data_dir
-        self.max_size = max_size
-        self.high = int(max_size * high_watermark)
-        self.low = int(max_size * low_watermark)
         self.index = BlobIndex(layout.index_dir(data_dir))
         self.stats = StoreStats()
         self._in_use: dict[str, int] = {}
@@ -94,8 +91,15 @@ class BlobStore:
         self._index_io = ThreadPoolExecutor(1, thread_name_prefix="edgecache-index")
         self._evicting: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
-        self.on_evict: Callable[[str, int], None] | None = None
+        self.set_budget(max_size, high_watermark, low_watermark)
         self._lock_fd: int | None = None
+
+    def set_budget(self, max_size: int, high_watermark: float, low_watermark: float) -> None:
+        """The LRU budget; a smaller one takes effect at once (a config reload)."""
+        self.max_size = max_size
+        self.high = int(max_size * high_watermark)
+        self.low = int(max_size * low_watermark)
+        self._maybe_evict()          # nothing to do for an empty (not yet opened) index
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -275,9 +279,6 @@ class BlobStore:
         await self.flush()
         self._maybe_evict()
 
-    def pin_owners(self) -> set[str]:
-        return self.index.owners()
-
     def is_pinned(self, digest: Digest | str) -> bool:
         return self.index.is_pinned(str(digest))
 
@@ -301,8 +302,6 @@ class BlobStore:
             freed += entry.size
             self.stats.evictions += 1
             self.stats.evicted_bytes += entry.size
-            if self.on_evict:
-                self.on_evict(digest, entry.size)
         await self.flush()
         return count, freed
 

@@ -43,8 +43,8 @@ def make_config(data_dir: Path, upstreams: dict[str, str], *, port: int = 0,
 class EdgeServer:
     """The app in this process, on a real loopback socket."""
 
-    def __init__(self, doc: dict[str, Any]) -> None:
-        self.config: Config = build(doc, source="<test>", env={}, uid=os.geteuid())
+    def __init__(self, doc: dict[str, Any] | None = None, *, config: Config | None = None) -> None:
+        self.config: Config = config or build(doc, source="<test>", env={}, uid=os.geteuid())
         self.app = build_app(self.config)
         self._runner: web.AppRunner | None = None
         self.url = f"http://127.0.0.1:{self.config.listen_port}"

@@ -1,0 +1,32 @@
+"""SIGHUP's reload: the live parts of the config change in place, the rest is
+reported as needing a restart, and a bad file keeps the running configuration."""
+import asyncio
+
+import yaml
+
+from edgecache.config import load
+from edgecache.server.reload import reload
+from tests.support.edge import EdgeServer, make_config
+
+
+async def test_reload_applies_the_live_parts_and_names_the_rest(tmp_path):
+    doc = make_config(tmp_path / "data", {"a.example": "http://127.0.0.1:9"}, default="a.example",
+                      tag_ttl="60s", cache={"max_size": "1GiB"})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    edge = EdgeServer(config=load(path))
+    await edge.start()
+    try:
+        svc = edge.services
+        doc.update(tag_ttl="5s", cache={"max_size": "100MiB"}, listen="127.0.0.1:1")
+        path.write_text(yaml.safe_dump(doc))
+        restart = await asyncio.wait_for(reload(svc), 10)
+        got = (svc.manifests.tag_ttl, svc.store.max_size, svc.store.high, restart)
+        # A file that no longer validates changes nothing.
+        path.write_text("cache: {max_size: lots}\n")
+        again = await asyncio.wait_for(reload(svc), 10)
+        after = (svc.store.max_size, svc.config.tag_ttl)
+    finally:
+        await asyncio.wait_for(edge.stop(), 15)
+    assert got == (5, 100 * 1024**2, int(100 * 1024**2 * 0.95), ["listen_port"])
+    assert again == [] and after == (100 * 1024**2, 5)
