@@ -16,7 +16,8 @@ import yaml
 from edgecache import __version__
 from edgecache.atomic import write_text_atomic
 from edgecache.config import Config, ConfigError, load
-from edgecache.store.blobs import BlobStore, StoreLocked
+from edgecache.runtime import open_store
+from edgecache.store.blobs import StoreLocked
 from edgecache.sync import listedit
 from edgecache.sync.lists import ListError, list_files, parse_ref
 from edgecache.sync.lists import load as load_list
@@ -45,11 +46,6 @@ def _run(coro: Coroutine) -> object:
     return uvloop.run(coro)
 
 
-def _store(cfg: Config) -> BlobStore:
-    return BlobStore(cfg.data_dir, cfg.cache.max_size, high_watermark=cfg.cache.high_watermark,
-                     low_watermark=cfg.cache.low_watermark)
-
-
 def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
     from edgecache.server.app import serve
     _run(serve(cfg))
@@ -74,13 +70,9 @@ def cmd_gc(cfg: Config, args: argparse.Namespace) -> int:
         return 0
 
     async def gc() -> tuple[int, int, dict]:
-        store = _store(cfg)
-        await store.open()
-        try:
+        async with open_store(cfg) as store:
             n, freed = await store.gc()
             return n, freed, store.status()
-        finally:
-            await store.close()
     n, freed, st = _run(gc())
     print(json.dumps({"evicted": n, "freed_bytes": freed, **st}))
     return 0
@@ -91,12 +83,8 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
         out = _ask_daemon(url, "/_edgecache/verify")
     else:
         async def verify():
-            store = _store(cfg)
-            await store.open()
-            try:
+            async with open_store(cfg) as store:
                 return await store.verify()
-            finally:
-                await store.close()
         report = _run(verify())
         out = {"checked": report.checked, "bytes": report.bytes, "bad": report.bad}
     for digest in out["bad"]:

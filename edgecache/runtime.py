@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import AsyncIterator
 
 from edgecache.config import Config
 from edgecache.metrics import Metrics
@@ -41,6 +42,18 @@ class Runtime:
     syncer: Syncer
 
 
+@asynccontextmanager
+async def open_store(cfg: Config) -> AsyncIterator[BlobStore]:
+    """The store alone (for gc and verify without a daemon), opened and closed."""
+    store = BlobStore(cfg.data_dir, cfg.cache.max_size, high_watermark=cfg.cache.high_watermark,
+                      low_watermark=cfg.cache.low_watermark)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 async def _scrub(store: BlobStore, interval: float, rate: int) -> None:
     """Re-hash every blob now and then: bit rot on cheap disks is found before a
     client is sent it; bad blobs are quarantined and fetched again when asked for."""
@@ -67,11 +80,7 @@ class open_runtime:
     async def __aenter__(self) -> Runtime:
         cfg, stack = self.cfg, self._stack
         try:
-            store = BlobStore(cfg.data_dir, cfg.cache.max_size,
-                              high_watermark=cfg.cache.high_watermark,
-                              low_watermark=cfg.cache.low_watermark)
-            await store.open()
-            stack.push_async_callback(store.close)
+            store = await stack.enter_async_context(open_store(cfg))
 
             meta = MetaStore(layout.meta_dir(cfg.data_dir))
             await asyncio.to_thread(meta.load)
