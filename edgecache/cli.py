@@ -171,7 +171,7 @@ def cmd_sync(cfg: Config, args: argparse.Namespace) -> int:
 
     async def in_process() -> dict:
         from edgecache.runtime import open_runtime
-        async with open_runtime(cfg) as rt:
+        async with open_runtime(cfg, siblings=False) as rt:
             run = rt.syncer.sync()
             while not run.done():
                 progress.show(rt.syncer.status())

@@ -158,6 +158,25 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class SiblingsConfig:
+    """Other edgecaches on the branch LAN, asked for content by digest before the WAN."""
+
+    enabled: bool = False
+    mdns: bool = True                       # advertise and browse _edgecache._tcp.local.
+    interfaces: tuple[str, ...] = ()        # names or addresses mDNS uses; empty: all
+    peers: tuple[str, ...] = ()             # static base URLs (other VLANs, no multicast)
+    secret: bytes | None = field(default=None, repr=False)   # HMAC key for hop requests
+    secret_file: Path | None = None
+    node_id: str | None = None              # default: generated once, kept in data_dir
+    timeout: float = 2.0                    # connect + response headers from a sibling
+    read_timeout: float = 5.0               # longest silence inside a sibling's body
+    health_interval: float = 5.0
+    fail_after: int = 3                     # failed checks that drop a sibling
+    readmit_after: int = 2                  # good checks that bring it back
+    bad_for: float = 600.0                  # how long a sibling that sent wrong bytes is shunned
+
+
+@dataclass(frozen=True)
 class Config:
     listen_host: str
     listen_port: int
@@ -174,6 +193,7 @@ class Config:
     sync: SyncConfig = SyncConfig()
     access: AccessConfig = AccessConfig()
     tls: ListenerTLS | None = None
+    siblings: SiblingsConfig = SiblingsConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration, secrets masked (for check-config)."""
@@ -209,6 +229,13 @@ class Config:
                 "cert_file": str(self.tls.cert_file), "key_file": str(self.tls.key_file),
                 "client_ca_file": str(self.tls.client_ca_file) if self.tls.client_ca_file else None,
                 "require_client_cert": self.tls.require_client_cert},
+            "siblings": None if not self.siblings.enabled else {
+                "mdns": self.siblings.mdns, "interfaces": list(self.siblings.interfaces),
+                "peers": list(self.siblings.peers),
+                "secret_file": str(self.siblings.secret_file) if self.siblings.secret_file else None,
+                "node_id": self.siblings.node_id, "timeout": self.siblings.timeout,
+                "read_timeout": self.siblings.read_timeout,
+                "health_interval": self.siblings.health_interval},
         }
 
 
@@ -295,7 +322,7 @@ def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
     raw = _mapping("(top level)", raw)
     _reject_unknown("", raw, {"listen", "data_dir", "cache", "upstreams", "default_upstream",
                               "tag_ttl", "upstream_timeout", "breaker", "pinned", "prefetch",
-                              "sync", "access", "tls"})
+                              "sync", "access", "tls", "siblings"})
     host, port = _listen(raw.get("listen", "0.0.0.0:5000"))
     data_dir = Path(raw["data_dir"]) if raw.get("data_dir") else default_data_dir(env, uid)
 
@@ -369,7 +396,8 @@ def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
                   upstream_timeout=timeouts, breaker=breaker, source=source,
                   pinned=lists["pinned"], prefetch=lists["prefetch"],
                   sync=_sync(raw.get("sync")), access=_access(raw.get("access"), base),
-                  tls=_listener_tls(raw.get("tls"), base))
+                  tls=_listener_tls(raw.get("tls"), base),
+                  siblings=_siblings(raw.get("siblings"), base))
 
 
 def _file(key: str, value: Any, base: Path) -> Path:
@@ -412,6 +440,54 @@ def _listener_tls(value: Any, base: Path) -> ListenerTLS | None:
         raise ConfigError("tls.require_client_cert", True, "needs tls.client_ca_file")
     return ListenerTLS(_file("tls.cert_file", raw["cert_file"], base),
                        _file("tls.key_file", raw["key_file"], base), ca, require)
+
+
+def _count(key: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(key, value, f"expected a whole number from {lo} to {hi}")
+    return value
+
+
+def _siblings(value: Any, base: Path) -> SiblingsConfig:
+    if value is None or value is False:
+        return SiblingsConfig()
+    raw = _mapping("siblings", {} if value is True else value)
+    _reject_unknown("siblings", raw, {"mdns", "interfaces", "peers", "secret_file", "node_id",
+                                      "timeout", "read_timeout", "health_interval", "fail_after",
+                                      "readmit_after", "bad_for"})
+    ifaces = raw.get("interfaces") or []
+    if not isinstance(ifaces, list) or not all(isinstance(i, str) and i for i in ifaces):
+        raise ConfigError("siblings.interfaces", ifaces, "expected a list of interface names or addresses")
+    peers = raw.get("peers") or []
+    if not isinstance(peers, list):
+        raise ConfigError("siblings.peers", peers, "expected a list of URLs such as http://10.0.0.2:5000")
+    for p in peers:
+        if not isinstance(p, str) or not re.fullmatch(r"https?://[^/\s]+", p.rstrip("/")):
+            raise ConfigError("siblings.peers", p, "expected a URL such as http://10.0.0.2:5000")
+    secret = secret_file = None
+    if raw.get("secret_file"):
+        secret_file = _file("siblings.secret_file", raw["secret_file"], base)
+        secret = secret_file.read_bytes().strip()
+        if len(secret) < 16:
+            raise ConfigError("siblings.secret_file", raw["secret_file"],
+                              "the secret must be at least 16 bytes")
+    node_id = raw.get("node_id")
+    if node_id is not None and not (isinstance(node_id, str)
+                                    and re.fullmatch(r"[A-Za-z0-9._-]{1,63}", node_id)):
+        raise ConfigError("siblings.node_id", node_id, "expected 1-63 letters, digits, '.', '_' or '-'")
+    durations = {}
+    for k, default in (("timeout", "2s"), ("read_timeout", "5s"), ("health_interval", "5s"),
+                       ("bad_for", "10m")):
+        durations[k] = parse_duration(f"siblings.{k}", raw.get(k, default))
+        if durations[k] <= 0:
+            raise ConfigError(f"siblings.{k}", raw.get(k), "must be positive")
+    return SiblingsConfig(
+        enabled=True, mdns=_bool("siblings.mdns", raw.get("mdns", True)),
+        interfaces=tuple(ifaces), peers=tuple(p.rstrip("/") for p in peers),
+        secret=secret, secret_file=secret_file, node_id=node_id,
+        fail_after=_count("siblings.fail_after", raw.get("fail_after", 3), 1, 100),
+        readmit_after=_count("siblings.readmit_after", raw.get("readmit_after", 2), 1, 100),
+        **durations)
 
 
 def _sync(value: Any) -> SyncConfig:

@@ -134,3 +134,17 @@ class Unauthorized(EdgecacheError):
 
 class Forbidden(EdgecacheError):
     """Not allowed, whoever the client is (403): a network outside access.networks."""
+
+
+class SiblingError(EdgecacheError):
+    """A sibling cache could not help (gone, slow, refused, broke off); `kind` labels
+    metrics. Never shown to a client: the node goes to the upstream instead."""
+
+    def __init__(self, sibling: str, kind: str, detail: str) -> None:
+        self.sibling, self.kind = sibling, kind
+        super().__init__(f"sibling {sibling}: {detail}")
+
+
+class HopRefused(EdgecacheError):
+    """A sibling asked for a blob this node is itself getting from another sibling:
+    joining would chain (or loop) hops, so the asker goes to the upstream."""

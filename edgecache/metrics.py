@@ -101,3 +101,11 @@ def gauge(name: str, doc: str, labels: list[str] | None = None,
 
 def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
+
+
+def labelled_counter(name: str, doc: str, labels: list[str],
+                     samples: Iterable[tuple[list[str], float]]) -> CounterMetricFamily:
+    c = CounterMetricFamily(name, doc, labels=labels)
+    for lv, v in samples:
+        c.add_metric(lv, v)
+    return c

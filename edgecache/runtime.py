@@ -1,5 +1,5 @@
 """Everything with a lifecycle, built from the config and closed in reverse order:
-store, metadata, upstream sessions, fills, the pull services, the syncer.
+store, metadata, upstream sessions, fills, the pull services, siblings, the syncer.
 
 The HTTP server runs on one; `edgecache sync` without a daemon runs on another.
 """
@@ -17,6 +17,7 @@ from edgecache.pull.blobs import BlobService
 from edgecache.pull.fill import FillRegistry
 from edgecache.pull.manifests import ManifestService
 from edgecache.pull.tags import TagListService
+from edgecache.siblings.service import Siblings, load_node_id
 from edgecache.store import layout
 from edgecache.store.blobs import BlobStore
 from edgecache.store.meta import MetaStore
@@ -40,6 +41,7 @@ class Runtime:
     tags: TagListService
     metrics: Metrics
     syncer: Syncer
+    siblings: Siblings | None = None
 
 
 @asynccontextmanager
@@ -71,10 +73,15 @@ async def _flush_meta(meta: MetaStore) -> None:
 
 
 class open_runtime:
-    """`async with open_runtime(cfg) as rt:` opens everything, closes it on exit."""
+    """`async with open_runtime(cfg) as rt:` opens everything, closes it on exit.
 
-    def __init__(self, cfg: Config) -> None:
+    `siblings=False` for a one-off process (`edgecache sync` without a daemon): it
+    neither advertises itself nor asks the siblings.
+    """
+
+    def __init__(self, cfg: Config, *, siblings: bool = True) -> None:
         self.cfg = cfg
+        self.with_siblings = siblings and cfg.siblings.enabled
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> Runtime:
@@ -103,6 +110,13 @@ class open_runtime:
             stack.push_async_callback(fills.close)
             blobs = BlobService(store, fills, upstreams, metrics)
             manifests = ManifestService(store, meta, upstreams, metrics, cfg.tag_ttl)
+            siblings = None
+            if self.with_siblings:
+                node_id = await asyncio.to_thread(load_node_id, cfg.data_dir, cfg.siblings.node_id)
+                siblings = Siblings(cfg, node_id)
+                await siblings.start()
+                stack.push_async_callback(siblings.close)
+                blobs.siblings = manifests.siblings = siblings
             syncer = Syncer(cfg, store, meta, upstreams, manifests, blobs)
             await syncer.open()
             stack.push_async_callback(syncer.close)
@@ -110,7 +124,7 @@ class open_runtime:
             rt = Runtime(config=cfg, store=store, meta=meta, upstreams=upstreams, fills=fills,
                          blobs=blobs, manifests=manifests,
                          tags=TagListService(meta, upstreams, metrics), metrics=metrics,
-                         syncer=syncer)
+                         syncer=syncer, siblings=siblings)
             log.info("store %s: %d blobs, %d bytes of %d budget", cfg.data_dir,
                      len(store.index), store.index.total_bytes, store.max_size)
             return rt

@@ -5,7 +5,7 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecache.errors import (BlobUnknown, DigestMismatch, SizeMismatch, StoreFull,
+from edgecache.errors import (BlobUnknown, DigestMismatch, HopRefused, SizeMismatch, StoreFull,
                               UpstreamError, UpstreamNotFound)
 from edgecache.metrics import Metrics
 from edgecache.pull.fill import Fill, FillRegistry
@@ -13,6 +13,10 @@ from edgecache.pull.routing import Route
 from edgecache.reference import Digest
 from edgecache.store.blobs import BlobStore
 from edgecache.upstream.client import Upstreams
+
+# How long a sibling's request waits to learn where a fill already under way gets
+# its bytes (a fill first asks the siblings; that takes a LAN round trip or two).
+SOURCE_WAIT = 1.5
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,16 @@ def failure_reason(err: BaseException) -> str:
 
 
 class BlobService:
+    """`hop=True` marks a request from a sibling: it is answered from the store, a
+    fill from the upstream, or the upstream, and never passed on to a sibling."""
+
     def __init__(self, store: BlobStore, fills: FillRegistry, upstreams: Upstreams,
                  metrics: Metrics) -> None:
         self.store = store
         self.fills = fills
         self.upstreams = upstreams
         self.metrics = metrics
+        self.siblings = None           # edgecache.siblings.service.Siblings, set by the runtime
         fills.on_finish = self._fill_finished
 
     def local(self, digest: Digest) -> LocalBlob | None:
@@ -63,20 +71,53 @@ class BlobService:
         except UpstreamNotFound:
             raise BlobUnknown(str(digest)) from None
 
-    def _start(self, route: Route, digest: Digest) -> Fill:
-        client = self.upstreams.get(route.upstream)
-        fill = self.fills.start(digest, lambda: client.blob(route.repo, str(digest)),
-                                expected_size=None, source_name=f"upstream {route.upstream}",
-                                origin=route)
-        return fill
+    def held(self, digest: Digest) -> tuple[str, int | None] | None:
+        """How this node holds a blob, for a sibling's probe: ("stored", size), or
+        ("filling", size) while it comes from the upstream; None otherwise."""
+        size = self.store.size(digest)
+        if size is not None:
+            return "stored", size
+        fill = self.fills.get(digest)
+        if fill is not None and fill.source_kind == "upstream" and fill.error is None:
+            return "filling", fill.size
+        return None
 
-    async def get(self, route: Route, digest: Digest) -> LocalBlob | Fill:
+    def _start(self, route: Route, digest: Digest, *, hop: bool = False) -> Fill:
+        client = self.upstreams.get(route.upstream)
+
+        def upstream():
+            return client.blob(route.repo, str(digest))
+
+        siblings = None if hop else self.siblings
+        if siblings is not None and siblings.live():
+            return self.fills.start(digest, lambda: siblings.blob_source(route, digest, upstream),
+                                    expected_size=None, source_name=f"upstream {route.upstream}",
+                                    origin=route, fallback=upstream)
+        return self.fills.start(digest, upstream, expected_size=None,
+                                source_name=f"upstream {route.upstream}", origin=route)
+
+    async def _joinable_by_hop(self, digest: Digest) -> None:
+        """A sibling may join our fill only if it comes from the upstream: joining one
+        that comes from a sibling would make a chain of hops, or a loop."""
+        fill = self.fills.get(digest)
+        if fill is None:
+            return
+        try:
+            await asyncio.wait_for(fill.source_known.wait(), SOURCE_WAIT)
+        except asyncio.TimeoutError:
+            pass
+        if not fill.source_known.is_set() or fill.source_kind == "sibling":
+            raise HopRefused(f"{digest} is on its way here from a sibling")
+
+    async def get(self, route: Route, digest: Digest, *, hop: bool = False) -> LocalBlob | Fill:
         if (b := self.local(digest)) is not None:
             self.metrics.hit("blob")
             return b
         self.metrics.miss("blob")
+        if hop:
+            await self._joinable_by_hop(digest)
         joined = self.fills.get(digest) is not None
-        fill = self._start(route, digest)
+        fill = self._start(route, digest, hop=hop)
         if joined:
             self.metrics.coalesced()
         try:
@@ -88,7 +129,7 @@ class BlobService:
                 raise
             # The fill we joined came from another repository or upstream, and that one
             # failed: ours may well have the blob. Try it ourselves, once.
-            fill = self._start(route, digest)
+            fill = self._start(route, digest, hop=hop)
             try:
                 await fill.wait_headers()
             except UpstreamNotFound:
@@ -122,5 +163,5 @@ class BlobService:
             if isinstance(fill.error, UpstreamError) and fill.error.kind == "incomplete":
                 # Mid-body failures never reach the client's error hook: count them here.
                 self.metrics.upstream_error(fill.error.upstream, fill.error.kind)
-        else:
+        elif fill.source_kind == "upstream":
             self.metrics.fetched(fill.source_name.removeprefix("upstream "), fill.written)

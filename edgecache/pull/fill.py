@@ -10,6 +10,11 @@ runs as its own task: a client that goes away does not stop it.
 No reader ever completes a response with unverified bytes: each reader holds
 back the last byte of its range until the whole blob has been verified, and a
 failed fill raises in every reader, which then aborts its connection.
+
+A source that is not `trusted` (a sibling cache) is held back entirely: readers
+get neither headers nor bytes until the whole blob is verified. If such a source
+fails in any way (gone, stalled, wrong bytes) the fill starts over from its
+`fallback` (the upstream), and no client ever notices.
 """
 from __future__ import annotations
 
@@ -34,7 +39,11 @@ _reader_ids = itertools.count()
 
 
 class Source(Protocol):
-    """An open blob body: its announced size (or None) and its bytes."""
+    """An open blob body: its announced size (or None) and its bytes.
+
+    Optional: `trusted = False` (held until verified, see above), `name` (for logs
+    and metrics), `reject(err)` (told why its bytes were refused).
+    """
 
     size: int | None
 
@@ -42,6 +51,11 @@ class Source(Protocol):
 
 
 SourceFactory = Callable[[], AbstractAsyncContextManager[Source]]
+
+
+def _truncate(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
 
 
 def _write_and_hash(fd: int, hasher, data: bytes) -> None:
@@ -54,12 +68,19 @@ def _write_and_hash(fd: int, hasher, data: bytes) -> None:
 
 class Fill:
     def __init__(self, digest: Digest, store: BlobStore, open_source: SourceFactory,
-                 expected_size: int | None, source_name: str, origin: object = None) -> None:
+                 expected_size: int | None, source_name: str, origin: object = None,
+                 fallback: SourceFactory | None = None) -> None:
         self.digest = digest
         self.store = store
         self.source_name = source_name
+        self._default_name = source_name
         self.origin = origin            # where the bytes come from (the caller's route)
         self._open_source = open_source
+        self._fallback = fallback
+        self._expected = expected_size
+        self.held = False               # an untrusted source: nothing goes out before verification
+        self.source_kind: str | None = None      # "upstream" or "sibling", once opened
+        self.source_known = asyncio.Event()
         self.size: int | None = expected_size
         self.written = 0
         self.error: BaseException | None = None
@@ -92,27 +113,22 @@ class Fill:
                 wfd, self._rfd = await asyncio.to_thread(self._open_files)
             except StoreFull:
                 self._to_memory_mode()
-            async with self._open_source() as src:
-                if src.size is not None:
-                    if self.size is not None and src.size != self.size:
-                        raise SizeMismatch(self.size, src.size, self.source_name)
-                    self.size = src.size
-                self._headers_known.set()
-                await self._copy_in(src, wfd, hasher)
+            try:
+                computed = await self._take(self._open_source, wfd, hasher)
+            except Exception as e:   # noqa: BLE001 - an untrusted source's failure is not final
+                if not self.held or self._fallback is None:
+                    raise
+                log.warning("fill of %s from %s failed after %d bytes (%s): starting over from "
+                            "the upstream", self.digest, self.source_name, self.written, e)
+                hasher = await self._start_over(wfd)
+                computed = await self._take(self._fallback, wfd, hasher)
             if wfd is not None:
                 await asyncio.to_thread(os.close, wfd)
                 wfd = None
-            if self.size is None:
-                self.size = self.written
-            if self.written != self.size:
-                raise SizeMismatch(self.size, self.written, self.source_name)
-            computed = hasher.hexdigest()
-            if computed != self.digest.hex:
-                raise DigestMismatch(str(self.digest), f"{self.digest.algorithm}:{computed}",
-                                     self.source_name)
             # The bytes are right: readers may finish now, while the store fsyncs and
             # renames (durability of the cache is not the clients' wait).
             self.verified = True
+            self._headers_known.set()
             self._notify()
             if self.memory_mode:
                 # Served to its clients from memory; nothing half-written is kept.
@@ -149,12 +165,56 @@ class Fill:
                 raise
         finally:
             self.done = True
+            self.source_known.set()
             self._headers_known.set()
             self._notify()
             if self._rfd is not None:
                 # Off the loop: the last close of a large unlinked file frees its blocks.
                 fd, self._rfd = self._rfd, None
                 await asyncio.to_thread(os.close, fd)
+
+    async def _take(self, open_source: SourceFactory, wfd: int | None, hasher) -> str:
+        """Copy one source in and check it; returns the hex digest computed."""
+        async with open_source() as src:
+            trusted = getattr(src, "trusted", True)
+            self.held = not trusted
+            self.source_kind = "upstream" if trusted else "sibling"
+            self.source_name = getattr(src, "name", None) or self._default_name
+            self.source_known.set()
+            try:
+                if src.size is not None:
+                    if self.size is not None and src.size != self.size:
+                        raise SizeMismatch(self.size, src.size, self.source_name)
+                    self.size = src.size
+                if trusted:
+                    self._headers_known.set()
+                await self._copy_in(src, wfd, hasher)
+                if self.size is None:
+                    self.size = self.written
+                if self.written != self.size:
+                    raise SizeMismatch(self.size, self.written, self.source_name)
+                computed = hasher.hexdigest()
+                if computed != self.digest.hex:
+                    raise DigestMismatch(str(self.digest), f"{self.digest.algorithm}:{computed}",
+                                         self.source_name)
+                return computed
+            except Exception as e:   # noqa: BLE001 - the source hears why, then it propagates
+                reject = getattr(src, "reject", None)
+                if reject is not None and not isinstance(e, StoreFull):
+                    reject(e)
+                raise
+
+    async def _start_over(self, wfd: int | None):
+        """Forget everything an untrusted source wrote (no reader has seen any of it)."""
+        if wfd is not None:
+            await asyncio.to_thread(_truncate, wfd)
+        self.written = 0
+        self.size = self._expected
+        self.mem = bytearray()
+        self.mem_base = 0
+        self.held = False
+        self._notify()
+        return self.digest.hasher()
 
     async def _copy_in(self, src: Source, wfd: int | None, hasher) -> None:
         """Copy the source into the temp file, hashing, telling readers as bytes land.
@@ -210,6 +270,10 @@ class Fill:
                     self.digest)
 
     async def _to_memory(self, hasher, chunk: bytes) -> None:
+        if self.held:
+            # Readers wait for the verified whole, which memory cannot hold: go to the
+            # upstream, whose bytes can be relayed as they come.
+            raise StoreFull(28, "disk full: unverified sibling bytes are not relayed from memory")
         # Back-pressure: the upstream waits while the slowest reader is MEM_LIMIT behind.
         while len(self.mem) > MEM_LIMIT:
             if not self._positions:
@@ -298,6 +362,9 @@ class Fill:
                 self._trim()
                 if self.error is not None:
                     raise self.error
+                if self.held and not self.verified:
+                    await self._changed
+                    continue
                 stop = end if end is not None else self.size
                 if stop is not None and pos >= stop and self.verified:
                     return          # an empty range too: only once the blob is verified
@@ -337,13 +404,14 @@ class FillRegistry:
         return self._fills.get(str(digest))
 
     def start(self, digest: Digest, open_source: SourceFactory, *, expected_size: int | None,
-              source_name: str, origin: object = None) -> Fill:
+              source_name: str, origin: object = None,
+              fallback: SourceFactory | None = None) -> Fill:
         key = str(digest)
         existing = self._fills.get(key)
         if existing is not None and existing.error is None and not existing.memory_mode:
             self.coalesced += 1
             return existing
-        fill = Fill(digest, self.store, open_source, expected_size, source_name, origin)
+        fill = Fill(digest, self.store, open_source, expected_size, source_name, origin, fallback)
         self._fills[key] = fill
         fill.start()
         assert fill.task is not None

@@ -7,6 +7,11 @@ and a GET follows only when the digest is one we do not hold. When the upstream
 fails (unreachable, timeout, 429, 5xx) the last known answer is served, marked
 stale. Tag answers are kept per Accept list, so a client never gets a manifest
 of a type it did not accept, nor a platform manifest where it asked for an index.
+
+With siblings: a manifest by digest we do not hold is asked of them before the
+upstream; a tag is only ever resolved by the upstream, except when it cannot be
+reached: then the freshest last known answer of this node and its siblings is
+served, marked stale. Requests from siblings (`hop`) go nowhere but upstream.
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ class ManifestAnswer:
     body: bytes
     digest: str
     media_type: str
-    source: str               # "local" or "upstream"
+    source: str               # "local", "sibling" or "upstream"
     stale: bool = False
 
 
@@ -78,15 +83,31 @@ class ManifestService:
         # Pinned tags answer from the syncer, which switches them only once the new
         # image is complete (set by the runtime; None: every tag follows tag_ttl).
         self.tag_override: Callable[[tuple[str, str, str]], str | None] | None = None
+        self.siblings = None      # edgecache.siblings.service.Siblings, set by the runtime
 
-    async def get(self, route: Route, reference: str, accept: Accept) -> ManifestAnswer:
+    async def get(self, route: Route, reference: str, accept: Accept, *,
+                  hop: bool = False) -> ManifestAnswer:
         if is_digest(reference):
-            return await self._by_digest(route, parse_digest(reference), accept)
-        return await self._by_tag(route, validate_tag(reference), accept)
+            return await self._by_digest(route, parse_digest(reference), accept, hop)
+        return await self._by_tag(route, validate_tag(reference), accept, hop)
+
+    async def local(self, digest: str) -> ManifestAnswer | None:
+        """A manifest this node holds (a sibling's probe)."""
+        return await self._local(digest)
+
+    async def last_known(self, route: Route, tag: str,
+                         accept: Accept) -> tuple[ManifestAnswer, float]:
+        """This node's last known answer for a tag and when it was confirmed (for a
+        sibling whose upstream is unreachable); never asks anyone."""
+        found = await self._last_known((route.upstream, route.repo, validate_tag(tag)), accept)
+        if found is None:
+            raise ManifestUnknown(f"{route.repo}:{tag} is not known here")
+        return found
 
     # -- by digest -------------------------------------------------------------
 
-    async def _by_digest(self, route: Route, d: Digest, accept: Accept) -> ManifestAnswer:
+    async def _by_digest(self, route: Route, d: Digest, accept: Accept,
+                         hop: bool = False) -> ManifestAnswer:
         local = await self._local(str(d))
         if local is not None:
             if not accept.accepts(local.media_type):
@@ -99,15 +120,30 @@ class ManifestService:
             # Keyed by route and Accept too: the upstream and the Accept list decide
             # what answer comes back (Distribution refuses an index to a client that
             # does not accept indexes).
-            answer = await self.flight.do(("digest", route, str(d), accept.key()),
-                                          lambda: self._fetch(client, route, str(d), accept, d))
+            answer = await self.flight.do(("digest", route, str(d), accept.key(), hop),
+                                          lambda: self._fetch_digest(client, route, d, accept, hop))
         except UpstreamNotFound:
             raise ManifestUnknown(f"{route.repo}@{d}") from None
         return _acceptable(answer, accept)
 
     # -- by tag ----------------------------------------------------------------
 
-    async def _by_tag(self, route: Route, tag: str, accept: Accept) -> ManifestAnswer:
+    async def _fetch_digest(self, client: UpstreamClient, route: Route, d: Digest,
+                            accept: Accept, hop: bool) -> ManifestAnswer:
+        siblings = None if hop else self.siblings
+        if siblings is not None and siblings.live():
+            got = await siblings.manifest(route, d, MAX_MANIFEST_BYTES)    # verified there
+            if got is not None:
+                body, content_type = got
+                media_type = media_type_of(content_type, body)
+                await self.store.put_bytes(d, body)
+                self.meta.put_manifest(ManifestRecord(str(d), media_type, len(body)))
+                self._remember(str(d), body)
+                return ManifestAnswer(body, str(d), media_type, "sibling")
+        return await self._fetch(client, route, str(d), accept, d)
+
+    async def _by_tag(self, route: Route, tag: str, accept: Accept,
+                      hop: bool = False) -> ManifestAnswer:
         key = (route.upstream, route.repo, tag)
         pinned = self.tag_override(key) if self.tag_override else None
         if pinned is not None:
@@ -131,13 +167,18 @@ class ManifestService:
         except UpstreamError as e:
             if isinstance(e, UpstreamDenied) or not (is_unavailable(e) or e.kind == "incomplete"):
                 raise
-            stale = await self._last_known(key, accept)
-            if stale is None:
+            found = await self._last_known(key, accept)
+            if not hop and self.siblings is not None and self.siblings.live():
+                theirs = await self._siblings_last_known(route, tag, accept)
+                if theirs is not None and (found is None or theirs[1] > found[1]):
+                    found = theirs
+            if found is None:
                 raise
+            stale = found[0]
             self.metrics.stale(route.upstream)
             log.warning("stale answer for %s/%s:%s -> %s (%s)", route.upstream, route.repo, tag,
                         stale.digest, e)
-            return ManifestAnswer(stale.body, stale.digest, stale.media_type, "local", stale=True)
+            return ManifestAnswer(stale.body, stale.digest, stale.media_type, stale.source, stale=True)
 
     async def _revalidate(self, client: UpstreamClient, route: Route, tag: str,
                           accept: Accept) -> ManifestAnswer:
@@ -161,7 +202,39 @@ class ManifestService:
             answer.digest, answer.media_type, len(answer.body), self.clock()))
         return answer
 
-    async def _last_known(self, key: tuple[str, str, str], accept: Accept) -> ManifestAnswer | None:
+    async def _siblings_last_known(self, route: Route, tag: str,
+                                   accept: Accept) -> tuple[ManifestAnswer, float] | None:
+        """The freshest sibling answer for a tag, verified, kept, and recorded as of when
+        the sibling confirmed it (so the next request still tries the upstream first)."""
+        got = await self.siblings.last_known_tag(route, tag, accept.for_upstream(),
+                                                 MAX_MANIFEST_BYTES)
+        if got is None:
+            return None
+        ans, peer = got
+        try:
+            expected = parse_digest(ans.digest)
+        except ValueError:
+            expected = None
+        actual = digest_of(ans.body, expected.algorithm if expected else "sha256")
+        if expected is None or actual != expected:
+            self.siblings.wrong_bytes(peer, f"tag answer {ans.digest} has a body of {actual}")
+            return None
+        media_type = media_type_of(ans.media_type, ans.body)
+        if not accept.accepts(media_type):
+            return None
+        await self.store.put_bytes(actual, ans.body)
+        self.meta.put_manifest(ManifestRecord(str(actual), media_type, len(ans.body)))
+        key = (route.upstream, route.repo, tag)
+        if ans.checked > (self.meta.tags(key).get(accept.key()) or TagRecord("", "", 0, 0)).checked:
+            self.meta.put_tag(key, accept.key(), TagRecord(str(actual), media_type, len(ans.body),
+                                                           ans.checked))
+        self._remember(str(actual), ans.body)
+        log.warning("%s/%s:%s -> %s from sibling %s (the upstream is unreachable)",
+                    route.upstream, route.repo, tag, actual, peer.node_id)
+        return ManifestAnswer(ans.body, str(actual), media_type, "sibling"), ans.checked
+
+    async def _last_known(self, key: tuple[str, str, str],
+                          accept: Accept) -> tuple[ManifestAnswer, float] | None:
         records = self.meta.tags(key)
         exact = records.get(accept.key())
         candidates = [exact] if exact else []
@@ -173,7 +246,7 @@ class ManifestService:
         for rec in candidates:
             local = await self._local(rec.digest)
             if local is not None:
-                return local
+                return local, rec.checked
         return None
 
     # -- fetching and local bodies -------------------------------------------------

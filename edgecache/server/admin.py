@@ -1,4 +1,5 @@
-"""Operator endpoints: /_edgecache/health, /_edgecache/status, /metrics."""
+"""Operator endpoints: /_edgecache/health, /_edgecache/status, /metrics, and the
+siblings' health check /_edgecache/sibling."""
 from __future__ import annotations
 
 import time
@@ -8,6 +9,7 @@ from aiohttp import web
 
 from edgecache import __version__
 from edgecache.metrics import counter, gauge
+from edgecache.server.oci_errors import OciError
 from edgecache.server.registry_api import SERVICES, Services
 
 STARTED = web.AppKey("started", float)
@@ -15,6 +17,16 @@ STARTED = web.AppKey("started", float)
 
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def sibling(request: web.Request) -> web.Response:
+    """Who answers here: siblings check it (our own checks, not mDNS, say who is up)."""
+    svc = request.app[SERVICES]
+    if svc.siblings is None:
+        raise OciError("NAME_UNKNOWN", "siblings are not enabled on this node", message="not found")
+    if not svc.store.healthy():
+        raise OciError("UNAVAILABLE", "the store is not healthy")
+    return web.json_response({"node_id": svc.siblings.node_id, "version": __version__})
 
 
 async def status(request: web.Request) -> web.Response:
@@ -40,6 +52,7 @@ async def status(request: web.Request) -> web.Response:
         "upstreams": {name: c.status() for name, c in svc.blobs.upstreams.clients.items()},
         "data_dir": str(svc.config.data_dir),
         "sync": svc.syncer.status(),
+        "siblings": svc.siblings.status() if svc.siblings is not None else None,
     })
 
 
@@ -112,12 +125,15 @@ def state_collector(svc: Services) -> Iterable:
                       1.0 if e["state"] == "complete" else 0.0) for e in sync["entries"]])
         yield gauge("edgecache_sync_list_problems", "Problems in the list files",
                     samples=[([], len(sync["problems"]))])
+        if svc.siblings is not None:
+            yield from svc.siblings.collect()
     return collect
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/_edgecache/health", health)
     app.router.add_get("/_edgecache/status", status)
+    app.router.add_get("/_edgecache/sibling", sibling)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/_edgecache/sync", sync_start)
     app.router.add_post("/_edgecache/gc", gc)

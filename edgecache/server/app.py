@@ -33,12 +33,12 @@ BACKGROUND_SYNC = web.AppKey("background_sync", bool)   # False in tests that dr
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    app[ACCESS] = await asyncio.to_thread(Access, cfg.access, cfg.upstreams)
+    app[ACCESS] = await asyncio.to_thread(Access, cfg.access, cfg.upstreams, cfg.siblings.secret)
     async with open_runtime(cfg) as rt:
         sender = BlobSender()
         svc = Services(config=rt.config, store=rt.store, blobs=rt.blobs, manifests=rt.manifests,
                        tags=rt.tags, sender=sender, metrics=rt.metrics, syncer=rt.syncer,
-                       access=app[ACCESS])
+                       access=app[ACCESS], siblings=rt.siblings)
         rt.metrics.add_state(admin.state_collector(svc))
         app[SERVICES] = svc
         if app.get(BACKGROUND_SYNC, True):

@@ -1,5 +1,5 @@
 """Access control at the door: the client's network, who it is (Basic, bearer
-token, client certificate), and the TLS context of the listener."""
+token, client certificate, a signed sibling), and the TLS context of the listener."""
 from __future__ import annotations
 
 import logging
@@ -10,11 +10,13 @@ from aiohttp import web
 from edgecache.access import Access, Identity
 from edgecache.config import ListenerTLS
 from edgecache.errors import Unauthorized
+from edgecache.siblings import hopauth
 
 log = logging.getLogger("edgecache.access")
 
 ACCESS = web.AppKey("access", Access)
 IDENTITY = web.RequestKey("ec_identity", object)
+HOP_FROM = web.RequestKey("ec_hop_from", str)     # the sibling's node id on a hop request
 
 
 def _cert_subject(request: web.Request) -> str | None:
@@ -33,11 +35,24 @@ def identity(request: web.Request) -> Identity | None:
     return request.get(IDENTITY)
 
 
+def hop_from(request: web.Request) -> str | None:
+    """The node id of the sibling that sent this request, if one did."""
+    return request.get(HOP_FROM)
+
+
 @web.middleware
 async def access_middleware(request: web.Request, handler) -> web.StreamResponse:
     access = request.app.get(ACCESS)
     if access is None:                       # before the runtime is up
         return await handler(request)
+    hop = request.headers.get(hopauth.HOP)
+    if hop is not None:
+        sibling = access.check_hop(hop, request.headers.get(hopauth.AUTH), request.method,
+                                   request.raw_path)
+        request[HOP_FROM] = hop
+        if sibling is not None:
+            request[IDENTITY] = sibling
+            return await handler(request)
     access.check_network(request.remote)
     who = await access.identify(request.headers.get("Authorization"), _cert_subject(request))
     request[IDENTITY] = who

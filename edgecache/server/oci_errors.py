@@ -86,6 +86,8 @@ def to_oci(err: BaseException) -> OciError | None:
     if isinstance(err, (e.UpstreamError, e.DigestMismatch, e.SizeMismatch)):
         return OciError("UNAVAILABLE", str(err), status=502 if not e.is_unavailable(err) else 503,
                         message="upstream registry failed")
+    if isinstance(err, e.HopRefused):
+        return OciError("UNAVAILABLE", str(err), status=409, message="not the fetcher of this blob")
     if isinstance(err, e.StoreFull):
         return OciError("UNAVAILABLE", str(err), status=507, message="cache disk is full")
     return None

@@ -13,15 +13,17 @@ from edgecache.server.accesslog import BYTES, ERROR, SOURCE, STALE
 
 from edgecache.access import Access
 from edgecache.config import Config
-from edgecache.errors import BlobUnknown, Unauthorized
+from edgecache.errors import BlobUnknown, ManifestUnknown, Unauthorized
 from edgecache.mediatypes import Accept
 from edgecache.pull.blobs import BlobService, LocalBlob
 from edgecache.pull.manifests import ManifestService
 from edgecache.pull.routing import Route, resolve
 from edgecache.pull.tags import TagListService
-from edgecache.reference import parse_digest
+from edgecache.reference import is_digest, parse_digest
 from edgecache.server.blob_response import BlobSender, ClientGone, StreamAborted
-from edgecache.server.guard import identity
+from edgecache.server.guard import hop_from, identity
+from edgecache.siblings.client import CHECKED, HAVE
+from edgecache.siblings.service import Siblings
 from edgecache.server.oci_errors import OciError
 from edgecache.server.ranges import parse_range
 from edgecache.store.blobs import BlobStore
@@ -44,6 +46,7 @@ class Services:
     metrics: Metrics
     syncer: Syncer
     access: Access
+    siblings: Siblings | None = None
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
@@ -60,6 +63,9 @@ def _served(request: web.Request, svc: Services, source: str, nbytes: int) -> No
     request[SOURCE] = source
     request[BYTES] = nbytes
     svc.metrics.served(source, nbytes)
+    node = hop_from(request)
+    if node is not None and svc.siblings is not None:
+        svc.siblings.served_to(node, nbytes)
 
 
 async def base(request: web.Request) -> web.Response:
@@ -75,8 +81,26 @@ async def manifest(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     route = _route(request, svc)
     accept = Accept.parse(request.headers.getall("Accept", []))
-    ans = await svc.manifests.get(route, request.match_info["reference"], accept)
-    headers = {**API_VERSION, "Docker-Content-Digest": ans.digest, "X-Edgecache-Source": ans.source}
+    reference = request.match_info["reference"]
+    headers: dict[str, str] = {}
+    if hop_from(request) is not None:
+        # A sibling asks: by digest, only what we hold (a probe, HEAD) or can get from
+        # the upstream (GET); by tag, only our own last known answer (it asks when its
+        # upstream is unreachable). Never passed on to another sibling.
+        if not is_digest(reference):
+            ans, checked = await svc.manifests.last_known(route, reference, accept)
+            headers[CHECKED] = f"{checked:.3f}"
+        elif request.method == "HEAD":
+            ans = await svc.manifests.local(reference)
+            if ans is None or not accept.accepts(ans.media_type):
+                raise ManifestUnknown(f"{reference} is not held here")
+            headers[HAVE] = "stored"
+        else:
+            ans = await svc.manifests.get(route, reference, accept, hop=True)
+    else:
+        ans = await svc.manifests.get(route, reference, accept)
+    headers.update({**API_VERSION, "Docker-Content-Digest": ans.digest,
+                    "X-Edgecache-Source": ans.source})
     if ans.stale:
         headers["X-Edgecache-Stale"] = "true"
         headers["Warning"] = '110 edgecache "Response is Stale"'
@@ -93,15 +117,24 @@ async def blob(request: web.Request) -> web.StreamResponse:
     digest = parse_digest(request.match_info["digest"])
     headers = {**API_VERSION, "Docker-Content-Digest": str(digest), "Accept-Ranges": "bytes",
                "Content-Type": "application/octet-stream"}
+    hop = hop_from(request) is not None
     if request.method == "HEAD":
-        size = await svc.blobs.head(route, digest)
+        if hop:
+            # A sibling's probe: only what we hold or are getting from the upstream.
+            held = svc.blobs.held(digest)
+            if held is None:
+                raise BlobUnknown(f"{digest} is not held here")
+            how, size = held
+            headers[HAVE] = how
+        else:
+            size = await svc.blobs.head(route, digest)
         resp = web.StreamResponse(headers=headers)
         if size is not None:
             resp.content_length = size
         request[SOURCE] = "local" if svc.store.has(digest) else "upstream"
         return resp
 
-    target = await svc.blobs.get(route, digest)
+    target = await svc.blobs.get(route, digest, hop=hop)
     if isinstance(target, LocalBlob):
         with svc.store.lease(digest):
             resp, start, end = _range_response(request, headers, target.size)
@@ -110,7 +143,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
             except FileNotFoundError:
                 # Gone from disk behind our back (deleted by hand): forget it, fetch again.
                 await svc.store.delete(digest)
-                target = await svc.blobs.get(route, digest)
+                target = await svc.blobs.get(route, digest, hop=hop)
             except (ClientGone, StreamAborted) as e:
                 request[ERROR] = str(e)
                 return resp
@@ -127,13 +160,14 @@ async def blob(request: web.Request) -> web.StreamResponse:
         # no last byte to hold back, so the headers themselves wait for verification.
         size = await target.wait_verified()
     resp, start, end = _range_response(request, headers, size)
-    request[SOURCE] = "upstream"
+    source = target.source_kind or "upstream"
+    request[SOURCE] = source
     try:
         n = await svc.sender.send_fill(request, resp, target, start, end)
     except (ClientGone, StreamAborted) as e:
         request[ERROR] = str(e)
         return resp
-    _served(request, svc, "upstream", n)
+    _served(request, svc, source, n)
     return resp
 
 

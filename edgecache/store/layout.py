@@ -9,6 +9,7 @@
       meta/                               diskcache: manifest media types, tag records,
                                           tag lists for offline answers
       sync/state.json                     what the syncer has fetched and pinned
+      node-id                             this node's name among its siblings (made once)
       lock                                flock'd by the one process that owns the store
 """
 from __future__ import annotations
@@ -60,3 +61,7 @@ def meta_dir(data_dir: Path) -> Path:
 
 def lock_path(data_dir: Path) -> Path:
     return data_dir / "lock"
+
+
+def node_id_path(data_dir: Path) -> Path:
+    return data_dir / "node-id"

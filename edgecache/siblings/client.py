@@ -1,0 +1,204 @@
+"""Talking to sibling caches over HTTP.
+
+Owns one aiohttp session for every sibling. Every request is a hop request
+(marked, and signed when there is a secret), and every aiohttp exception or
+unexpected status becomes a SiblingError here, and nowhere else. Time is
+bounded twice: `timeout` for the connection and the response headers, and
+`read_timeout` for any silence inside a body.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import aiohttp
+from yarl import URL
+
+from edgecache import __version__
+from edgecache.errors import SiblingError
+from edgecache.mediatypes import PREFERENCE
+from edgecache.pull.routing import Route
+from edgecache.siblings import hopauth
+from edgecache.siblings.peers import Peer
+
+HAVE = "X-Edgecache-Have"          # stored | filling: how a sibling holds what we probed
+CHECKED = "X-Edgecache-Checked"    # when a sibling last confirmed a tag with its upstream
+PING_PATH = "/_edgecache/sibling"
+
+
+@dataclass(frozen=True)
+class TagAnswer:
+    body: bytes
+    digest: str
+    media_type: str
+    checked: float
+
+
+class SiblingBlob:
+    """An open blob body from a sibling. Not trusted: the fill verifies the whole
+    blob before any client sees a byte of it, and tells us (reject) when it is wrong."""
+
+    trusted = False
+
+    def __init__(self, peer: Peer, resp: aiohttp.ClientResponse, on_reject) -> None:
+        self.peer = peer
+        self.name = f"sibling {peer.node_id}"
+        self._resp = resp
+        self._on_reject = on_reject
+        self.size: int | None = resp.content_length
+
+    async def read(self, n: int = 1 << 20) -> bytes:
+        try:
+            data = await self._resp.content.read(n)
+        except Exception as e:   # noqa: BLE001 - translated right here
+            raise _translate(self.peer, e, mid_body=True) from e
+        self.peer.bytes_from += len(data)
+        return data
+
+    def reject(self, err: BaseException) -> None:
+        self._on_reject(self.peer, err)
+
+
+def _translate(peer: Peer, e: BaseException, *, mid_body: bool = False) -> SiblingError:
+    who = peer.node_id or peer.url
+    if isinstance(e, SiblingError):
+        return e
+    if isinstance(e, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return SiblingError(who, "timeout", f"timed out{' mid-body' if mid_body else ''}")
+    if mid_body:
+        return SiblingError(who, "incomplete", f"body broke off: {type(e).__name__}: {e}")
+    if isinstance(e, (aiohttp.ClientConnectionError, OSError)):
+        return SiblingError(who, "unreachable", f"{type(e).__name__}: {e}")
+    if isinstance(e, aiohttp.ClientError):
+        return SiblingError(who, "bad_response", f"{type(e).__name__}: {e}")
+    raise e
+
+
+class SiblingClient:
+    def __init__(self, node_id: str, secret: bytes | None, *, timeout: float,
+                 read_timeout: float) -> None:
+        self.node_id = node_id
+        self.secret = secret
+        self.timeout = timeout
+        self.read_timeout = read_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout,
+                                          sock_read=self.read_timeout),
+            connector=aiohttp.TCPConnector(limit=64, ssl=False),
+            auto_decompress=False, read_bufsize=1 << 20,
+            headers={"User-Agent": f"edgecache/{__version__} (sibling)"})
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @staticmethod
+    def _path(route: Route, kind: str, ref: str) -> str:
+        return f"/v2/{route.repo}/{kind}/{ref}?ns={route.upstream}"
+
+    @asynccontextmanager
+    async def _request(self, peer: Peer, method: str, path_qs: str,
+                       headers: dict[str, str] | None = None, *,
+                       timeout: float | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Yields the response once its headers arrived within the timeout."""
+        assert self._session is not None, "SiblingClient not started"
+        hdrs = {**(headers or {}), **hopauth.sign(self.secret, self.node_id, method, path_qs)}
+        url = URL(peer.url + path_qs, encoded=True)
+        try:
+            async with asyncio.timeout(timeout or self.timeout):
+                resp = await self._session.request(method, url, headers=hdrs,
+                                                   allow_redirects=False)
+        except Exception as e:   # noqa: BLE001 - translated right here
+            raise _translate(peer, e) from e
+        try:
+            yield resp
+        finally:
+            resp.release()
+
+    async def _read_all(self, peer: Peer, resp: aiohttp.ClientResponse, cap: int) -> bytes:
+        if resp.content_length is not None and resp.content_length > cap:
+            raise SiblingError(peer.node_id or peer.url, "bad_response", "answer too large")
+        try:
+            body = await resp.content.read(cap + 1)
+            while len(body) <= cap and (more := await resp.content.read(cap + 1 - len(body))):
+                body += more
+        except Exception as e:   # noqa: BLE001
+            raise _translate(peer, e, mid_body=True) from e
+        if len(body) > cap:
+            raise SiblingError(peer.node_id or peer.url, "bad_response", "answer too large")
+        return body
+
+    def _status(self, peer: Peer, resp: aiohttp.ClientResponse) -> SiblingError:
+        kind = "refused" if resp.status in (401, 403) else (
+            "busy" if resp.status == 409 else "status")
+        return SiblingError(peer.node_id or peer.url, kind, f"answered {resp.status}")
+
+    # -- the calls -------------------------------------------------------------------
+
+    async def ping(self, peer: Peer) -> tuple[str, str | None]:
+        """Its node id and version (a health check)."""
+        async with self._request(peer, "GET", PING_PATH) as r:
+            if r.status != 200:
+                raise self._status(peer, r)
+            try:
+                doc = json.loads(await self._read_all(peer, r, 4096))
+                return str(doc["node_id"]), doc.get("version")
+            except (ValueError, KeyError, TypeError):
+                raise SiblingError(peer.url, "bad_response", "not an edgecache") from None
+
+    async def probe(self, peer: Peer, route: Route, kind: str, digest: str,
+                    timeout: float) -> str | None:
+        """'stored' or 'filling' when the sibling holds the content, None when not."""
+        async with self._request(peer, "HEAD", self._path(route, kind, digest),
+                                 {"Accept": ", ".join(PREFERENCE)}, timeout=timeout) as r:
+            if r.status == 404:
+                return None
+            if r.status != 200:
+                raise self._status(peer, r)
+            return r.headers.get(HAVE, "stored")
+
+    @asynccontextmanager
+    async def blob(self, peer: Peer, route: Route, digest: str,
+                   on_reject) -> AsyncIterator[SiblingBlob]:
+        async with self._request(peer, "GET", self._path(route, "blobs", digest)) as r:
+            if r.status != 200:
+                raise self._status(peer, r)
+            yield SiblingBlob(peer, r, on_reject)
+
+    async def manifest(self, peer: Peer, route: Route, digest: str,
+                       cap: int) -> tuple[bytes, str]:
+        """A manifest by digest: its body and media type (the caller verifies it)."""
+        async with self._request(peer, "GET", self._path(route, "manifests", digest),
+                                 {"Accept": ", ".join(PREFERENCE)}) as r:
+            if r.status != 200:
+                raise self._status(peer, r)
+            body = await self._read_all(peer, r, cap)
+            peer.bytes_from += len(body)
+            return body, r.headers.get("Content-Type", "").split(";")[0].strip()
+
+    async def tag(self, peer: Peer, route: Route, tag: str, accept: list[str],
+                  cap: int) -> TagAnswer | None:
+        """The sibling's last known answer for a tag (it never asks anyone for it)."""
+        async with self._request(peer, "GET", self._path(route, "manifests", tag),
+                                 {"Accept": ", ".join(accept)}) as r:
+            if r.status == 404:
+                return None
+            if r.status != 200:
+                raise self._status(peer, r)
+            body = await self._read_all(peer, r, cap)
+            digest = r.headers.get("Docker-Content-Digest")
+            try:
+                checked = float(r.headers.get(CHECKED, "0"))
+            except ValueError:
+                checked = 0.0
+            if not digest:
+                raise SiblingError(peer.node_id or peer.url, "bad_response", "tag answer without a digest")
+            return TagAnswer(body, digest, r.headers.get("Content-Type", "").split(";")[0].strip(),
+                             checked)

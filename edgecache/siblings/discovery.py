@@ -1,0 +1,127 @@
+"""mDNS: advertise this node as `_edgecache._tcp.local.` and browse for others.
+
+TXT holds only the node id, the version and the port. What is found goes to the
+peer table as a candidate; health checks decide when it is used. A goodbye (or
+an expired record) removes it. Closing unregisters, which sends our goodbye.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from typing import Callable
+
+import ifaddr
+from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+from edgecache import __version__
+
+log = logging.getLogger("edgecache.siblings")
+
+SERVICE = "_edgecache._tcp.local."
+
+
+def interface_addresses(names: tuple[str, ...]) -> list[str]:
+    """IPv4 addresses for interface names or addresses; all non-loopback ones when empty."""
+    adapters = ifaddr.get_adapters()
+    out: list[str] = []
+    for a in adapters:
+        v4 = [ip.ip for ip in a.ips if isinstance(ip.ip, str)]
+        if not names:
+            out += [ip for ip in v4 if not ipaddress.ip_address(ip).is_loopback]
+        elif a.nice_name in names or a.name in names:
+            out += v4
+    out += [n for n in names if _is_ipv4(n) and n not in out]
+    return out
+
+
+def _is_ipv4(s: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(s), ipaddress.IPv4Address)
+    except ValueError:
+        return False
+
+
+class Discovery:
+    def __init__(self, node_id: str, port: int, interfaces: tuple[str, ...], listen_host: str,
+                 scheme: str, *, on_found: Callable[[str, str, str | None], None],
+                 on_gone: Callable[[str], None]) -> None:
+        self.node_id = node_id
+        self.port = port
+        self.interfaces = interfaces
+        self.listen_host = listen_host
+        self.scheme = scheme
+        self.on_found = on_found          # (url, node_id, version)
+        self.on_gone = on_gone            # (url)
+        self._zc: AsyncZeroconf | None = None
+        self._browser: AsyncServiceBrowser | None = None
+        self._info: AsyncServiceInfo | None = None
+        self._urls: dict[str, str] = {}   # service name -> url
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.found_any = False
+
+    async def start(self) -> None:
+        addrs = interface_addresses(self.interfaces)
+        if self.listen_host not in ("0.0.0.0", "::", ""):
+            advertised = [self.listen_host]
+        else:
+            advertised = addrs
+        if not advertised:
+            log.warning("mDNS: no IPv4 address to advertise on %s",
+                        list(self.interfaces) or "any interface")
+        self._zc = AsyncZeroconf(interfaces=addrs if self.interfaces else InterfaceChoice.All,
+                                 ip_version=IPVersion.V4Only)
+        name = f"edgecache-{self.node_id}.{SERVICE}"
+        self._info = AsyncServiceInfo(
+            SERVICE, name, port=self.port,
+            properties={"id": self.node_id, "version": __version__, "port": str(self.port)},
+            server=f"edgecache-{self.node_id}.local.",
+            addresses=[socket.inet_aton(a) for a in advertised])
+        await (await self._zc.async_register_service(self._info))
+        self._browser = AsyncServiceBrowser(self._zc.zeroconf, [SERVICE],
+                                            handlers=[self._on_change])
+        log.info("mDNS: advertising %s on %s port %d", name, advertised, self.port)
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self._browser is not None:
+            await self._browser.async_cancel()
+        if self._zc is not None:
+            await self._zc.async_close()     # unregisters: the goodbye goes out
+        self._zc = self._browser = None
+
+    def _on_change(self, zeroconf: Zeroconf, service_type: str, name: str,
+                   state_change: ServiceStateChange) -> None:
+        if state_change is ServiceStateChange.Removed:
+            url = self._urls.pop(name, None)
+            if url:
+                log.info("mDNS: %s said goodbye", name)
+                self.on_gone(url)
+            return
+        task = asyncio.ensure_future(self._resolve(service_type, name))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resolve(self, service_type: str, name: str) -> None:
+        assert self._zc is not None
+        info = AsyncServiceInfo(service_type, name)
+        if not await info.async_request(self._zc.zeroconf, 3000):
+            return
+        props = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
+        node_id = props.get("id")
+        if not node_id or node_id == self.node_id:
+            return                        # ourselves, or not one of ours
+        addrs = info.parsed_addresses(IPVersion.V4Only)
+        port = info.port or int(props.get("port") or 0)
+        if not addrs or not port:
+            return
+        url = f"{self.scheme}://{addrs[0]}:{port}"
+        old = self._urls.get(name)
+        if old and old != url:
+            self.on_gone(old)
+        self._urls[name] = url
+        self.found_any = True
+        self.on_found(url, node_id, props.get("version"))
