@@ -1,0 +1,340 @@
+"""Sibling caches on loopback: several in-process nodes with static peers, the
+fault-injecting upstream counting requests, and a misbehaving fake sibling.
+(mDNS between network namespaces is in test_siblings_lan.py.)"""
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import aiohttp
+import pytest
+
+from edgecache.config import ConfigError, build
+from edgecache.reference import parse_digest
+from edgecache.siblings import hopauth
+from edgecache.siblings.peers import PeerTable, rendezvous
+from edgecache.store import layout
+from tests.support.edge import EdgeServer, make_config
+from tests.support.fakesibling import FakeSibling
+from tests.support.faulty import FaultyUpstream
+from tests.support.images import make_image
+
+MiB = 1024 * 1024
+SECRET = b"branch-secret-0123456789abcdef"
+
+
+def node_doc(tmp_path, name, upstream_url, **sib):
+    doc = make_config(tmp_path / name, {"central.example": upstream_url}, default="central.example")
+    doc["siblings"] = {"mdns": False, "node_id": name, "health_interval": "0.2s",
+                       "readmit_after": 1, "fail_after": 2, "timeout": "1s",
+                       "read_timeout": "1s", **sib}
+    return doc
+
+
+async def wait_for(pred, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        await asyncio.sleep(0.05)
+    return pred()
+
+
+@asynccontextmanager
+async def cluster(tmp_path, up_url, n=3, extra_peers=(), **sib):
+    docs = [node_doc(tmp_path, f"n{i}", up_url, **sib) for i in range(n)]
+    urls = ["http://" + d["listen"] for d in docs]
+    for i, d in enumerate(docs):
+        d["siblings"]["peers"] = [u for j, u in enumerate(urls) if j != i] + list(extra_peers)
+    async with AsyncExitStack() as stack:
+        nodes = [await stack.enter_async_context(EdgeServer(d)) for d in docs]
+        live = n - 1 + len(extra_peers)
+        assert await wait_for(lambda: all(len(x.services.siblings.live()) == live for x in nodes)), \
+            [x.services.siblings.status() for x in nodes]
+        yield nodes
+
+
+def blob_gets(up, digest):
+    return up.count("GET", rf"/v2/demo/app/blobs/{digest}")
+
+
+async def fetch(session, node, path, **kw):
+    async with session.get(node.url + path, **kw) as r:
+        return r.status, dict(r.headers), await r.read()
+
+
+# -- parts -----------------------------------------------------------------------------
+
+def test_hop_signature_checks_secret_path_and_time():
+    h = hopauth.sign(SECRET, "n1", "GET", "/v2/a/blobs/sha256:ab?ns=x", now=1000)
+    auth = h[hopauth.AUTH]
+    assert hopauth.verify(SECRET, "n1", auth, "GET", "/v2/a/blobs/sha256:ab?ns=x", now=1010) is None
+    assert hopauth.verify(SECRET, "n1", auth, "GET", "/v2/a/blobs/sha256:cd?ns=x", now=1010)
+    assert hopauth.verify(SECRET, "n2", auth, "GET", "/v2/a/blobs/sha256:ab?ns=x", now=1010)
+    assert hopauth.verify(b"another-secret-0123456789", "n1", auth, "GET",
+                          "/v2/a/blobs/sha256:ab?ns=x", now=1010)
+    assert "off" in hopauth.verify(SECRET, "n1", auth, "GET", "/v2/a/blobs/sha256:ab?ns=x",
+                                   now=1000 + hopauth.WINDOW + 1)
+    assert hopauth.verify(SECRET, "n1", None, "GET", "/", now=1000)
+    assert hopauth.AUTH not in hopauth.sign(None, "n1", "GET", "/")
+
+
+def test_rendezvous_agrees_spreads_and_moves_little():
+    nodes = [f"node{i}" for i in range(4)]
+    digests = [f"sha256:{i:064x}" for i in range(2000)]
+    owners = {d: rendezvous(nodes, d) for d in digests}
+    assert owners == {d: rendezvous(list(reversed(nodes)), d) for d in digests}  # order-free
+    per = {n: sum(1 for o in owners.values() if o == n) for n in nodes}
+    assert all(350 < c < 650 for c in per.values()), per
+    # node3 leaves: only the digests it owned move.
+    after = {d: rendezvous(nodes[:3], d) for d in digests}
+    moved = [d for d in digests if after[d] != owners[d]]
+    assert moved and all(owners[d] == "node3" for d in moved)
+
+
+def test_peer_table_drops_readmits_ignores_self_and_shuns_wrong_bytes():
+    now = [100.0]
+    t = PeerTable("me", fail_after=3, readmit_after=2, bad_for=60, clock=lambda: now[0])
+    assert t.add("http://x:1", "mdns", "me") is None            # ourselves
+    p = t.add("http://a:1", "static")
+    assert t.live() == []
+    t.check_passed(p, "a", "1")
+    assert t.live() == []                                       # one good check is not enough
+    t.check_passed(p, "a", "1")
+    assert t.live() == [p]
+    t.check_failed(p, "x")
+    t.check_failed(p, "x")
+    assert t.live() == [p]                                      # two failures: still in
+    t.check_failed(p, "x")
+    assert t.live() == []
+    t.check_passed(p, "a", "1")
+    t.check_passed(p, "a", "1")
+    assert t.live() == [p]
+    t.wrong_bytes(p, "bad")
+    assert t.live() == []
+    now[0] += 61
+    assert t.live() == [p]
+    s = t.add("http://self:1", "static")
+    t.check_passed(s, "me", "1")                                # a static list naming us too
+    assert [q.url for q in t.all()] == ["http://a:1"]
+    t.add("http://a2:1", "mdns", "a")                           # the same node twice: used once
+    t.check_passed(t.all()[1], "a", "1"), t.check_passed(t.all()[1], "a", "1")
+    assert len(t.live()) == 1
+
+
+def test_config_names_bad_sibling_keys(tmp_path):
+    def cfg(sib):
+        return build({"upstreams": {"r.example": {"url": "http://127.0.0.1:1"}}, "siblings": sib,
+                      "data_dir": str(tmp_path)}, source="t", env={}, uid=0, base=tmp_path)
+    assert not cfg(None).siblings.enabled
+    assert cfg({}).siblings.enabled and cfg({}).siblings.mdns
+    for sib, key in (({"peers": ["10.0.0.2:5000"]}, "siblings.peers"),
+                     ({"interfaces": "eth0"}, "siblings.interfaces"),
+                     ({"secret_file": "nope"}, "siblings.secret_file"),
+                     ({"timeout": "0s"}, "siblings.timeout"),
+                     ({"node_id": "a b"}, "siblings.node_id"),
+                     ({"fail_after": 0}, "siblings.fail_after"),
+                     ({"multicast": True}, "siblings.multicast")):
+        with pytest.raises(ConfigError) as e:
+            cfg(sib)
+        assert key in str(e.value), (sib, str(e.value))
+    (tmp_path / "short").write_text("abc\n")
+    with pytest.raises(ConfigError, match="at least 16 bytes"):
+        cfg({"secret_file": "short"})
+    (tmp_path / "secret").write_bytes(SECRET + b"\n")
+    c = cfg({"secret_file": "secret", "peers": ["http://10.0.0.2:5000/"]})
+    assert c.siblings.secret == SECRET and c.siblings.peers == ("http://10.0.0.2:5000",)
+    assert "branch-secret" not in repr(c)
+
+
+# -- the miss path ----------------------------------------------------------------------------
+
+async def test_three_nodes_missing_one_blob_together_fetch_it_from_the_wan_once(tmp_path):
+    img = make_image(41, layers=1, layer_size=8 * MiB)
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        up.fault("slow", digest=layer.digest, rate=16 * MiB)      # ~0.5 s: the pulls overlap
+        async with cluster(tmp_path, up.url) as nodes, aiohttp.ClientSession() as s:
+            results = await asyncio.gather(*(fetch(s, n, f"/v2/demo/app/blobs/{layer.digest}")
+                                             for n in nodes for _ in range(3)))
+            assert all(st == 200 and body == layer.data for st, _, body in results)
+            assert blob_gets(up, layer.digest) == 1
+            owner = rendezvous([f"n{i}" for i in range(3)], layer.digest)
+            for n in nodes:
+                assert await n.stored(layer.digest)
+                st = n.services.siblings.status()
+                fetched = sum(p["bytes_fetched"] for p in st["peers"])
+                if n.services.siblings.node_id == owner:
+                    assert fetched == 0 and sum(st["served_bytes_by_node"].values()) == 2 * layer.size
+                else:
+                    assert fetched == layer.size
+            # And the metrics say so.
+            async with s.get(nodes[0].url + "/metrics") as r:
+                text = await r.text()
+            assert "edgecache_sibling_up{" in text and "edgecache_sibling_fetched_bytes_total" in text
+
+
+async def test_with_the_wan_cut_a_node_gets_blob_manifest_and_tag_from_a_sibling(tmp_path):
+    img = make_image(42, layers=2, layer_size=1 * MiB)
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        async with cluster(tmp_path, up.url, n=2) as (a, b), aiohttp.ClientSession() as s:
+            # a pulls the image while the WAN is up.
+            st, h, man = await fetch(s, a, "/v2/demo/app/manifests/v1")
+            assert st == 200
+            for blob in img.blobs:
+                assert (await fetch(s, a, f"/v2/demo/app/blobs/{blob.digest}"))[0] == 200
+            await asyncio.gather(*(a.stored(x.digest) for x in img.blobs))
+            up.reset_counts()
+            await up.stop()                                          # the WAN is cut
+            # b never pulled it: tag (stale, from a), manifest by digest and blobs from a.
+            st, h, body = await fetch(s, b, "/v2/demo/app/manifests/v1")
+            assert st == 200 and body == man and h["X-Edgecache-Stale"] == "true"
+            assert h["Docker-Content-Digest"] == img.digest
+            st, _, body = await fetch(s, b, f"/v2/demo/app/manifests/{img.digest}")
+            assert st == 200 and body == man
+            for blob in img.blobs:
+                st, _, body = await fetch(s, b, f"/v2/demo/app/blobs/{blob.digest}")
+                assert st == 200 and body == blob.data
+            assert sum(up.counts.values()) == 0
+            # A tag no node knows is still an error, not a hang.
+            st, _, _ = await fetch(s, b, "/v2/demo/app/manifests/v2")
+            assert st in (404, 503)
+
+
+async def test_a_node_that_serves_rotten_bytes_is_detected_and_bypassed(tmp_path):
+    img = make_image(43, layers=1, layer_size=2 * MiB)
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        async with cluster(tmp_path, up.url, n=2) as (a, b), aiohttp.ClientSession() as s:
+            assert (await fetch(s, a, f"/v2/demo/app/blobs/{layer.digest}"))[0] == 200
+            assert await a.stored(layer.digest)
+            # b may have fetched it for a (the rendezvous owner): b must not hold it.
+            await b.services.store.delete(parse_digest(layer.digest))
+            # Bit rot on a's disk: a now serves wrong bytes (it does not re-hash on every send).
+            path = layout.blob_path(a.config.data_dir, parse_digest(layer.digest))
+            data = bytearray(path.read_bytes())
+            data[len(data) // 3] ^= 0x01
+            path.write_bytes(bytes(data))
+            up.reset_counts()
+            st, _, body = await fetch(s, b, f"/v2/demo/app/blobs/{layer.digest}")
+            assert st == 200 and body == layer.data           # the client never noticed
+            assert blob_gets(up, layer.digest) == 1           # ...b went to the upstream
+            peer = b.services.siblings.status()["peers"][0]
+            assert peer["state"] == "bad" and peer["failures"]["wrong_bytes"] == 1
+            assert b.services.siblings.live() == []
+            assert await b.stored(layer.digest)
+
+
+@pytest.mark.parametrize("mode", ["cut", "stall", "corrupt"])
+async def test_a_sibling_failing_mid_transfer_costs_a_bounded_delay_not_the_pull(tmp_path, mode):
+    img = make_image(44, layers=1, layer_size=4 * MiB)
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as up, \
+            FakeSibling("fake", {layer.digest: layer.data}, mode=mode) as fake:
+        doc = node_doc(tmp_path, "n0", up.url, peers=[fake.url])
+        async with EdgeServer(doc) as node, aiohttp.ClientSession() as s:
+            assert await wait_for(lambda: len(node.services.siblings.live()) == 1)
+            t0 = time.monotonic()
+            st, _, body = await fetch(s, node, f"/v2/demo/app/blobs/{layer.digest}")
+            took = time.monotonic() - t0
+            assert st == 200 and body == layer.data
+            assert fake.counts["get"] == 1 and blob_gets(up, layer.digest) == 1
+            assert took < 1.0 + 3.0, took          # read_timeout (1 s) plus the upstream fetch
+            peer = node.services.siblings.status()["peers"][0]
+            if mode == "corrupt":
+                assert peer["state"] == "bad"
+            else:
+                assert peer["failures"], peer
+
+
+async def test_hop_requests_are_never_passed_on(tmp_path):
+    img = make_image(45, layers=1, layer_size=1 * MiB)
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as up, \
+            FakeSibling("fake", {layer.digest: layer.data}) as fake:
+        doc = node_doc(tmp_path, "n0", up.url, peers=[fake.url])
+        async with EdgeServer(doc) as node, aiohttp.ClientSession() as s:
+            assert await wait_for(lambda: len(node.services.siblings.live()) == 1)
+            hop = {hopauth.HOP: "other"}
+            # A probe for something it does not hold: 404, nobody asked.
+            async with s.head(f"{node.url}/v2/demo/app/blobs/{layer.digest}", headers=hop) as r:
+                assert r.status == 404
+            # A hop GET: from the upstream, never from the sibling that has it.
+            st, _, body = await fetch(s, node, f"/v2/demo/app/blobs/{layer.digest}", headers=hop)
+            assert st == 200 and body == layer.data
+            assert fake.counts["probe"] == 0 and fake.counts["get"] == 0
+            assert blob_gets(up, layer.digest) == 1
+            assert await wait_for(lambda: node.services.siblings.status()["served_bytes_by_node"]
+                                  == {"other": layer.size})
+            # Now it holds it: the probe says so.
+            assert await node.stored(layer.digest)
+            async with s.head(f"{node.url}/v2/demo/app/blobs/{layer.digest}", headers=hop) as r:
+                assert r.status == 200 and r.headers["X-Edgecache-Have"] == "stored"
+            # A client that is not a sibling does ask the sibling (which has it).
+            other = make_image(46, layers=1, layer_size=1 * MiB).layers[0]
+            fake.blobs[other.digest] = other.data
+            up.add("demo/app:v2", make_image(46, layers=1, layer_size=1 * MiB))
+            st, _, body = await fetch(s, node, f"/v2/demo/app/blobs/{other.digest}")
+            assert st == 200 and body == other.data and fake.counts["get"] == 1
+            assert blob_gets(up, other.digest) == 0
+            # Our own requests carried the marker.
+            assert all(h.get(hopauth.HOP) == "n0" for h in fake.hop_headers)
+
+
+async def test_with_a_secret_hop_requests_must_be_signed(tmp_path):
+    img = make_image(47, layers=1, layer_size=1 * MiB)
+    layer = img.layers[0]
+    (tmp_path / "secret").write_bytes(SECRET)
+    (tmp_path / "wrong").write_bytes(b"not-the-branch-secret-000")
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        docs = [node_doc(tmp_path, "n0", up.url, secret_file=str(tmp_path / "secret")),
+                node_doc(tmp_path, "n1", up.url, secret_file=str(tmp_path / "secret")),
+                node_doc(tmp_path, "n2", up.url, secret_file=str(tmp_path / "wrong"))]
+        urls = ["http://" + d["listen"] for d in docs]
+        for i, d in enumerate(docs):
+            d["siblings"]["peers"] = [u for j, u in enumerate(urls) if j != i]
+        async with EdgeServer(docs[0]) as a, EdgeServer(docs[1]) as b, EdgeServer(docs[2]) as c, \
+                aiohttp.ClientSession() as s:
+            assert await wait_for(lambda: [p.node_id for p in a.services.siblings.live()] == ["n1"])
+            await asyncio.sleep(1.0)     # several check rounds: n2 never gets in, nor lets in
+            assert [p.node_id for p in a.services.siblings.live()] == ["n1"]
+            assert c.services.siblings.live() == []
+            n2 = next(p for p in a.services.siblings.status()["peers"] if p["url"] == urls[2])
+            assert "401" in (n2["last_error"] or "")
+            path = f"/v2/demo/app/blobs/{layer.digest}"
+            st, _, _ = await fetch(s, a, path, headers={hopauth.HOP: "n1"})
+            assert st == 401
+            st, _, _ = await fetch(s, a, path, headers=hopauth.sign(b"x" * 20, "n1", "GET", path))
+            assert st == 401
+            st, _, body = await fetch(s, a, path, headers=hopauth.sign(SECRET, "n1", "GET", path))
+            assert st == 200 and body == layer.data
+            # Clients without the marker are ordinary clients: unaffected.
+            st, _, body = await fetch(s, b, path)
+            assert st == 200 and body == layer.data
+
+
+async def test_a_sibling_that_goes_away_is_dropped_and_readmitted_when_back(tmp_path):
+    async with FaultyUpstream({}) as up, FakeSibling("fake", {}) as fake:
+        doc = node_doc(tmp_path, "n0", up.url, peers=[fake.url])
+        async with EdgeServer(doc) as node:
+            sib = node.services.siblings
+            assert await wait_for(lambda: len(sib.live()) == 1)
+            await fake.stop()
+            assert await wait_for(lambda: sib.live() == [], 5)
+            assert sib.status()["peers"][0]["state"] == "down"
+            await fake.start()
+            assert await wait_for(lambda: len(sib.live()) == 1, 5)
+
+
+async def test_node_id_is_made_once_and_kept(tmp_path):
+    async with FaultyUpstream({}) as up:
+        doc = node_doc(tmp_path, "n0", up.url)
+        del doc["siblings"]["node_id"]
+        async with EdgeServer(doc) as node:
+            first = node.services.siblings.node_id
+        async with EdgeServer(doc) as node:
+            assert node.services.siblings.node_id == first
+        assert (tmp_path / "n0" / "node-id").read_text().strip() == first
+        assert os.uname().nodename.split(".")[0][:10] in first
