@@ -102,19 +102,21 @@ async def edge_world(tmp_path: Path, image, **cfg: Any):
 class EdgeProcess:
     """`python -m edgecache serve --config FILE` as a child process."""
 
-    def __init__(self, workdir: Path, doc: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, doc: dict[str, Any], *, netns_prefix: list[str] | None = None,
+                 url: str | None = None) -> None:
         self.workdir = workdir
         self.doc = doc
         self.config_path = workdir / "edgecache.yaml"
         self.config_path.write_text(yaml.safe_dump(doc))
-        self.url = "http://" + doc["listen"]
+        self.url = url or "http://" + doc["listen"]
+        self.prefix = netns_prefix or []     # e.g. ["ip", "netns", "exec", NS]
         self.proc: subprocess.Popen | None = None
         self.stdout = workdir / "edgecache.out"
         self.stderr = workdir / "edgecache.err"
 
     def start(self, timeout: float = 15.0) -> "EdgeProcess":
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgecache", "serve", "--config", str(self.config_path)],
+            [*self.prefix, sys.executable, "-m", "edgecache", "serve", "--config", str(self.config_path)],
             stdout=open(self.stdout, "ab"), stderr=open(self.stderr, "ab"))
         try:
             wait_http(self.url + "/_edgecache/health", timeout)

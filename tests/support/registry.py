@@ -24,6 +24,7 @@ from .procs import stop_process
 # Anchored on the combined-log shape so logrus lines (which also mention methods and URIs) never match.
 _ACCESS = re.compile(
     r'^\S+ \S+ \S+ \[[^\]]*\] "(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" (?P<status>\d{3}) '
+    r'(?P<size>\d+|-)'
 )
 # Requests to this prefix are our own log-flush markers; Distribution answers 404 and logs them.
 _SYNC_PREFIX = "/__edgecache_sync/"
@@ -147,6 +148,19 @@ class Registry:
             if m and not m["target"].startswith(_SYNC_PREFIX):
                 out.append((m["method"], m["target"], int(m["status"])))
         return out
+
+    def bytes_sent(self, path_regex: str) -> int:
+        """Body bytes the registry sent for GETs whose path fully matches path_regex."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._sync()
+        rx = re.compile(path_regex)
+        total = 0
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            m = _ACCESS.match(line)
+            if m and m["method"] == "GET" and rx.fullmatch(m["target"].split("?", 1)[0]) \
+                    and m["size"] != "-":
+                total += int(m["size"])
+        return total
 
     def count(self, method: str, path_regex: str) -> int:
         """Requests with exactly this method whose path (query stripped) fully matches path_regex.

@@ -1,0 +1,245 @@
+"""Siblings on a real LAN: three edgecache processes in network namespaces on one
+bridge, finding each other over mDNS with no static configuration, the real
+Distribution registry behind a rate-limited WAN link, and skopeo pulling on each
+node from its own edgecache (127.0.0.1:5000 in the node's namespace, as K3s
+does). Upstream traffic is counted in the registry's access log."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from edgecache.reference import parse_digest
+from edgecache.siblings.peers import rendezvous
+from edgecache.store import layout
+from tests.conftest import IN_CI, require_binaries
+from tests.support.branch import Branch
+from tests.support.edge import EdgeProcess
+from tests.support.images import make_image, push
+from tests.support.registry import Registry
+
+MiB = 1024 * 1024
+NODES = ("n1", "n2", "n3")
+WAN_RATE = "400mbit"
+
+
+def _require_root_and_netns():
+    require_binaries("docker-registry", "skopeo", "ip", "tc")
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("the LAN test needs root (network namespaces)")
+        pytest.skip("needs root (network namespaces)")
+
+
+@pytest.fixture(scope="module")
+def lan(tmp_path_factory):
+    _require_root_and_netns()
+    tmp = tmp_path_factory.mktemp("lan")
+    (tmp / "secret").write_text("branch-7f3a9c5e2b1d4068\n")
+    with Branch(nodes=len(NODES), wan_rate=WAN_RATE) as br:
+        reg = Registry(workdir=tmp / "central", addr=br.addr("central"), port=5000,
+                       netns=br.ns("central")).start()
+        world = Lan(br, reg, tmp)
+        try:
+            yield world
+        finally:
+            world.stop_all()
+            reg.cleanup()
+
+
+class Lan:
+    def __init__(self, br: Branch, reg: Registry, tmp: Path) -> None:
+        self.br, self.reg, self.tmp = br, reg, tmp
+        self.nodes: dict[str, EdgeProcess] = {}
+
+    def doc(self, name: str, siblings: bool) -> dict:
+        doc = {"listen": "0.0.0.0:5000", "data_dir": str(self.tmp / name / "data"),
+               "upstreams": {"central.example": {"url": f"http://{self.br.addr('central')}:5000"}},
+               "default_upstream": "central.example",
+               "upstream_timeout": {"connect": "1s", "read": "10s"},
+               "cache": {"scrub_interval": 0}}
+        if siblings:
+            # No peers: they find each other over mDNS, on the one interface there is.
+            doc["siblings"] = {"node_id": name, "secret_file": str(self.tmp / "secret"),
+                               "health_interval": "1s", "timeout": "2s", "read_timeout": "2s"}
+        return doc
+
+    def start(self, name: str, siblings: bool = True) -> EdgeProcess:
+        work = self.tmp / name
+        work.mkdir(exist_ok=True)
+        node = EdgeProcess(work, self.doc(name, siblings), netns_prefix=self.br.exec_prefix(name),
+                           url=f"http://{self.br.addr(name)}:5000").start()
+        self.nodes[name] = node
+        return node
+
+    def stop_all(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+        self.nodes.clear()
+
+    def status(self, name: str) -> dict:
+        with urllib.request.urlopen(self.nodes[name].url + "/_edgecache/status", timeout=5) as r:
+            return json.load(r)
+
+    def wait(self, pred, timeout: float = 30.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred():
+                return True
+            time.sleep(0.2)
+        return pred()
+
+    def skopeo(self, name: str, ref: str, dest: Path) -> subprocess.Popen:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen(
+            [*self.br.exec_prefix(name), "skopeo", "copy", "--src-tls-verify=false",
+             f"docker://127.0.0.1:5000/{ref}", f"oci:{dest}:latest"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def pull_all(self, ref: str, names=NODES) -> float:
+        """Every named node pulls ref at the same moment; returns the wall time."""
+        t0 = time.monotonic()
+        procs = {n: self.skopeo(n, ref, self.out(ref, n)) for n in names}
+        for n, p in procs.items():
+            out, err = p.communicate(timeout=180)
+            assert p.returncode == 0, f"{n}: {err[-2000:]}"
+        return time.monotonic() - t0
+
+    def out(self, ref: str, name: str) -> Path:
+        return self.tmp / "out" / ref.replace("/", "_").replace(":", "_") / name
+
+    def upstream_bytes(self, img) -> int:
+        return sum(self.reg.bytes_sent(rf"/v2/.*/blobs/{b.digest}") for b in img.blobs)
+
+
+def _owned_by(owner: str, seed0: int, **kw):
+    """An image whose every blob the rendezvous gives to `owner` (so only it fetches them)."""
+    for seed in range(seed0, seed0 + 500):
+        img = make_image(seed, **kw)
+        if all(rendezvous(list(NODES), b.digest) == owner for b in img.blobs):
+            return img
+    raise AssertionError("no such image")
+
+
+def _ready(lan: Lan) -> bool:
+    try:
+        return all(lan.status(n)["siblings"]["live"] == len(NODES) - 1 for n in NODES)
+    except OSError:
+        return False
+
+
+def test_nodes_find_each_other_and_fetch_a_shared_image_from_the_wan_once(lan, capsys):
+    big_a = make_image(501, layers=4, layer_size=25 * MiB)
+    big_b = make_image(502, layers=4, layer_size=25 * MiB)
+    push(lan.reg.url, "demo/big", "a", big_a)
+    push(lan.reg.url, "demo/big", "b", big_b)
+    size = sum(b.size for b in big_a.blobs)
+
+    # Without siblings: every node fetches the image over the WAN.
+    for n in NODES:
+        lan.start(n, siblings=False)
+    alone = lan.pull_all("demo/big:b")
+    alone_bytes = lan.upstream_bytes(big_b)
+    lan.stop_all()
+
+    # With siblings, found over mDNS: nothing about the others is configured.
+    t0 = time.monotonic()
+    for n in NODES:
+        lan.start(n)
+    assert lan.wait(lambda: _ready(lan)), [lan.status(n)["siblings"] for n in NODES]
+    found_in = time.monotonic() - t0
+    for n in NODES:
+        peers = lan.status(n)["siblings"]["peers"]
+        assert {p["node_id"] for p in peers if p["state"] == "up"} == set(NODES) - {n}
+        assert all(p["via"] == "mdns" for p in peers)
+    together = lan.pull_all("demo/big:a")
+    together_bytes = lan.upstream_bytes(big_a)
+    with capsys.disabled():
+        print(f"\n[siblings] found each other over mDNS in {found_in:.1f} s; image {size / MiB:.0f} MiB, "
+              f"WAN {WAN_RATE}, 3 nodes at once: without siblings {alone:.1f} s and "
+              f"{alone_bytes / size:.2f}x the image over the WAN; with siblings {together:.1f} s "
+              f"and {together_bytes / size:.2f}x")
+    assert alone_bytes >= 2.9 * size
+    assert together_bytes <= 1.02 * size           # about once (a few manifests aside)
+    # Each node's blob bytes came from the WAN or a sibling, and the status says which.
+    fetched = {n: sum(p["bytes_fetched"] for p in lan.status(n)["siblings"]["peers"]) for n in NODES}
+    assert sum(fetched.values()) >= 2 * size * 0.99, fetched
+
+
+def test_with_the_wan_cut_a_node_gets_an_image_it_never_pulled_from_a_sibling(lan):
+    img = make_image(503, layers=2, layer_size=2 * MiB)
+    push(lan.reg.url, "demo/small", "v1", img)
+    for n in NODES:
+        if n not in lan.nodes:
+            lan.start(n)
+    assert lan.wait(lambda: _ready(lan))
+    lan.pull_all("demo/small:v1", names=("n1",))
+    lan.br.wan(False)
+    try:
+        lan.pull_all("demo/small:v1", names=("n3",))
+        layout_dir = lan.out("demo/small:v1", "n3")
+        index = json.loads((layout_dir / "index.json").read_text())
+        assert index["manifests"][0]["digest"] == img.digest
+        st = lan.status("n3")
+        assert st["upstreams"]["central.example"]["last_error"]     # it did try the WAN first
+        assert sum(p["bytes_fetched"] for p in st["siblings"]["peers"]) >= sum(b.size for b in img.blobs)
+    finally:
+        lan.br.wan(True)
+
+
+def test_killing_a_sibling_mid_transfer_does_not_fail_the_pull(lan):
+    img = _owned_by("n2", 600, layers=1, layer_size=48 * MiB)
+    push(lan.reg.url, "demo/kill", "v1", img)
+    for n in NODES:
+        if n not in lan.nodes:
+            lan.start(n)
+    assert lan.wait(lambda: _ready(lan))
+    lan.pull_all("demo/kill:v1", names=("n2",))           # n2 holds it now, and only n2
+    layer = img.layers[0]
+    lan.br.shape("n2", "48mbit")                          # ~8 s to send it: time to kill n2
+    try:
+        pull = lan.skopeo("n3", "demo/kill:v1", lan.tmp / "out" / "kill-n3")
+
+        def n3_streaming_from_n2() -> bool:
+            fills = lan.status("n3")["fills_in_progress"]
+            return any(f["source"] == "sibling n2" and f["bytes"] > 4 * MiB for f in fills)
+
+        assert lan.wait(n3_streaming_from_n2, 20)
+        lan.nodes["n2"].kill9()
+        out, err = pull.communicate(timeout=120)
+        assert pull.returncode == 0, err[-2000:]
+        assert lan.reg.count("GET", rf"/v2/demo/kill/blobs/{layer.digest}") == 2   # n2's, n3's
+        data = (lan.tmp / "n3" / "data")
+        blob = layout.blob_path(data, parse_digest(layer.digest))
+        assert blob.stat().st_size == layer.size
+    finally:
+        lan.br.shape("n2", None)
+        lan.nodes.pop("n2", None)
+        lan.start("n2")
+
+
+def test_a_sibling_with_corrupt_bytes_is_detected_and_bypassed(lan):
+    img = _owned_by("n1", 700, layers=1, layer_size=4 * MiB)
+    push(lan.reg.url, "demo/rot", "v1", img)
+    for n in NODES:
+        if n not in lan.nodes:
+            lan.start(n)
+    assert lan.wait(lambda: _ready(lan))
+    lan.pull_all("demo/rot:v1", names=("n1",))            # only n1 holds it
+    layer = img.layers[0]
+    path = layout.blob_path(lan.tmp / "n1" / "data", parse_digest(layer.digest))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10                          # bit rot on n1's disk
+    path.write_bytes(bytes(data))
+    lan.pull_all("demo/rot:v1", names=("n2",))
+    assert lan.reg.count("GET", rf"/v2/demo/rot/blobs/{layer.digest}") == 2
+    n1 = next(p for p in lan.status("n2")["siblings"]["peers"] if p["node_id"] == "n1")
+    assert n1["state"] == "bad" and n1["failures"].get("wrong_bytes") == 1
+    blob = layout.blob_path(lan.tmp / "n2" / "data", parse_digest(layer.digest))
+    assert blob.read_bytes() == layer.data
