@@ -65,9 +65,13 @@ class Lan:
                "upstream_timeout": {"connect": "1s", "read": "10s"},
                "cache": {"scrub_interval": 0}}
         if siblings:
-            # No peers: they find each other over mDNS, on the one interface there is.
+            # No peers: they find each other over mDNS. n3 names its LAN interface (the
+            # others use every interface they have).
             doc["siblings"] = {"node_id": name, "secret_file": str(self.tmp / "secret"),
-                               "health_interval": "1s", "timeout": "2s", "read_timeout": "2s"}
+                               "health_interval": "1s", "timeout": "2s", "read_timeout": "2s",
+                               "bad_for": "8s"}
+            if name == "n3":
+                doc["siblings"]["interfaces"] = [self.br.interface(name)]
         return doc
 
     def start(self, name: str, siblings: bool = True) -> EdgeProcess:
@@ -243,3 +247,39 @@ def test_a_sibling_with_corrupt_bytes_is_detected_and_bypassed(lan):
     assert n1["state"] == "bad" and n1["failures"].get("wrong_bytes") == 1
     blob = layout.blob_path(lan.tmp / "n2" / "data", parse_digest(layer.digest))
     assert blob.read_bytes() == layer.data
+
+
+def test_a_node_that_stops_says_goodbye(lan):
+    for n in NODES:
+        if n not in lan.nodes:
+            lan.start(n)
+    assert lan.wait(lambda: _ready(lan))
+    lan.nodes.pop("n1").stop()                            # SIGTERM: goodbye over mDNS
+    t0 = time.monotonic()
+
+    def n1_forgotten() -> bool:
+        return all("n1" not in {p["node_id"] for p in lan.status(n)["siblings"]["peers"]}
+                   for n in ("n2", "n3"))
+
+    # Forgotten, not just failing its checks (that would keep it listed as "down").
+    assert lan.wait(n1_forgotten, 5)
+    assert time.monotonic() - t0 < 2.5
+    lan.start("n1")
+    assert lan.wait(lambda: _ready(lan))
+
+
+def test_mdns_that_finds_no_one_says_so(tmp_path):
+    _require_root_and_netns()
+    with Branch(nodes=1) as br:
+        doc = {"listen": "0.0.0.0:5000", "data_dir": str(tmp_path / "data"),
+               "upstreams": {"central.example": {"url": f"http://{br.addr('central')}:5000"}},
+               "siblings": {"node_id": "lonely", "health_interval": "0.5s"}}
+        node = EdgeProcess(tmp_path, doc, netns_prefix=br.exec_prefix("n1"),
+                           url=f"http://{br.addr('n1')}:5000").start()
+        try:
+            end = time.monotonic() + 15
+            while "found no sibling" not in node.stderr.read_text() and time.monotonic() < end:
+                time.sleep(0.2)
+            assert "mDNS is on but found no sibling" in node.stderr.read_text()
+        finally:
+            node.stop()

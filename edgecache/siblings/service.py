@@ -34,7 +34,7 @@ from edgecache.store import layout
 log = logging.getLogger("edgecache.siblings")
 
 MAX_ATTEMPTS = 2                 # siblings tried per miss before the upstream
-NOBODY_WARNING_AFTER = 30.0
+NOBODY_WARNING_CHECKS = 6       # mDNS found no one in this many check intervals: say so
 NOBODY_WARNING_EVERY = 600.0
 
 
@@ -118,7 +118,7 @@ class Siblings:
     async def _check_loop(self) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        next_warning = started + NOBODY_WARNING_AFTER
+        next_warning = started + NOBODY_WARNING_CHECKS * self.cfg.health_interval
         while True:
             peers = self.table.all()
             await asyncio.gather(*(self._check(p) for p in peers))

@@ -84,13 +84,17 @@ class Branch:
 
     def shape(self, host: str, rate: str | None) -> None:
         """Limit what `host` sends on the LAN (None: remove the limit)."""
-        dev = f"{self.tag}{host}i"
+        dev = self.interface(host)
         if rate is None:
             subprocess.run(["ip", "netns", "exec", self.ns(host), "tc", "qdisc", "del", "dev", dev,
                             "root"], capture_output=True)
         else:
             self._in(host, "tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
                      "burst", "64kb", "latency", "400ms")
+
+    def interface(self, host: str) -> str:
+        """The name of `host`'s LAN interface, inside its namespace."""
+        return f"{self.tag}{host}i"
 
     def exec_prefix(self, host: str) -> list[str]:
         return ["ip", "netns", "exec", self.ns(host)]
