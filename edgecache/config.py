@@ -158,6 +158,13 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class SiblingTLS:
+    ca_file: Path | None = None             # the CA siblings' certificates chain to (else the system's)
+    cert_file: Path | None = None           # our client certificate, for listeners that want one
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class SiblingsConfig:
     """Other edgecaches on the branch LAN, asked for content by digest before the WAN."""
 
@@ -174,6 +181,7 @@ class SiblingsConfig:
     fail_after: int = 3                     # failed checks that drop a sibling
     readmit_after: int = 2                  # good checks that bring it back
     bad_for: float = 600.0                  # how long a sibling that sent wrong bytes is shunned
+    tls: "SiblingTLS | None" = None         # for https siblings: whom to trust, what to present
 
 
 @dataclass(frozen=True)
@@ -235,7 +243,9 @@ class Config:
                 "secret_file": str(self.siblings.secret_file) if self.siblings.secret_file else None,
                 "node_id": self.siblings.node_id, "timeout": self.siblings.timeout,
                 "read_timeout": self.siblings.read_timeout,
-                "health_interval": self.siblings.health_interval},
+                "health_interval": self.siblings.health_interval,
+                "tls": None if self.siblings.tls is None else {
+                    k: str(v) if v else None for k, v in self.siblings.tls.__dict__.items()}},
         }
 
 
@@ -454,7 +464,7 @@ def _siblings(value: Any, base: Path) -> SiblingsConfig:
     raw = _mapping("siblings", {} if value is True else value)
     _reject_unknown("siblings", raw, {"mdns", "interfaces", "peers", "secret_file", "node_id",
                                       "timeout", "read_timeout", "health_interval", "fail_after",
-                                      "readmit_after", "bad_for"})
+                                      "readmit_after", "bad_for", "tls"})
     ifaces = raw.get("interfaces") or []
     if not isinstance(ifaces, list) or not all(isinstance(i, str) and i for i in ifaces):
         raise ConfigError("siblings.interfaces", ifaces, "expected a list of interface names or addresses")
@@ -481,8 +491,18 @@ def _siblings(value: Any, base: Path) -> SiblingsConfig:
         durations[k] = parse_duration(f"siblings.{k}", raw.get(k, default))
         if durations[k] <= 0:
             raise ConfigError(f"siblings.{k}", raw.get(k), "must be positive")
+    tls = None
+    if raw.get("tls") is not None:
+        tls_raw = _mapping("siblings.tls", raw["tls"])
+        _reject_unknown("siblings.tls", tls_raw, {"ca_file", "cert_file", "key_file"})
+        files = {k: _file(f"siblings.tls.{k}", tls_raw[k], base) if tls_raw.get(k) else None
+                 for k in ("ca_file", "cert_file", "key_file")}
+        if (files["cert_file"] is None) != (files["key_file"] is None):
+            raise ConfigError("siblings.tls.key_file" if files["cert_file"] else "siblings.tls.cert_file",
+                              None, "cert_file and key_file go together")
+        tls = SiblingTLS(**files)
     return SiblingsConfig(
-        enabled=True, mdns=_bool("siblings.mdns", raw.get("mdns", True)),
+        enabled=True, tls=tls, mdns=_bool("siblings.mdns", raw.get("mdns", True)),
         interfaces=tuple(ifaces), peers=tuple(p.rstrip("/") for p in peers),
         secret=secret, secret_file=secret_file, node_id=node_id,
         fail_after=_count("siblings.fail_after", raw.get("fail_after", 3), 1, 100),

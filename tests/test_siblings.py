@@ -338,3 +338,45 @@ async def test_node_id_is_made_once_and_kept(tmp_path):
             assert node.services.siblings.node_id == first
         assert (tmp_path / "n0" / "node-id").read_text().strip() == first
         assert os.uname().nodename.split(".")[0][:10] in first
+
+
+async def test_siblings_over_mutual_tls(tmp_path):
+    """Listeners that demand a client certificate: siblings present theirs, verify
+    each other's, and one without a certificate is never admitted."""
+    from tests.support.certs import make_certs
+    certs = make_certs(tmp_path / "certs")
+    img = make_image(48, layers=1, layer_size=1 * MiB)
+    layer = img.layers[0]
+    listener = {"cert_file": str(certs.server_cert), "key_file": str(certs.server_key),
+                "client_ca_file": str(certs.ca), "require_client_cert": True}
+    mine = {"ca_file": str(certs.ca), "cert_file": str(certs.client_cert),
+            "key_file": str(certs.client_key)}
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        docs = [node_doc(tmp_path, f"n{i}", up.url, tls=t) for i, t in
+                enumerate((mine, mine, {"ca_file": str(certs.ca)}))]
+        urls = ["https://" + d["listen"] for d in docs]
+        for i, d in enumerate(docs):
+            d["tls"] = listener
+            d["siblings"]["peers"] = [u for j, u in enumerate(urls) if j != i]
+        async with EdgeServer(docs[0]) as a, EdgeServer(docs[1]) as b, EdgeServer(docs[2]) as c:
+            def live(n):
+                return sorted(p.node_id for p in n.services.siblings.live())
+            assert await wait_for(lambda: live(a) == ["n1", "n2"] and live(b) == ["n0", "n2"]), \
+                a.services.siblings.status()
+            await asyncio.sleep(0.6)
+            assert live(c) == []                   # c has no certificate: a and b refuse it
+            # (With TLS 1.3 the refusal reaches c as the server hanging up.)
+            assert all(p["state"] == "down" and p["consecutive_failures"] >= 2
+                       for p in c.services.siblings.status()["peers"])
+            ctx = __import__("ssl").create_default_context(cafile=str(certs.ca))
+            ctx.load_cert_chain(str(certs.client_cert), str(certs.client_key))
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s:
+                path = f"/v2/demo/app/blobs/{layer.digest}"
+                a.url, b.url = urls[0], urls[1]
+                assert (await fetch(s, a, path))[0] == 200
+                assert await a.stored(layer.digest)
+                await b.services.store.delete(parse_digest(layer.digest))   # b may be its owner
+                await up.stop()
+                st, _, body = await fetch(s, b, path)
+                assert st == 200 and body == layer.data
+                assert b.services.siblings.table.get_node("n0").bytes_from == layer.size

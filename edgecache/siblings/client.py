@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -18,6 +19,7 @@ import aiohttp
 from yarl import URL
 
 from edgecache import __version__
+from edgecache.config import SiblingTLS
 from edgecache.errors import SiblingError
 from edgecache.mediatypes import PREFERENCE
 from edgecache.pull.routing import Route
@@ -79,20 +81,31 @@ def _translate(peer: Peer, e: BaseException, *, mid_body: bool = False) -> Sibli
 
 class SiblingClient:
     def __init__(self, node_id: str, secret: bytes | None, *, timeout: float,
-                 read_timeout: float) -> None:
+                 read_timeout: float, tls: SiblingTLS | None = None) -> None:
         self.node_id = node_id
+        self.tls = tls
         self.secret = secret
         self.timeout = timeout
         self.read_timeout = read_timeout
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        ctx = await asyncio.to_thread(self._ssl_context)
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout,
                                           sock_read=self.read_timeout),
-            connector=aiohttp.TCPConnector(limit=64, ssl=False),
+            connector=aiohttp.TCPConnector(limit=64, ssl=ctx),
             auto_decompress=False, read_bufsize=1 << 20,
             headers={"User-Agent": f"edgecache/{__version__} (sibling)"})
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """For https siblings (http ones ignore it): their certificates are verified,
+        names included (mDNS gives addresses: certificates need IP SANs)."""
+        ctx = ssl.create_default_context(
+            cafile=str(self.tls.ca_file) if self.tls and self.tls.ca_file else None)
+        if self.tls and self.tls.cert_file and self.tls.key_file:
+            ctx.load_cert_chain(str(self.tls.cert_file), str(self.tls.key_file))
+        return ctx
 
     async def close(self) -> None:
         if self._session is not None:

@@ -62,7 +62,8 @@ class Siblings:
         self.table = PeerTable(node_id, fail_after=s.fail_after, readmit_after=s.readmit_after,
                                bad_for=s.bad_for)
         self.table.on_change = self._peer_changed
-        self.client = SiblingClient(node_id, s.secret, timeout=s.timeout, read_timeout=s.read_timeout)
+        self.client = SiblingClient(node_id, s.secret, timeout=s.timeout, read_timeout=s.read_timeout,
+                                    tls=s.tls)
         scheme = "https" if cfg.tls else "http"
         self.discovery = Discovery(node_id, cfg.listen_port, s.interfaces, cfg.listen_host, scheme,
                                    on_found=self._found, on_gone=self._gone) if s.mdns else None
