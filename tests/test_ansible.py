@@ -83,6 +83,8 @@ def test_role_runs_into_a_throwaway_root_twice(tmp_path, wheels):
         "edgecache_prefetch_extra": [{"ref": "registry.corp.example/pos/reports:1.4",
                                       "platforms": ["linux/arm64"]}],
         "edgecache_max_size": "120GiB",
+        "edgecache_siblings_peers": ["http://edge-berlin-2:5000"],
+        "edgecache_siblings_secret": "berlin-branch-secret-4711",
     }
     vars_file = tmp_path / "vars.json"
     vars_file.write_text(json.dumps(extra))
@@ -108,6 +110,11 @@ def test_role_runs_into_a_throwaway_root_twice(tmp_path, wheels):
     assert eff["cache"]["max_size"] == 120 * 1024**3
     assert eff["default_upstream"] == "registry.corp.example"
     assert eff["pinned"] == str(root / "etc" / "edgecache" / "images" / "pinned.yaml")
+    secret = root / "etc" / "edgecache" / "siblings.secret"
+    assert eff["siblings"]["mdns"] is True and eff["siblings"]["secret_file"] == str(secret)
+    assert eff["siblings"]["peers"] == ["http://edge-berlin-2:5000"]
+    assert secret.read_text() == "berlin-branch-secret-4711\n" and secret.stat().st_mode & 0o777 == 0o640
+    assert "berlin-branch-secret" not in r.stdout          # no_log
     pinned = yaml.safe_load((root / "etc" / "edgecache" / "images" / "pinned.yaml").read_text())["images"]
     base = yaml.safe_load(open(os.path.join(ROOT, "images", "pinned.yaml")))["images"]
     assert pinned == base + ["registry.corp.example/kiosk/app:3.2"]
