@@ -13,7 +13,6 @@ import base64
 import hashlib
 import hmac
 import ipaddress
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ import bcrypt
 
 from edgecache.config import AccessConfig, UpstreamConfig
 from edgecache.errors import Forbidden, Unauthorized
-from edgecache.siblings import hopauth
 
 # bcrypt is slow on purpose (~0.1 s): a verified Basic header is remembered a while,
 # so a client that sends it on every request pays once.
@@ -60,13 +58,8 @@ def _read_tokens(path: Path) -> dict[str, str]:
     return tokens
 
 
-NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,63}")
-
-
 class Access:
-    def __init__(self, cfg: AccessConfig, upstreams: Mapping[str, UpstreamConfig],
-                 sibling_secret: bytes | None = None) -> None:
-        self.sibling_secret = sibling_secret
+    def __init__(self, cfg: AccessConfig, upstreams: Mapping[str, UpstreamConfig]) -> None:
         self.networks = [ipaddress.ip_network(n, strict=False) for n in cfg.networks]
         self.users = _read_htpasswd(cfg.htpasswd) if cfg.htpasswd else {}
         self.tokens = _read_tokens(cfg.tokens_file) if cfg.tokens_file else {}
@@ -133,21 +126,6 @@ class Access:
             self._verified.clear()
         self._verified[key] = (ident, now + VERIFIED_TTL)
         return ident
-
-    def check_hop(self, node_id: str, auth: str | None, method: str, path_qs: str) -> Identity | None:
-        """A request marked as coming from a sibling. With a shared secret it must be
-        signed, and then it is a sibling whatever its network; without one it is an
-        ordinary client (None: the other checks apply)."""
-        if not NODE_ID.fullmatch(node_id):
-            self.denied += 1
-            raise Unauthorized("malformed hop marker")
-        if self.sibling_secret is None:
-            return None
-        why = hopauth.verify(self.sibling_secret, node_id, auth, method, path_qs)
-        if why is not None:
-            self.denied += 1
-            raise Unauthorized(f"sibling {node_id}: {why}")
-        return Identity(node_id, "sibling")
 
     def check_upstream(self, upstream: str, who: Identity | None) -> None:
         if upstream in self.private and who is None:

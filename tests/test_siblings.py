@@ -67,18 +67,30 @@ async def fetch(session, node, path, **kw):
 
 # -- parts -----------------------------------------------------------------------------
 
-def test_hop_signature_checks_secret_path_and_time():
-    h = hopauth.sign(SECRET, "n1", "GET", "/v2/a/blobs/sha256:ab?ns=x", now=1000)
-    auth = h[hopauth.AUTH]
-    assert hopauth.verify(SECRET, "n1", auth, "GET", "/v2/a/blobs/sha256:ab?ns=x", now=1010) is None
-    assert hopauth.verify(SECRET, "n1", auth, "GET", "/v2/a/blobs/sha256:cd?ns=x", now=1010)
-    assert hopauth.verify(SECRET, "n2", auth, "GET", "/v2/a/blobs/sha256:ab?ns=x", now=1010)
-    assert hopauth.verify(b"another-secret-0123456789", "n1", auth, "GET",
-                          "/v2/a/blobs/sha256:ab?ns=x", now=1010)
-    assert "off" in hopauth.verify(SECRET, "n1", auth, "GET", "/v2/a/blobs/sha256:ab?ns=x",
-                                   now=1000 + hopauth.WINDOW + 1)
-    assert hopauth.verify(SECRET, "n1", None, "GET", "/", now=1000)
-    assert hopauth.AUTH not in hopauth.sign(None, "n1", "GET", "/")
+def test_hop_signatures_bind_sender_receiver_path_time_and_are_used_once():
+    now = [1000.0]
+    n2 = hopauth.HopVerifier(SECRET, "n2", clock=lambda: now[0])
+    path = "/v2/a/blobs/sha256:ab?ns=x"
+    h = hopauth.sign(SECRET, "n1", "n2", "GET", path, now=1000)[hopauth.AUTH]
+    now[0] = 1010
+    assert n2.verify("n1", h, "GET", path) is None
+    assert "replayed" in n2.verify("n1", h, "GET", path)                    # once only
+    fresh = lambda **kw: hopauth.sign(SECRET, "n1", kw.get("to", "n2"), "GET", path,  # noqa: E731
+                                      now=kw.get("at", 1000))[hopauth.AUTH]
+    assert "not for this node" in hopauth.HopVerifier(SECRET, "n3").verify("n1", fresh(), "GET", path)
+    assert n2.verify("n1", fresh(), "GET", "/v2/a/blobs/sha256:cd?ns=x") == "wrong hop signature"
+    assert n2.verify("n9", fresh(), "GET", path) == "wrong hop signature"
+    assert n2.verify("n1", fresh(), "HEAD", path) == "wrong hop signature"
+    other = hopauth.sign(b"another-secret-0123456789", "n1", "n2", "GET", path, now=1000)[hopauth.AUTH]
+    assert n2.verify("n1", other, "GET", path) == "wrong hop signature"
+    assert "off" in n2.verify("n1", fresh(at=1010 - hopauth.WINDOW - 1), "GET", path)
+    assert n2.verify("n1", None, "GET", path) == "hop request without a signature"
+    assert n2.verify("n1", "garbage", "GET", path) == "malformed hop signature"
+    # Unaddressed (the receiver's id not known yet): only for the health check.
+    assert "not for this node" in n2.verify("n1", fresh(to=None), "GET", path)
+    ping = hopauth.sign(SECRET, "n1", None, "GET", hopauth.PING_PATH + "?challenge=c", now=1000)
+    assert n2.verify("n1", ping[hopauth.AUTH], "GET", hopauth.PING_PATH + "?challenge=c") is None
+    assert hopauth.AUTH not in hopauth.sign(None, "n1", "n2", "GET", "/")
 
 
 def test_rendezvous_agrees_spreads_and_moves_little():
@@ -257,7 +269,7 @@ async def test_hop_requests_are_never_passed_on(tmp_path):
         doc = node_doc(tmp_path, "n0", up.url, peers=[fake.url])
         async with EdgeServer(doc) as node, aiohttp.ClientSession() as s:
             assert await wait_for(lambda: len(node.services.siblings.live()) == 1)
-            hop = {hopauth.HOP: "other"}
+            hop = {hopauth.HOP: "fake"}      # as if the fake sibling asked us
             # A probe for something it does not hold: 404, nobody asked.
             async with s.head(f"{node.url}/v2/demo/app/blobs/{layer.digest}", headers=hop) as r:
                 assert r.status == 404
@@ -267,7 +279,11 @@ async def test_hop_requests_are_never_passed_on(tmp_path):
             assert fake.counts["probe"] == 0 and fake.counts["get"] == 0
             assert blob_gets(up, layer.digest) == 1
             assert await wait_for(lambda: node.services.siblings.status()["served_bytes_by_node"]
-                                  == {"other": layer.size})
+                                  == {"fake": layer.size})
+            # Served bytes are only counted for siblings we know (anyone can send the marker).
+            await fetch(s, node, f"/v2/demo/app/blobs/{layer.digest}", headers={hopauth.HOP: "who"})
+            await asyncio.sleep(0.1)
+            assert node.services.siblings.status()["served_bytes_by_node"] == {"fake": layer.size}
             # Now it holds it: the probe says so.
             assert await node.stored(layer.digest)
             async with s.head(f"{node.url}/v2/demo/app/blobs/{layer.digest}", headers=hop) as r:
@@ -306,10 +322,18 @@ async def test_with_a_secret_hop_requests_must_be_signed(tmp_path):
             path = f"/v2/demo/app/blobs/{layer.digest}"
             st, _, _ = await fetch(s, a, path, headers={hopauth.HOP: "n1"})
             assert st == 401
-            st, _, _ = await fetch(s, a, path, headers=hopauth.sign(b"x" * 20, "n1", "GET", path))
+            st, _, _ = await fetch(s, a, path, headers=hopauth.sign(b"x" * 20, "n1", "n0", "GET", path))
             assert st == 401
-            st, _, body = await fetch(s, a, path, headers=hopauth.sign(SECRET, "n1", "GET", path))
+            signed = hopauth.sign(SECRET, "n1", "n0", "GET", path)
+            st, _, body = await fetch(s, a, path, headers=signed)
             assert st == 200 and body == layer.data
+            # The same signed request again, or to another node: refused.
+            assert (await fetch(s, a, path, headers=signed))[0] == 401
+            assert (await fetch(s, b, path, headers=hopauth.sign(SECRET, "n2", "n0", "GET", path)))[0] == 401
+            # A sibling may pull, nothing else.
+            gc = hopauth.sign(SECRET, "n1", "n0", "POST", "/_edgecache/gc")
+            async with s.post(a.url + "/_edgecache/gc", headers=gc) as r:
+                assert r.status == 403
             # Clients without the marker are ordinary clients: unaffected.
             st, _, body = await fetch(s, b, path)
             assert st == 200 and body == layer.data
@@ -380,3 +404,21 @@ async def test_siblings_over_mutual_tls(tmp_path):
                 st, _, body = await fetch(s, b, path)
                 assert st == 200 and body == layer.data
                 assert b.services.siblings.table.get_node("n0").bytes_from == layer.size
+
+
+async def test_with_a_secret_an_impostor_is_never_admitted(tmp_path):
+    """Anything that answers the health check like an edgecache, but cannot prove it
+    holds the secret, is not a sibling (and never gets a signed request)."""
+    (tmp_path / "secret").write_bytes(SECRET)
+    img = make_image(49, layers=1, layer_size=1 * MiB)
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as up, \
+            FakeSibling("impostor", {layer.digest: b"x" * layer.size}) as fake:
+        doc = node_doc(tmp_path, "n0", up.url, peers=[fake.url], secret_file=str(tmp_path / "secret"))
+        async with EdgeServer(doc) as node, aiohttp.ClientSession() as s:
+            await asyncio.sleep(1.0)
+            peer = node.services.siblings.status()["peers"][0]
+            assert peer["state"] == "down" and "secret" in peer["last_error"], peer
+            st, _, body = await fetch(s, node, f"/v2/demo/app/blobs/{layer.digest}")
+            assert st == 200 and body == layer.data
+            assert fake.counts["probe"] == fake.counts["get"] == 0

@@ -24,7 +24,7 @@ from typing import Callable
 
 from edgecache.errors import (DigestMismatch, ManifestUnknown, UpstreamError,
                               UpstreamNotFound, UpstreamDenied, is_unavailable)
-from edgecache.mediatypes import OCI_MANIFEST, PREFERENCE, Accept
+from edgecache.mediatypes import OCI_INDEX, OCI_MANIFEST, PREFERENCE, Accept
 from edgecache.metrics import Metrics
 from edgecache.pull.routing import Route
 from edgecache.pull.singleflight import SingleFlight
@@ -57,6 +57,23 @@ def media_type_of(content_type: str, body: bytes) -> str:
     except (ValueError, AttributeError):
         mt = None
     return mt if isinstance(mt, str) and mt else OCI_MANIFEST
+
+
+def declared_media_type(content_type: str, body: bytes) -> str:
+    """The media type of a manifest a sibling sent: what its body says it is, over
+    the sibling's Content-Type (the body is verified by its digest, the header is not)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        mt = doc.get("mediaType")
+        if isinstance(mt, str) and mt:
+            return mt
+    ct = content_type.split(";")[0].strip()
+    if ct in PREFERENCE:
+        return ct
+    return OCI_INDEX if isinstance(doc, dict) and "manifests" in doc else OCI_MANIFEST
 
 
 def _acceptable(answer: ManifestAnswer, accept: Accept) -> ManifestAnswer:
@@ -135,7 +152,7 @@ class ManifestService:
             got = await siblings.manifest(route, d, MAX_MANIFEST_BYTES)    # verified there
             if got is not None:
                 body, content_type = got
-                media_type = media_type_of(content_type, body)
+                media_type = declared_media_type(content_type, body)
                 await self.store.put_bytes(d, body)
                 self.meta.put_manifest(ManifestRecord(str(d), media_type, len(body)))
                 self._remember(str(d), body)
@@ -219,19 +236,25 @@ class ManifestService:
         if expected is None or actual != expected:
             self.siblings.wrong_bytes(peer, f"tag answer {ans.digest} has a body of {actual}")
             return None
-        media_type = media_type_of(ans.media_type, ans.body)
+        media_type = declared_media_type(ans.media_type, ans.body)
         if not accept.accepts(media_type):
             return None
         await self.store.put_bytes(actual, ans.body)
         self.meta.put_manifest(ManifestRecord(str(actual), media_type, len(ans.body)))
+        # A sibling's clock ahead of ours does not make its answer newer than now, and
+        # the record is kept already expired: it is a fallback, never a fresh answer,
+        # so the next request asks the upstream first.
+        now = self.clock()
+        checked = min(ans.checked, now)
+        recorded = min(checked, now - self.tag_ttl - 1)
         key = (route.upstream, route.repo, tag)
-        if ans.checked > (self.meta.tags(key).get(accept.key()) or TagRecord("", "", 0, 0)).checked:
+        if recorded > (self.meta.tags(key).get(accept.key()) or TagRecord("", "", 0, 0)).checked:
             self.meta.put_tag(key, accept.key(), TagRecord(str(actual), media_type, len(ans.body),
-                                                           ans.checked))
+                                                           recorded))
         self._remember(str(actual), ans.body)
         log.warning("%s/%s:%s -> %s from sibling %s (the upstream is unreachable)",
                     route.upstream, route.repo, tag, actual, peer.node_id)
-        return ManifestAnswer(ans.body, str(actual), media_type, "sibling"), ans.checked
+        return ManifestAnswer(ans.body, str(actual), media_type, "sibling"), checked
 
     async def _last_known(self, key: tuple[str, str, str],
                           accept: Accept) -> tuple[ManifestAnswer, float] | None:

@@ -10,6 +10,7 @@ from aiohttp import web
 from edgecache import __version__
 from edgecache.metrics import counter, gauge
 from edgecache.server.oci_errors import OciError
+from edgecache.siblings import hopauth
 from edgecache.server.registry_api import SERVICES, Services
 
 STARTED = web.AppKey("started", float)
@@ -26,7 +27,11 @@ async def sibling(request: web.Request) -> web.Response:
         raise OciError("NAME_UNKNOWN", "siblings are not enabled on this node", message="not found")
     if not svc.store.healthy():
         raise OciError("UNAVAILABLE", "the store is not healthy")
-    return web.json_response({"node_id": svc.siblings.node_id, "version": __version__})
+    doc = {"node_id": svc.siblings.node_id, "version": __version__}
+    challenge = request.query.get("challenge", "")
+    if svc.siblings.cfg.secret and challenge:
+        doc["proof"] = hopauth.proof(svc.siblings.cfg.secret, svc.siblings.node_id, challenge[:64])
+    return web.json_response(doc)
 
 
 async def status(request: web.Request) -> web.Response:
@@ -133,7 +138,7 @@ def state_collector(svc: Services) -> Iterable:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/_edgecache/health", health)
     app.router.add_get("/_edgecache/status", status)
-    app.router.add_get("/_edgecache/sibling", sibling)
+    app.router.add_get(hopauth.PING_PATH, sibling)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/_edgecache/sync", sync_start)
     app.router.add_post("/_edgecache/gc", gc)

@@ -19,7 +19,7 @@ from edgecache.runtime import open_runtime
 from edgecache.server import admin, registry_api
 from edgecache.server.accesslog import JsonAccessLogger, timing_middleware
 from edgecache.server.blob_response import BlobSender
-from edgecache.server.guard import ACCESS, access_middleware, listener_ssl_context
+from edgecache.server.guard import ACCESS, HOPS, access_middleware, listener_ssl_context
 from edgecache.server.oci_errors import oci_error_middleware
 from edgecache.server.registry_api import SERVICES, Services
 from edgecache.server.reload import reload
@@ -33,13 +33,15 @@ BACKGROUND_SYNC = web.AppKey("background_sync", bool)   # False in tests that dr
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    app[ACCESS] = await asyncio.to_thread(Access, cfg.access, cfg.upstreams, cfg.siblings.secret)
+    app[ACCESS] = await asyncio.to_thread(Access, cfg.access, cfg.upstreams)
     async with open_runtime(cfg) as rt:
         sender = BlobSender()
         svc = Services(config=rt.config, store=rt.store, blobs=rt.blobs, manifests=rt.manifests,
                        tags=rt.tags, sender=sender, metrics=rt.metrics, syncer=rt.syncer,
                        access=app[ACCESS], siblings=rt.siblings)
         rt.metrics.add_state(admin.state_collector(svc))
+        if rt.siblings is not None and rt.siblings.verifier is not None:
+            app[HOPS] = rt.siblings.verifier
         app[SERVICES] = svc
         if app.get(BACKGROUND_SYNC, True):
             rt.syncer.start_background()

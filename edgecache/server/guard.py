@@ -3,18 +3,21 @@ token, client certificate, a signed sibling), and the TLS context of the listene
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 
 from aiohttp import web
 
 from edgecache.access import Access, Identity
 from edgecache.config import ListenerTLS
-from edgecache.errors import Unauthorized
+from edgecache.errors import Forbidden, Unauthorized
 from edgecache.siblings import hopauth
 
 log = logging.getLogger("edgecache.access")
 
 ACCESS = web.AppKey("access", Access)
+HOPS = web.AppKey("hops", hopauth.HopVerifier)   # set when siblings share a secret
+NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,63}")
 IDENTITY = web.RequestKey("ec_identity", object)
 HOP_FROM = web.RequestKey("ec_hop_from", str)     # the sibling's node id on a hop request
 
@@ -47,12 +50,26 @@ async def access_middleware(request: web.Request, handler) -> web.StreamResponse
         return await handler(request)
     hop = request.headers.get(hopauth.HOP)
     if hop is not None:
-        sibling = access.check_hop(hop, request.headers.get(hopauth.AUTH), request.method,
-                                   request.raw_path)
+        if not NODE_ID.fullmatch(hop):
+            access.denied += 1
+            raise Unauthorized("malformed hop marker")
         request[HOP_FROM] = hop
-        if sibling is not None:
-            request[IDENTITY] = sibling
+        verifier = request.app.get(HOPS)
+        if verifier is not None:
+            # Siblings share a secret: a signed hop request is another copy of this
+            # cache, served whatever its network, private upstreams included; for pulls.
+            why = verifier.verify(hop, request.headers.get(hopauth.AUTH), request.method,
+                                  request.raw_path)
+            if why is not None:
+                access.denied += 1
+                raise Unauthorized(f"sibling {hop}: {why}")
+            if request.method not in ("GET", "HEAD") or not (
+                    request.path.startswith("/v2/") or request.path == hopauth.PING_PATH):
+                access.denied += 1
+                raise Forbidden("siblings may only pull")
+            request[IDENTITY] = Identity(hop, "sibling")
             return await handler(request)
+        # No secret: an ordinary client, for every check below.
     access.check_network(request.remote)
     who = await access.identify(request.headers.get("Authorization"), _cert_subject(request))
     request[IDENTITY] = who

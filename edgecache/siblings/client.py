@@ -9,7 +9,9 @@ bounded twice: `timeout` for the connection and the response headers, and
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import secrets
 import ssl
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -28,7 +30,6 @@ from edgecache.siblings.peers import Peer
 
 HAVE = "X-Edgecache-Have"          # stored | filling: how a sibling holds what we probed
 CHECKED = "X-Edgecache-Checked"    # when a sibling last confirmed a tag with its upstream
-PING_PATH = "/_edgecache/sibling"
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ class SiblingClient:
                        timeout: float | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
         """Yields the response once its headers arrived within the timeout."""
         assert self._session is not None, "SiblingClient not started"
-        hdrs = {**(headers or {}), **hopauth.sign(self.secret, self.node_id, method, path_qs)}
+        hdrs = {**(headers or {}),
+                **hopauth.sign(self.secret, self.node_id, peer.node_id, method, path_qs)}
         url = URL(peer.url + path_qs, encoded=True)
         try:
             async with asyncio.timeout(timeout or self.timeout):
@@ -156,15 +158,21 @@ class SiblingClient:
     # -- the calls -------------------------------------------------------------------
 
     async def ping(self, peer: Peer) -> tuple[str, str | None]:
-        """Its node id and version (a health check)."""
-        async with self._request(peer, "GET", PING_PATH) as r:
+        """Its node id and version (a health check). With a secret, it must prove it
+        holds it too: anyone can answer like an edgecache."""
+        challenge = secrets.token_hex(16)
+        async with self._request(peer, "GET", f"{hopauth.PING_PATH}?challenge={challenge}") as r:
             if r.status != 200:
                 raise self._status(peer, r)
             try:
                 doc = json.loads(await self._read_all(peer, r, 4096))
-                return str(doc["node_id"]), doc.get("version")
+                node_id, proof = str(doc["node_id"]), doc.get("proof")
             except (ValueError, KeyError, TypeError):
                 raise SiblingError(peer.url, "bad_response", "not an edgecache") from None
+        if self.secret and not (isinstance(proof, str) and hmac.compare_digest(
+                proof, hopauth.proof(self.secret, node_id, challenge))):
+            raise SiblingError(peer.url, "refused", f"{node_id} does not hold the site's secret")
+        return node_id, doc.get("version")
 
     async def probe(self, peer: Peer, route: Route, kind: str, digest: str,
                     timeout: float) -> str | None:

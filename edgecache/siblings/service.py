@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from edgecache.pull.routing import Route
 from edgecache.reference import Digest, digest_of
 from edgecache.siblings.client import SiblingClient, TagAnswer
 from edgecache.siblings.discovery import Discovery
+from edgecache.siblings.hopauth import HopVerifier
 from edgecache.siblings.peers import Peer, PeerTable, rendezvous
 from edgecache.store import layout
 
@@ -67,13 +69,17 @@ class Siblings:
         scheme = "https" if cfg.tls else "http"
         self.discovery = Discovery(node_id, cfg.listen_port, s.interfaces, cfg.listen_host, scheme,
                                    on_found=self._found, on_gone=self._gone) if s.mdns else None
-        self.served: dict[str, int] = {}          # bytes served to each node id
+        self.verifier = HopVerifier(s.secret, node_id) if s.secret else None
+        self.served: dict[str, int] = {}          # bytes served to each sibling we know
         self._wake = asyncio.Event()
         self._health: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.verifier is None:
+            log.warning("siblings without siblings.secret_file: any host on the LAN can pose as "
+                        "a sibling, and hop requests are checked like any client's")
         await self.client.start()
         for url in self.cfg.peers:
             self.table.add(url, "static")
@@ -230,16 +236,18 @@ class Siblings:
         answers = [(a, p) for a, p in zip(await asyncio.gather(*(ask(p) for p in live)), live) if a]
         if not answers:
             return None
-        return max(answers, key=lambda ap: ap[0].checked)
+        now = time.time()       # a clock ahead of ours does not win
+        return max(answers, key=lambda ap: min(ap[0].checked, now))
 
     def wrong_bytes(self, peer: Peer, detail: str) -> None:
         self.table.wrong_bytes(peer, detail)
 
     def served_to(self, node_id: str, nbytes: int) -> None:
-        self.served[node_id] = self.served.get(node_id, 0) + nbytes
+        # Only siblings we know: anyone can send the marker (unsigned, without a secret).
         peer = self.table.get_node(node_id)
         if peer is not None:
             peer.bytes_to += nbytes
+            self.served[node_id] = self.served.get(node_id, 0) + nbytes
 
     # -- what operators see -----------------------------------------------------------------
 
