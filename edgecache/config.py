@@ -181,6 +181,7 @@ class SiblingsConfig:
     fail_after: int = 3                     # failed checks that drop a sibling
     readmit_after: int = 2                  # good checks that bring it back
     bad_for: float = 600.0                  # how long a sibling that sent wrong bytes is shunned
+    min_rate: int = 512 * 1024              # bytes/s below which a sibling's body is given up
     tls: "SiblingTLS | None" = None         # for https siblings: whom to trust, what to present
 
 
@@ -464,7 +465,7 @@ def _siblings(value: Any, base: Path) -> SiblingsConfig:
     raw = _mapping("siblings", {} if value is True else value)
     _reject_unknown("siblings", raw, {"mdns", "interfaces", "peers", "secret_file", "node_id",
                                       "timeout", "read_timeout", "health_interval", "fail_after",
-                                      "readmit_after", "bad_for", "tls"})
+                                      "readmit_after", "bad_for", "tls", "min_rate"})
     ifaces = raw.get("interfaces") or []
     if not isinstance(ifaces, list) or not all(isinstance(i, str) and i for i in ifaces):
         raise ConfigError("siblings.interfaces", ifaces, "expected a list of interface names or addresses")
@@ -502,7 +503,8 @@ def _siblings(value: Any, base: Path) -> SiblingsConfig:
                               None, "cert_file and key_file go together")
         tls = SiblingTLS(**files)
     return SiblingsConfig(
-        enabled=True, tls=tls, mdns=_bool("siblings.mdns", raw.get("mdns", True)),
+        enabled=True, tls=tls,
+        min_rate=parse_size("siblings.min_rate", raw.get("min_rate", "512KiB")), mdns=_bool("siblings.mdns", raw.get("mdns", True)),
         interfaces=tuple(ifaces), peers=tuple(p.rstrip("/") for p in peers),
         secret=secret, secret_file=secret_file, node_id=node_id,
         fail_after=_count("siblings.fail_after", raw.get("fail_after", 3), 1, 100),

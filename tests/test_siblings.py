@@ -188,6 +188,20 @@ async def test_three_nodes_missing_one_blob_together_fetch_it_from_the_wan_once(
             assert "edgecache_sibling_up{" in text and "edgecache_sibling_fetched_bytes_total" in text
 
 
+async def test_one_wan_fetch_even_when_the_upstream_is_slow_to_answer(tmp_path):
+    """The owner answers its siblings once the upstream does: a first byte later than
+    the siblings' own timeout must not make them fetch it themselves."""
+    img = make_image(51, layers=1, layer_size=4 * MiB)
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        up.fault("slow", digest=layer.digest, rate=16 * MiB, delay=2.5)   # timeout is 1 s
+        async with cluster(tmp_path, up.url) as nodes, aiohttp.ClientSession() as s:
+            results = await asyncio.gather(*(fetch(s, n, f"/v2/demo/app/blobs/{layer.digest}")
+                                             for n in nodes))
+            assert all(st == 200 and body == layer.data for st, _, body in results)
+            assert blob_gets(up, layer.digest) == 1
+
+
 async def test_with_the_wan_cut_a_node_gets_blob_manifest_and_tag_from_a_sibling(tmp_path):
     img = make_image(42, layers=2, layer_size=1 * MiB)
     async with FaultyUpstream({"demo/app:v1": img}) as up:
@@ -239,7 +253,7 @@ async def test_a_node_that_serves_rotten_bytes_is_detected_and_bypassed(tmp_path
             assert await b.stored(layer.digest)
 
 
-@pytest.mark.parametrize("mode", ["cut", "stall", "corrupt"])
+@pytest.mark.parametrize("mode", ["cut", "stall", "corrupt", "trickle"])
 async def test_a_sibling_failing_mid_transfer_costs_a_bounded_delay_not_the_pull(tmp_path, mode):
     img = make_image(44, layers=1, layer_size=4 * MiB)
     layer = img.layers[0]
@@ -257,6 +271,8 @@ async def test_a_sibling_failing_mid_transfer_costs_a_bounded_delay_not_the_pull
             peer = node.services.siblings.status()["peers"][0]
             if mode == "corrupt":
                 assert peer["state"] == "bad"
+            elif mode == "trickle":
+                assert peer["failures"] == {"slow": 1}, peer
             else:
                 assert peer["failures"], peer
 

@@ -15,8 +15,8 @@ from edgecache.store.blobs import BlobStore
 from edgecache.upstream.client import Upstreams
 
 # How long a sibling's request waits to learn where a fill already under way gets
-# its bytes (a fill first asks the siblings; that takes a LAN round trip or two).
-SOURCE_WAIT = 1.5
+# its bytes (a fill first asks the siblings, for at most a second).
+SOURCE_WAIT = 3.0
 
 
 @dataclass(frozen=True)
@@ -90,11 +90,20 @@ class BlobService:
 
         siblings = None if hop else self.siblings
         if siblings is not None and siblings.live():
-            return self.fills.start(digest, lambda: siblings.blob_source(route, digest, upstream),
-                                    expected_size=None, source_name=f"upstream {route.upstream}",
-                                    origin=route, fallback=upstream)
+            fill: Fill | None = None
+
+            def announce(kind: str) -> None:
+                assert fill is not None
+                fill.announce(kind)
+
+            fill = self.fills.start(
+                digest, lambda: siblings.blob_source(route, digest, upstream, announce),
+                expected_size=None, source_name=f"upstream {route.upstream}", origin=route,
+                fallback=upstream)
+            return fill
         return self.fills.start(digest, upstream, expected_size=None,
-                                source_name=f"upstream {route.upstream}", origin=route)
+                                source_name=f"upstream {route.upstream}", origin=route,
+                                kind="upstream")
 
     async def _joinable_by_hop(self, digest: Digest) -> None:
         """A sibling may join our fill only if it comes from the upstream: joining one

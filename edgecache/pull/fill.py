@@ -69,7 +69,7 @@ def _write_and_hash(fd: int, hasher, data: bytes) -> None:
 class Fill:
     def __init__(self, digest: Digest, store: BlobStore, open_source: SourceFactory,
                  expected_size: int | None, source_name: str, origin: object = None,
-                 fallback: SourceFactory | None = None) -> None:
+                 fallback: SourceFactory | None = None, kind: str | None = None) -> None:
         self.digest = digest
         self.store = store
         self.source_name = source_name
@@ -79,8 +79,10 @@ class Fill:
         self._fallback = fallback
         self._expected = expected_size
         self.held = False               # an untrusted source: nothing goes out before verification
-        self.source_kind: str | None = None      # "upstream" or "sibling", once opened
+        self.source_kind: str | None = None      # "upstream" or "sibling", once decided
         self.source_known = asyncio.Event()
+        if kind is not None:
+            self.announce(kind)
         self.size: int | None = expected_size
         self.written = 0
         self.error: BaseException | None = None
@@ -96,11 +98,18 @@ class Fill:
         self.mem_base = 0
         self.mem = bytearray()
         self._positions: dict[int, int] = {}
+        self._uncounted: asyncio.Future[None] | None = None     # the write not yet in `written`
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._headers_known = asyncio.Event()    # size known (or failure): readers can answer
         self.task: asyncio.Task[None] | None = None
 
     # -- the writer --------------------------------------------------------------
+
+    def announce(self, kind: str) -> None:
+        """Where the bytes will come from, as soon as that is decided (before the
+        source answers): a sibling asking for this blob may join an upstream fill only."""
+        self.source_kind = kind
+        self.source_known.set()
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"fill {self.digest}")
@@ -178,9 +187,8 @@ class Fill:
         async with open_source() as src:
             trusted = getattr(src, "trusted", True)
             self.held = not trusted
-            self.source_kind = "upstream" if trusted else "sibling"
+            self.announce("upstream" if trusted else "sibling")
             self.source_name = getattr(src, "name", None) or self._default_name
-            self.source_known.set()
             try:
                 if src.size is not None:
                     if self.size is not None and src.size != self.size:
@@ -206,6 +214,7 @@ class Fill:
 
     async def _start_over(self, wfd: int | None):
         """Forget everything an untrusted source wrote (no reader has seen any of it)."""
+        self._uncounted = None            # a late callback of the old source counts nothing
         if wfd is not None:
             await asyncio.to_thread(_truncate, wfd)
         self.written = 0
@@ -239,6 +248,9 @@ class Fill:
                     try:
                         # Shielded: a cancelled fill still waits (in finally) for this write.
                         await asyncio.shield(pending)
+                        # Counted now if its callback has not run yet (a write that was done
+                        # already is awaited without a turn of the loop).
+                        self._landed(pending, len(pending_chunk))
                     except OSError as e:
                         err = _translate_oserror(e)
                         if not isinstance(err, StoreFull):
@@ -256,6 +268,7 @@ class Fill:
                 pending = loop.run_in_executor(None, _write_and_hash, wfd, hasher, chunk)
                 pending_chunk = chunk
                 pending.add_done_callback(lambda f, n=len(chunk): self._landed(f, n))
+                self._uncounted = pending
         finally:
             if pending is not None:
                 await asyncio.wait([pending])
@@ -296,6 +309,10 @@ class Fill:
             self._notify()
 
     def _landed(self, write: asyncio.Future[None], n: int) -> None:
+        """Count a finished write once (from its callback, or from the copy loop)."""
+        if write is not self._uncounted:
+            return
+        self._uncounted = None
         if not write.cancelled() and write.exception() is None:
             self.written += n
             self._notify()
@@ -405,13 +422,14 @@ class FillRegistry:
 
     def start(self, digest: Digest, open_source: SourceFactory, *, expected_size: int | None,
               source_name: str, origin: object = None,
-              fallback: SourceFactory | None = None) -> Fill:
+              fallback: SourceFactory | None = None, kind: str | None = None) -> Fill:
         key = str(digest)
         existing = self._fills.get(key)
         if existing is not None and existing.error is None and not existing.memory_mode:
             self.coalesced += 1
             return existing
-        fill = Fill(digest, self.store, open_source, expected_size, source_name, origin, fallback)
+        fill = Fill(digest, self.store, open_source, expected_size, source_name, origin, fallback,
+                    kind)
         self._fills[key] = fill
         fill.start()
         assert fill.task is not None

@@ -13,6 +13,7 @@ import hmac
 import json
 import secrets
 import ssl
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -46,19 +47,31 @@ class SiblingBlob:
 
     trusted = False
 
-    def __init__(self, peer: Peer, resp: aiohttp.ClientResponse, on_reject) -> None:
+    def __init__(self, peer: Peer, resp: aiohttp.ClientResponse, on_reject, min_rate: int,
+                 read_timeout: float) -> None:
         self.peer = peer
         self.name = f"sibling {peer.node_id}"
         self._resp = resp
         self._on_reject = on_reject
+        self._min_rate = min_rate
+        self._read_timeout = read_timeout
+        self._started = time.monotonic()
+        self._got = 0
         self.size: int | None = resp.content_length
 
     async def read(self, n: int = 1 << 20) -> bytes:
         try:
-            data = await self._resp.content.read(n)
+            data = await asyncio.wait_for(self._resp.content.read(n), self._read_timeout)
         except Exception as e:   # noqa: BLE001 - translated right here
             raise _translate(self.peer, e, mid_body=True) from e
         self.peer.bytes_from += len(data)
+        self._got += len(data)
+        # Silence is caught by read_timeout; a trickle is caught here: after the grace
+        # period, a sibling slower than min_rate is dropped for the upstream.
+        elapsed = time.monotonic() - self._started
+        if data and elapsed > self._read_timeout and self._got < self._min_rate * elapsed:
+            raise SiblingError(self.peer.node_id or self.peer.url, "slow",
+                               f"{self._got / elapsed / 1024:.0f} KiB/s, under siblings.min_rate")
         return data
 
     def reject(self, err: BaseException) -> None:
@@ -93,8 +106,9 @@ class SiblingClient:
     async def start(self) -> None:
         ctx = await asyncio.to_thread(self._ssl_context)
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout,
-                                          sock_read=self.read_timeout),
+            # Headers are bounded per request (a sibling relaying the upstream answers
+            # when the upstream does); silences in bodies by read_timeout, in read().
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=None),
             connector=aiohttp.TCPConnector(limit=64, ssl=ctx),
             auto_decompress=False, read_bufsize=1 << 20,
             headers={"User-Agent": f"edgecache/{__version__} (sibling)"})
@@ -141,9 +155,10 @@ class SiblingClient:
         if resp.content_length is not None and resp.content_length > cap:
             raise SiblingError(peer.node_id or peer.url, "bad_response", "answer too large")
         try:
-            body = await resp.content.read(cap + 1)
-            while len(body) <= cap and (more := await resp.content.read(cap + 1 - len(body))):
-                body += more
+            async with asyncio.timeout(self.read_timeout):
+                body = await resp.content.read(cap + 1)
+                while len(body) <= cap and (more := await resp.content.read(cap + 1 - len(body))):
+                    body += more
         except Exception as e:   # noqa: BLE001
             raise _translate(peer, e, mid_body=True) from e
         if len(body) > cap:
@@ -186,18 +201,19 @@ class SiblingClient:
             return r.headers.get(HAVE, "stored")
 
     @asynccontextmanager
-    async def blob(self, peer: Peer, route: Route, digest: str,
-                   on_reject) -> AsyncIterator[SiblingBlob]:
-        async with self._request(peer, "GET", self._path(route, "blobs", digest)) as r:
+    async def blob(self, peer: Peer, route: Route, digest: str, on_reject, wait: float,
+                   min_rate: int) -> AsyncIterator[SiblingBlob]:
+        async with self._request(peer, "GET", self._path(route, "blobs", digest),
+                                 timeout=wait) as r:
             if r.status != 200:
                 raise self._status(peer, r)
-            yield SiblingBlob(peer, r, on_reject)
+            yield SiblingBlob(peer, r, on_reject, min_rate, read_timeout=self.read_timeout)
 
-    async def manifest(self, peer: Peer, route: Route, digest: str,
-                       cap: int) -> tuple[bytes, str]:
+    async def manifest(self, peer: Peer, route: Route, digest: str, cap: int,
+                       wait: float) -> tuple[bytes, str]:
         """A manifest by digest: its body and media type (the caller verifies it)."""
         async with self._request(peer, "GET", self._path(route, "manifests", digest),
-                                 {"Accept": ", ".join(PREFERENCE)}) as r:
+                                 {"Accept": ", ".join(PREFERENCE)}, timeout=wait) as r:
             if r.status != 200:
                 raise self._status(peer, r)
             body = await self._read_all(peer, r, cap)

@@ -17,8 +17,9 @@ import os
 import time
 import uuid
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Callable, Iterable
 
 from edgecache.atomic import write_text_atomic
 from edgecache.config import Config
@@ -36,6 +37,14 @@ from edgecache.store import layout
 log = logging.getLogger("edgecache.siblings")
 
 MAX_ATTEMPTS = 2                 # siblings tried per miss before the upstream
+OWNER_WAIT_FACTOR = 5            # a sibling fetching from the upstream answers when it does
+WAN_RATE_DIVISOR = 16            # ... and sends at the WAN's pace: min_rate / 16
+
+
+@dataclass(frozen=True)
+class Attempt:
+    wait: float                  # for the connection and the response headers
+    min_rate: int                # bytes/s, after read_timeout
 NOBODY_WARNING_CHECKS = 6       # mDNS found no one in this many check intervals: say so
 NOBODY_WARNING_EVERY = 600.0
 
@@ -169,46 +178,58 @@ class Siblings:
             self._failed(peer, e)
             return "error"
 
-    async def locate(self, route: Route, kind: str, digest: str) -> list[Peer]:
-        """The siblings to ask for this content, best first (empty: go to the upstream)."""
+    async def locate(self, route: Route, kind: str, digest: str) -> list[tuple[Peer, Attempt]]:
+        """The siblings to ask for this content, best first, each with how long to wait
+        for its answer's headers and how slow it may be (empty: go to the upstream)."""
         live = self.live()
         if not live:
             return []
         found = await asyncio.gather(*(self._probe(p, route, kind, digest) for p in live))
         have = dict(zip((p.node_id for p in live), found))
-        candidates = [p for p in live if have[p.node_id] == "stored"][:1]
-        candidates += [p for p in live if have[p.node_id] == "filling"][:1]
+        # One that has it stored answers at once; one that fetches it from the upstream
+        # (now, or because it is the owner) answers when the upstream does.
+        # A sibling sending what it has stored is held to min_rate (LAN speed); one
+        # relaying the upstream to a far lower floor (the WAN sets its pace).
+        lan = Attempt(self.cfg.timeout, self.cfg.min_rate)
+        wan = Attempt(self.cfg.timeout * OWNER_WAIT_FACTOR, self.cfg.min_rate // WAN_RATE_DIVISOR)
+        candidates = [(p, lan) for p in live if have[p.node_id] == "stored"][:1]
+        candidates += [(p, wan) for p in live if have[p.node_id] == "filling"][:1]
         owner = rendezvous([self.node_id, *(p.node_id for p in live if p.node_id)], digest)
         if owner != self.node_id and have.get(owner) != "error":
             peer = next(p for p in live if p.node_id == owner)
-            if peer not in candidates:
-                candidates.append(peer)
+            if all(peer is not c for c, _ in candidates):
+                candidates.append((peer, wan))
         return candidates[:MAX_ATTEMPTS]
 
     @asynccontextmanager
-    async def blob_source(self, route: Route, digest: Digest,
-                          upstream: SourceFactory) -> AsyncIterator[Source]:
-        """The blob's body from a sibling when one can give it, else from the upstream."""
+    async def blob_source(self, route: Route, digest: Digest, upstream: SourceFactory,
+                          announce: Callable[[str], None]) -> AsyncIterator[Source]:
+        """The blob's body from a sibling when one can give it, else from the upstream;
+        `announce` hears which, as soon as it is decided."""
         async with AsyncExitStack() as stack:
             src: Source | None = None
-            for peer in await self.locate(route, "blobs", str(digest)):
+            for peer, attempt in await self.locate(route, "blobs", str(digest)):
+                announce("sibling")
                 try:
                     src = await stack.enter_async_context(
-                        self.client.blob(peer, route, str(digest), self._rejected))
+                        self.client.blob(peer, route, str(digest), self._rejected, attempt.wait,
+                                         attempt.min_rate))
                 except SiblingError as e:
                     self._failed(peer, e)
                     continue
                 peer.fetches += 1
                 break
             if src is None:
+                announce("upstream")
                 src = await stack.enter_async_context(upstream())
             yield src
 
     async def manifest(self, route: Route, digest: Digest, cap: int) -> tuple[bytes, str] | None:
         """A manifest by digest from a sibling, verified; None when none could give it."""
-        for peer in await self.locate(route, "manifests", str(digest)):
+        for peer, attempt in await self.locate(route, "manifests", str(digest)):
             try:
-                body, media_type = await self.client.manifest(peer, route, str(digest), cap)
+                body, media_type = await self.client.manifest(peer, route, str(digest), cap,
+                                                              attempt.wait)
             except SiblingError as e:
                 self._failed(peer, e)
                 continue

@@ -5,7 +5,8 @@ protocol (health check, probe, blob GET) for blobs it is given, counting request
         ... peers: [fake.url] ...
 
 mode: "ok" serves the bytes; "corrupt" flips a byte in the middle; "cut" sends half
-and closes the connection; "stall" sends half and then goes silent.
+and closes the connection; "stall" sends half and then goes silent; "trickle" sends
+4 KiB every 0.2 s (never silent for long, never getting anywhere).
 """
 from __future__ import annotations
 
@@ -84,6 +85,12 @@ class FakeSibling:
         resp.content_length = len(data)
         await resp.prepare(request)
         half = len(data) // 2
+        if self.mode == "trickle":
+            for i in range(0, len(data), 4096):
+                await resp.write(data[i:i + 4096])
+                await asyncio.sleep(0.2)
+            await resp.write_eof()
+            return resp
         if self.mode in ("cut", "stall"):
             await resp.write(data[:half])
             if self.mode == "stall":

@@ -36,7 +36,7 @@ class Fault:
     retry_after: int | None = None  # for "status": adds a Retry-After header (e.g. with 429)
     seconds: float = 30.0  # for "stall": pause after half the body, then send the rest
     rate: int = 64 * 1024  # for "slow": bytes per second
-    delay: float = 0.0  # for "status": wait this long before answering
+    delay: float = 0.0  # wait this long before answering (any kind: a slow first byte)
 
 
 @dataclass
@@ -250,8 +250,9 @@ class FaultyUpstream:
         self, request: web.Request, ref: str, data: bytes, media_type: str, digest: str
     ) -> web.StreamResponse:
         f = self._take_fault(ref, request.method)
-        if f is not None and f.kind == "status":
+        if f is not None and f.delay:
             await asyncio.sleep(f.delay)
+        if f is not None and f.kind == "status":
             headers = {"Retry-After": str(f.retry_after)} if f.retry_after is not None else {}
             return _error(f.status, "INJECTED", f"injected status {f.status}", headers)
         resp = web.StreamResponse(headers={"Content-Type": media_type, "Docker-Content-Digest": digest})
