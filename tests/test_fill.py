@@ -2,26 +2,40 @@
 and sibling tests): byte accounting, and untrusted sources failing over."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 
-from edgecache.errors import DigestMismatch
+import pytest
+
+from edgecache.errors import DigestMismatch, SiblingError
+from edgecache.pull import fill as fill_module
 from edgecache.pull.fill import FillRegistry
 from edgecache.reference import digest_of
 from edgecache.store.blobs import BlobStore
 
 
 class Chunks:
-    """A source that hands out fixed chunks with no pause between them."""
+    """A source that hands out fixed chunks (pausing `pause` s before each), then
+    raises `then` if given, else ends."""
 
-    def __init__(self, chunks: list[bytes], *, trusted: bool = True) -> None:
+    def __init__(self, chunks: list[bytes], *, trusted: bool = True, size: int | None = None,
+                 pause: float = 0.0, then: BaseException | None = None) -> None:
         self.chunks = list(chunks)
-        self.size = sum(len(c) for c in chunks)
+        self.size = size if size is not None else sum(len(c) for c in chunks)
         self.trusted = trusted
+        self.pause = pause
+        self.then = then
         self.rejected: list[BaseException] = []
 
     async def read(self, n: int = 1 << 20) -> bytes:
-        return self.chunks.pop(0) if self.chunks else b""
+        if self.pause:
+            await asyncio.sleep(self.pause)
+        if self.chunks:
+            return self.chunks.pop(0)
+        if self.then is not None:
+            raise self.then
+        return b""
 
     def reject(self, err: BaseException) -> None:
         self.rejected.append(err)
@@ -32,6 +46,35 @@ def factory(src):
     async def open_source():
         yield src
     return open_source
+
+
+class Upstream:
+    """The fallback: the blob from any offset, recording the offsets asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.offsets: list[int] = []
+
+    def __call__(self, offset: int = 0):
+        self.offsets.append(offset)
+        src = Chunks([self.data[offset:]])
+        src.size = len(self.data)
+        return factory(src)()
+
+
+async def client_view(fill) -> tuple[bytes, bool]:
+    """What a client would be sent, read when it would be sent; and whether the first
+    bytes went out before the blob was verified."""
+    fd = await fill.open_fd()
+    got, early = b"", None
+    try:
+        async for off, n in fill.spans(0, None):
+            assert off == len(got)
+            early = (not fill.verified) if early is None else early
+            got += os.pread(fd, n, off)
+    finally:
+        os.close(fd)
+    return got, bool(early)
 
 
 async def test_a_last_chunk_that_lands_at_once_is_counted(tmp_path):
@@ -61,23 +104,56 @@ async def test_an_untrusted_source_that_lies_is_replaced_and_nothing_leaks(tmp_p
         data = os.urandom(100_000)
         d = digest_of(data)
         bad = Chunks([data[:50_000], b"x" * 50_000], trusted=False)
-        good = Chunks([data[:30_000], data[30_000:]])
-        fill = fills.start(d, factory(bad), expected_size=None, source_name="test",
-                           fallback=factory(good))
-        fd = await fill.open_fd()
-        got = b""
-        try:
-            # What a client would be sent, read at the moment it would be sent.
-            async for off, n in fill.spans(0, None):
-                assert off == len(got)
-                got += os.pread(fd, n, off)
-        finally:
-            os.close(fd)
+        up = Upstream(data)
+        fill = fills.start(d, factory(bad), expected_size=None, source_name="test", fallback=up)
+        got, _ = await client_view(fill)
         assert got == data                # not one byte of the lie
         await fill.task
+        assert up.offsets == [0]
         assert fill.stored and fill.source_kind == "upstream"
         assert isinstance(bad.rejected[0], DigestMismatch)
         assert (tmp_path / "blobs").exists() and store.path(d).read_bytes() == data
     finally:
         await fills.close()
         await store.close()
+
+
+@pytest.fixture
+async def fills(tmp_path, monkeypatch):
+    monkeypatch.setattr(fill_module, "HOLD_LIMIT", 0.2)
+    store = BlobStore(tmp_path, 1 << 30)
+    await store.open()
+    registry = FillRegistry(store)
+    yield registry
+    await registry.close()
+    await store.close()
+
+
+async def test_a_slow_untrusted_source_is_released_and_finished_from_where_it_broke(fills):
+    data = os.urandom(200_000)
+    d = digest_of(data)
+    # 10 chunks of 10 kB, 0.05 s apart: past the hold limit (0.2 s), then it dies.
+    sibling = Chunks([data[i:i + 10_000] for i in range(0, 100_000, 10_000)], trusted=False,
+                     size=len(data), pause=0.05, then=SiblingError("n2", "incomplete", "gone"))
+    up = Upstream(data)
+    fill = fills.start(d, factory(sibling), expected_size=None, source_name="test", fallback=up)
+    got, early = await client_view(fill)
+    await fill.task
+    assert got == data and early          # streamed before the end, and right
+    assert up.offsets == [100_000]        # the upstream only for the rest
+    assert fill.stored and isinstance(sibling.rejected[0], SiblingError)
+
+
+async def test_wrong_bytes_after_release_fail_the_fill_and_blame_the_sibling(fills):
+    data = os.urandom(200_000)
+    d = digest_of(data)
+    lie = data[:50_000] + b"x" * 50_000
+    sibling = Chunks([lie[i:i + 10_000] for i in range(0, 100_000, 10_000)], trusted=False,
+                     size=len(data), pause=0.05, then=SiblingError("n2", "incomplete", "gone"))
+    up = Upstream(data)
+    fill = fills.start(d, factory(sibling), expected_size=None, source_name="test", fallback=up)
+    with pytest.raises(DigestMismatch):
+        await client_view(fill)           # the client's response is cut, never completed
+    await fill.task
+    assert not fill.stored and up.offsets == [100_000]
+    assert [type(e) for e in sibling.rejected] == [SiblingError, DigestMismatch]

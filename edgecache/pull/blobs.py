@@ -65,7 +65,8 @@ class BlobService:
             return b.size
         fill = self.fills.get(digest)
         try:
-            if fill is not None and fill.origin == route:
+            # Not a fill from a sibling: its size is not known for sure before the end.
+            if fill is not None and fill.origin == route and fill.source_kind == "upstream":
                 return await fill.wait_headers()
             return await self.upstreams.get(route.upstream).head_blob(route.repo, str(digest))
         except UpstreamNotFound:
@@ -85,8 +86,8 @@ class BlobService:
     def _start(self, route: Route, digest: Digest, *, hop: bool = False) -> Fill:
         client = self.upstreams.get(route.upstream)
 
-        def upstream():
-            return client.blob(route.repo, str(digest))
+        def upstream(offset: int = 0):
+            return client.blob(route.repo, str(digest), offset)
 
         siblings = None if hop else self.siblings
         if siblings is not None and siblings.live():

@@ -14,7 +14,12 @@ failed fill raises in every reader, which then aborts its connection.
 A source that is not `trusted` (a sibling cache) is held back entirely: readers
 get neither headers nor bytes until the whole blob is verified. If such a source
 fails in any way (gone, stalled, wrong bytes) the fill starts over from its
-`fallback` (the upstream), and no client ever notices.
+`fallback` (the upstream), and no client ever notices. A transfer that takes
+longer than HOLD_LIMIT (a sibling relaying a slow WAN) is released to stream like
+any other, last byte held: clients must not wait minutes for a first byte (the
+container runtimes give up). If that sibling then fails, the fill goes on from the
+upstream where it stopped; only wrong bytes already sent cannot be taken back,
+and those fail the fill, as from the upstream.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ log = logging.getLogger("edgecache.fill")
 
 READ_CHUNK = 1 << 20
 MEM_LIMIT = 16 << 20       # memory a disk-full fill may hold ahead of its slowest reader
+HOLD_LIMIT = 10.0          # seconds an untrusted source's bytes are held back at most
 _reader_ids = itertools.count()
 
 
@@ -51,6 +57,8 @@ class Source(Protocol):
 
 
 SourceFactory = Callable[[], AbstractAsyncContextManager[Source]]
+# The upstream, from a byte offset on: where a fill goes when a sibling fails it.
+FallbackFactory = Callable[[int], AbstractAsyncContextManager[Source]]
 
 
 def _truncate(fd: int) -> None:
@@ -69,7 +77,7 @@ def _write_and_hash(fd: int, hasher, data: bytes) -> None:
 class Fill:
     def __init__(self, digest: Digest, store: BlobStore, open_source: SourceFactory,
                  expected_size: int | None, source_name: str, origin: object = None,
-                 fallback: SourceFactory | None = None, kind: str | None = None) -> None:
+                 fallback: FallbackFactory | None = None, kind: str | None = None) -> None:
         self.digest = digest
         self.store = store
         self.source_name = source_name
@@ -99,6 +107,7 @@ class Fill:
         self.mem = bytearray()
         self._positions: dict[int, int] = {}
         self._uncounted: asyncio.Future[None] | None = None     # the write not yet in `written`
+        self._untrusted: Source | None = None    # the sibling a resumed fill began with
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._headers_known = asyncio.Event()    # size known (or failure): readers can answer
         self.task: asyncio.Task[None] | None = None
@@ -125,12 +134,22 @@ class Fill:
             try:
                 computed = await self._take(self._open_source, wfd, hasher)
             except Exception as e:   # noqa: BLE001 - an untrusted source's failure is not final
-                if not self.held or self._fallback is None:
+                fallback = self._fallback
+                if fallback is None or self.source_kind != "sibling" or isinstance(e, StoreFull):
                     raise
-                log.warning("fill of %s from %s failed after %d bytes (%s): starting over from "
-                            "the upstream", self.digest, self.source_name, self.written, e)
-                hasher = await self._start_over(wfd)
-                computed = await self._take(self._fallback, wfd, hasher)
+                if self.held:
+                    # No client has seen a byte of it: start over.
+                    log.warning("fill of %s from %s failed after %d bytes (%s): starting over "
+                                "from the upstream", self.digest, self.source_name, self.written, e)
+                    hasher = await self._start_over(wfd)
+                    computed = await self._take(lambda: fallback(0), wfd, hasher)
+                elif isinstance(e, (DigestMismatch, SizeMismatch)):
+                    raise                     # sent already: cannot be taken back
+                else:
+                    at = self.written
+                    log.warning("fill of %s from %s failed after %d bytes (%s): going on from "
+                                "the upstream", self.digest, self.source_name, at, e)
+                    computed = await self._take(lambda: fallback(at), wfd, hasher, received=at)
             if wfd is not None:
                 await asyncio.to_thread(os.close, wfd)
                 wfd = None
@@ -182,13 +201,17 @@ class Fill:
                 fd, self._rfd = self._rfd, None
                 await asyncio.to_thread(os.close, fd)
 
-    async def _take(self, open_source: SourceFactory, wfd: int | None, hasher) -> str:
-        """Copy one source in and check it; returns the hex digest computed."""
+    async def _take(self, open_source: SourceFactory, wfd: int | None, hasher,
+                    received: int = 0) -> str:
+        """Copy one source in (its bytes from `received` on) and check the whole;
+        returns the hex digest computed."""
         async with open_source() as src:
             trusted = getattr(src, "trusted", True)
             self.held = not trusted
             self.announce("upstream" if trusted else "sibling")
             self.source_name = getattr(src, "name", None) or self._default_name
+            release = None if trusted else asyncio.get_running_loop().call_later(
+                HOLD_LIMIT, self._release)
             try:
                 if src.size is not None:
                     if self.size is not None and src.size != self.size:
@@ -196,7 +219,7 @@ class Fill:
                     self.size = src.size
                 if trusted:
                     self._headers_known.set()
-                await self._copy_in(src, wfd, hasher)
+                await self._copy_in(src, wfd, hasher, received)
                 if self.size is None:
                     self.size = self.written
                 if self.written != self.size:
@@ -207,14 +230,32 @@ class Fill:
                                          self.source_name)
                 return computed
             except Exception as e:   # noqa: BLE001 - the source hears why, then it propagates
-                reject = getattr(src, "reject", None)
-                if reject is not None and not isinstance(e, StoreFull):
-                    reject(e)
+                if isinstance(e, StoreFull):
+                    raise
+                if not trusted:
+                    getattr(src, "reject", lambda _e: None)(e)
+                elif isinstance(e, DigestMismatch) and self._untrusted is not None:
+                    getattr(self._untrusted, "reject", lambda _e: None)(e)     # resumed from the upstream: the first part lied
                 raise
+            finally:
+                if release is not None:
+                    release.cancel()
+                    self._untrusted = src
+
+    def _release(self) -> None:
+        """Held too long: let the readers stream what has come (the last byte is still
+        held until the whole is verified)."""
+        if self.held and not self.verified and self.error is None:
+            log.info("fill of %s from %s: %d bytes in %.0f s, streaming before verification",
+                     self.digest, self.source_name, self.written, HOLD_LIMIT)
+            self.held = False
+            self._headers_known.set()
+            self._notify()
 
     async def _start_over(self, wfd: int | None):
         """Forget everything an untrusted source wrote (no reader has seen any of it)."""
         self._uncounted = None            # a late callback of the old source counts nothing
+        self._untrusted = None
         if wfd is not None:
             await asyncio.to_thread(_truncate, wfd)
         self.written = 0
@@ -225,7 +266,7 @@ class Fill:
         self._notify()
         return self.digest.hasher()
 
-    async def _copy_in(self, src: Source, wfd: int | None, hasher) -> None:
+    async def _copy_in(self, src: Source, wfd: int | None, hasher, received: int = 0) -> None:
         """Copy the source into the temp file, hashing, telling readers as bytes land.
 
         Double-buffered: the next chunk arrives while a thread writes and hashes this
@@ -237,7 +278,6 @@ class Fill:
         loop = asyncio.get_running_loop()
         pending: asyncio.Future[None] | None = None
         pending_chunk = b""
-        received = 0
         try:
             while True:
                 chunk = await src.read(READ_CHUNK)
@@ -422,7 +462,7 @@ class FillRegistry:
 
     def start(self, digest: Digest, open_source: SourceFactory, *, expected_size: int | None,
               source_name: str, origin: object = None,
-              fallback: SourceFactory | None = None, kind: str | None = None) -> Fill:
+              fallback: FallbackFactory | None = None, kind: str | None = None) -> Fill:
         key = str(digest)
         existing = self._fills.get(key)
         if existing is not None and existing.error is None and not existing.memory_mode:

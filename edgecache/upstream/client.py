@@ -47,17 +47,29 @@ class Manifest:
 
 
 class BlobStream:
-    """An open blob response: its size and its body, chunk by chunk."""
+    """An open blob response: the blob's whole size and its body from `offset` on,
+    chunk by chunk (a server that ignored the Range has its first bytes skipped)."""
 
-    def __init__(self, client: "UpstreamClient", resp: aiohttp.ClientResponse) -> None:
+    def __init__(self, client: "UpstreamClient", resp: aiohttp.ClientResponse,
+                 offset: int = 0) -> None:
         self._client = client
         self._resp = resp
-        self.size: int | None = resp.content_length
+        partial = resp.status == 206
+        self._skip = 0 if partial else offset
+        length = resp.content_length
+        self.size: int | None = None if length is None else length + (offset if partial else 0)
 
     async def read(self, n: int = 1 << 20) -> bytes:
         """Up to n bytes as soon as any arrive; b"" at the end."""
         try:
-            return await self._resp.content.read(n)
+            while True:
+                data = await self._resp.content.read(n)
+                if not self._skip or not data:
+                    return data
+                drop = min(self._skip, len(data))
+                self._skip -= drop
+                if data[drop:]:
+                    return data[drop:]
         except Exception as e:    # noqa: BLE001 - translated right here, the one boundary
             raise self._client.translate(e, mid_body=True) from e
 
@@ -265,9 +277,12 @@ class UpstreamClient:
             return r.content_length
 
     @asynccontextmanager
-    async def blob(self, repo: str, digest: str) -> AsyncIterator[BlobStream]:
-        async with self._request("GET", f"/v2/{repo}/blobs/{digest}", scope=self.scope(repo)) as r:
-            yield BlobStream(self, r)
+    async def blob(self, repo: str, digest: str, offset: int = 0) -> AsyncIterator[BlobStream]:
+        """The blob's body, from `offset` on (to finish what a sibling started)."""
+        headers = {"Range": f"bytes={offset}-"} if offset else None
+        async with self._request("GET", f"/v2/{repo}/blobs/{digest}", scope=self.scope(repo),
+                                 headers=headers) as r:
+            yield BlobStream(self, r, offset)
 
     async def tags_list(self, repo: str, params: Mapping[str, str]) -> tuple[bytes, str | None]:
         """The body and the Link header (pagination) of a tag list."""
