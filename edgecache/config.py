@@ -483,9 +483,10 @@ def _siblings(value: Any, base: Path) -> SiblingsConfig:
             raise ConfigError("siblings.secret_file", raw["secret_file"],
                               "the secret must be at least 16 bytes")
     node_id = raw.get("node_id")
+    # 48: "edgecache-<id>" must fit one DNS label (63) in mDNS, with room to spare.
     if node_id is not None and not (isinstance(node_id, str)
-                                    and re.fullmatch(r"[A-Za-z0-9._-]{1,63}", node_id)):
-        raise ConfigError("siblings.node_id", node_id, "expected 1-63 letters, digits, '.', '_' or '-'")
+                                    and re.fullmatch(r"[A-Za-z0-9_-]{1,48}", node_id)):
+        raise ConfigError("siblings.node_id", node_id, "expected 1-48 letters, digits, '_' or '-'")
     durations = {}
     for k, default in (("timeout", "2s"), ("read_timeout", "5s"), ("health_interval", "5s"),
                        ("bad_for", "10m")):

@@ -136,6 +136,18 @@ def test_peer_table_drops_readmits_ignores_self_and_shuns_wrong_bytes():
     assert len(t.live()) == 1
 
 
+def test_the_address_of_a_sibling_is_on_our_lan_and_not_ours():
+    import ipaddress
+    from edgecache.siblings.discovery import best_address
+    local = [(ipaddress.IPv4Address("10.20.0.11"), ipaddress.IPv4Network("10.20.0.0/24")),
+             (ipaddress.IPv4Address("172.17.0.1"), ipaddress.IPv4Network("172.17.0.0/16")),
+             (ipaddress.IPv4Address("10.42.1.1"), ipaddress.IPv4Network("10.42.1.0/24"))]
+    # docker0 (the same on every node), its own CNI bridge, then the LAN address.
+    assert best_address(["172.17.0.1", "10.42.2.1", "10.20.0.12"], local) == "10.20.0.12"
+    assert best_address(["172.17.0.1", "192.168.9.9"], local) == "192.168.9.9"
+    assert best_address(["172.17.0.1"], local) is None
+
+
 def test_config_names_bad_sibling_keys(tmp_path):
     def cfg(sib):
         return build({"upstreams": {"r.example": {"url": "http://127.0.0.1:1"}}, "siblings": sib,
@@ -147,6 +159,9 @@ def test_config_names_bad_sibling_keys(tmp_path):
                      ({"secret_file": "nope"}, "siblings.secret_file"),
                      ({"timeout": "0s"}, "siblings.timeout"),
                      ({"node_id": "a b"}, "siblings.node_id"),
+                     ({"node_id": "x" * 49}, "siblings.node_id"),
+                     ({"min_rate": "fast"}, "siblings.min_rate"),
+                     ({"tls": {"cert_file": "nope"}}, "siblings.tls.cert_file"),
                      ({"fail_after": 0}, "siblings.fail_after"),
                      ({"multicast": True}, "siblings.multicast")):
         with pytest.raises(ConfigError) as e:

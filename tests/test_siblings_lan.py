@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.request
 
 import pytest
 
@@ -192,6 +193,25 @@ def test_a_node_that_stops_says_goodbye(lan):
     assert time.monotonic() - t0 < 2.5
     lan.start("n1")
     assert lan.wait(lambda: _ready(lan))
+
+
+def test_a_node_with_a_copied_node_id_still_serves_and_says_why_mdns_is_off(lan, tmp_path):
+    for n in NODES:
+        if n not in lan.nodes:
+            lan.start(n)
+    assert lan.wait(lambda: _ready(lan))
+    doc = lan.doc("n1", siblings=True)                 # n1's id, on a second box (here: port)
+    doc["listen"] = "0.0.0.0:5001"
+    doc["data_dir"] = str(tmp_path / "clone")
+    clone = EdgeProcess(tmp_path, doc, netns_prefix=lan.br.exec_prefix("n1"),
+                        url=f"http://{lan.br.addr('n1')}:5001").start()
+    try:
+        with urllib.request.urlopen(clone.url + "/_edgecache/status", timeout=5) as r:
+            st = json.load(r)
+        assert st["siblings"]["mdns"] is False
+        assert "advertises node id 'n1'" in clone.stderr.read_text()
+    finally:
+        clone.stop()
 
 
 def test_mdns_that_finds_no_one_says_so(tmp_path):

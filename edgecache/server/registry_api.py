@@ -90,6 +90,7 @@ async def manifest(request: web.Request) -> web.Response:
         if not is_digest(reference):
             ans, checked = await svc.manifests.last_known(route, reference, accept)
             headers[CHECKED] = f"{checked:.3f}"
+            headers["X-Edgecache-Stale"] = "true"     # a last known answer, not a fresh one
         elif request.method == "HEAD":
             ans = await svc.manifests.local(reference)
             if ans is None or not accept.accepts(ans.media_type):

@@ -13,7 +13,8 @@ import socket
 from typing import Callable
 
 import ifaddr
-from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
+from zeroconf import (Error as ZeroconfError, InterfaceChoice, IPVersion, NonUniqueNameException,
+                      ServiceStateChange, Zeroconf)
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from edgecache import __version__
@@ -21,6 +22,33 @@ from edgecache import __version__
 log = logging.getLogger("edgecache.siblings")
 
 SERVICE = "_edgecache._tcp.local."
+
+
+class DiscoveryError(Exception):
+    """mDNS could not start (translated from zeroconf's own errors)."""
+
+
+def local_networks() -> list[tuple[ipaddress.IPv4Address, ipaddress.IPv4Network]]:
+    """This host's IPv4 addresses with their networks."""
+    out = []
+    for a in ifaddr.get_adapters():
+        for ip in a.ips:
+            if isinstance(ip.ip, str):
+                out.append((ipaddress.IPv4Address(ip.ip),
+                            ipaddress.IPv4Network(f"{ip.ip}/{ip.network_prefix}", strict=False)))
+    return out
+
+
+def best_address(candidates: list[str], local) -> str | None:
+    """Which of a sibling's advertised addresses to use: never one we have ourselves
+    (docker0's 172.17.0.1 is on every node: it would lead back to us), preferably one
+    on a network we are on (the LAN, not another node's container bridge)."""
+    ours = {addr for addr, _ in local}
+    usable = [a for a in candidates if ipaddress.IPv4Address(a) not in ours]
+    for a in usable:
+        if any(ipaddress.IPv4Address(a) in net for _, net in local):
+            return a
+    return usable[0] if usable else None
 
 
 def interface_addresses(names: tuple[str, ...]) -> list[str]:
@@ -60,6 +88,7 @@ class Discovery:
         self._info: AsyncServiceInfo | None = None
         self._urls: dict[str, str] = {}   # service name -> url
         self._tasks: set[asyncio.Task[None]] = set()
+        self._local: list = []
         self.found_any = False
 
     async def start(self) -> None:
@@ -71,6 +100,7 @@ class Discovery:
         if not advertised:
             log.warning("mDNS: no IPv4 address to advertise on %s",
                         list(self.interfaces) or "any interface")
+        self._local = await asyncio.to_thread(local_networks)
         self._zc = AsyncZeroconf(interfaces=addrs if self.interfaces else InterfaceChoice.All,
                                  ip_version=IPVersion.V4Only)
         name = f"edgecache-{self.node_id}.{SERVICE}"
@@ -79,7 +109,15 @@ class Discovery:
             properties={"id": self.node_id, "version": __version__, "port": str(self.port)},
             server=f"edgecache-{self.node_id}.local.",
             addresses=[socket.inet_aton(a) for a in advertised])
-        await (await self._zc.async_register_service(self._info))
+        try:
+            await (await self._zc.async_register_service(self._info))
+        except NonUniqueNameException:
+            await self.close()
+            raise DiscoveryError(f"another node on the LAN advertises node id {self.node_id!r} "
+                                 "(a copied data_dir/node-id?): give each node its own") from None
+        except ZeroconfError as e:
+            await self.close()
+            raise DiscoveryError(f"{type(e).__name__}: {e}") from None
         self._browser = AsyncServiceBrowser(self._zc.zeroconf, [SERVICE],
                                             handlers=[self._on_change])
         log.info("mDNS: advertising %s on %s port %d", name, advertised, self.port)
@@ -114,11 +152,11 @@ class Discovery:
         node_id = props.get("id")
         if not node_id or node_id == self.node_id:
             return                        # ourselves, or not one of ours
-        addrs = info.parsed_addresses(IPVersion.V4Only)
+        addr = best_address(info.parsed_addresses(IPVersion.V4Only), self._local)
         port = info.port or int(props.get("port") or 0)
-        if not addrs or not port:
+        if not addr or not port:
             return
-        url = f"{self.scheme}://{addrs[0]}:{port}"
+        url = f"{self.scheme}://{addr}:{port}"
         old = self._urls.get(name)
         if old and old != url:
             self.on_gone(old)

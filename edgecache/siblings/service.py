@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 import uuid
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -29,7 +30,7 @@ from edgecache.pull.fill import Source, SourceFactory
 from edgecache.pull.routing import Route
 from edgecache.reference import Digest, digest_of
 from edgecache.siblings.client import SiblingClient, TagAnswer
-from edgecache.siblings.discovery import Discovery
+from edgecache.siblings.discovery import Discovery, DiscoveryError
 from edgecache.siblings.hopauth import HopVerifier
 from edgecache.siblings.peers import Peer, PeerTable, rendezvous
 from edgecache.store import layout
@@ -60,7 +61,8 @@ def load_node_id(data_dir: Path, configured: str | None) -> str:
             return node_id
     except FileNotFoundError:
         pass
-    node_id = f"{os.uname().nodename.split('.')[0][:40]}-{uuid.uuid4().hex[:8]}"
+    host = re.sub(r"[^A-Za-z0-9-]", "-", os.uname().nodename.split(".")[0])[:30] or "node"
+    node_id = f"{host}-{uuid.uuid4().hex[:8]}"
     write_text_atomic(path, node_id + "\n")
     return node_id
 
@@ -95,9 +97,11 @@ class Siblings:
         if self.discovery is not None:
             try:
                 await self.discovery.start()
-            except OSError as e:
-                # No multicast here (a container without it): static peers still work.
-                log.warning("mDNS could not start (%s): only static peers will be used", e)
+            except (OSError, DiscoveryError) as e:
+                # No multicast here (a container without it), or a clash: the cache runs
+                # on, with static peers only.
+                log.error("mDNS could not start (%s): only static peers will be used", e)
+                await self.discovery.close()
                 self.discovery = None
         self._health = asyncio.create_task(self._check_loop(), name="sibling health")
 
@@ -128,6 +132,9 @@ class Siblings:
             node_id, version = await self.client.ping(peer)
         except SiblingError as e:
             self.table.check_failed(peer, str(e))
+        except Exception as e:   # noqa: BLE001 - one odd answer must not stop every check
+            log.exception("health check of %s", peer.url)
+            self.table.check_failed(peer, f"{type(e).__name__}: {e}")
         else:
             self.table.check_passed(peer, node_id, version)
 
@@ -136,6 +143,7 @@ class Siblings:
         started = loop.time()
         next_warning = started + NOBODY_WARNING_CHECKS * self.cfg.health_interval
         while True:
+            self._wake.clear()         # before the checks: a sibling found meanwhile wakes us
             peers = self.table.all()
             await asyncio.gather(*(self._check(p) for p in peers))
             if (self.discovery is not None and not self.discovery.found_any
@@ -146,7 +154,6 @@ class Siblings:
                 next_warning = loop.time() + NOBODY_WARNING_EVERY
             # A sibling on its way in is checked again soon, so it joins in about a second.
             pending = any(not p.up and p.oks > 0 for p in self.table.all())
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(),
                                        0.5 if pending else self.cfg.health_interval)
