@@ -450,6 +450,10 @@ async def test_with_a_secret_an_impostor_is_never_admitted(tmp_path):
             await asyncio.sleep(1.0)
             peer = node.services.siblings.status()["peers"][0]
             assert peer["state"] == "down" and "secret" in peer["last_error"], peer
+            # Nor can it have the node answer a challenge for it: proofs are only given
+            # to signed hop requests.
+            async with s.get(node.url + "/_edgecache/sibling?challenge=abc") as r:
+                assert "proof" not in await r.json()
             st, _, body = await fetch(s, node, f"/v2/demo/app/blobs/{layer.digest}")
             assert st == 200 and body == layer.data
             assert fake.counts["probe"] == fake.counts["get"] == 0

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from edgecache import __version__
 from edgecache.metrics import counter, gauge
+from edgecache.server.guard import identity
 from edgecache.server.oci_errors import OciError
 from edgecache.siblings import hopauth
 from edgecache.server.registry_api import SERVICES, Services
@@ -29,7 +30,10 @@ async def sibling(request: web.Request) -> web.Response:
         raise OciError("UNAVAILABLE", "the store is not healthy")
     doc = {"node_id": svc.siblings.node_id, "version": __version__}
     challenge = request.query.get("challenge", "")
-    if svc.siblings.cfg.secret and challenge:
+    who = identity(request)
+    # Proofs only for signed hop requests: else anyone could have us answer a challenge
+    # that a sibling put to them, and pass for us.
+    if svc.siblings.cfg.secret and challenge and who is not None and who.method == "sibling":
         doc["proof"] = hopauth.proof(svc.siblings.cfg.secret, svc.siblings.node_id, challenge[:64])
     return web.json_response(doc)
 
