@@ -57,3 +57,25 @@ async def test_a_fill_that_fills_the_disk_still_serves_its_clients(small_disk):
             # The next request is served too (from the upstream again: nothing could be cached).
             status, _, body = await edge.get(session, f"/v2/demo/app/blobs/{img.layers[1].digest}")
             assert status == 200 and body == img.layers[1].data
+
+
+async def test_disk_full_while_a_siblings_bytes_are_held_goes_to_the_upstream(small_disk, tmp_path):
+    """Held sibling bytes cannot be relayed from memory (clients wait for the verified
+    whole): the fill starts over from the upstream, which can be."""
+    from tests.support.fakesibling import FakeSibling
+    img = make_image(96, layers=1, layer_size=6 * MiB)
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as up, \
+            FakeSibling("fake", {layer.digest: layer.data}) as fake:
+        doc = make_config(small_disk / "data", {"central.example": up.url}, default="central.example")
+        doc["siblings"] = {"mdns": False, "node_id": "n0", "peers": [fake.url],
+                           "health_interval": "0.2s", "readmit_after": 1}
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as session:
+            for _ in range(100):
+                if edge.services.siblings.live():
+                    break
+                await asyncio.sleep(0.05)
+            status, _, body = await edge.get(session, f"/v2/demo/app/blobs/{layer.digest}")
+            assert status == 200 and body == layer.data
+            assert fake.counts["get"] == 1
+            assert up.count("GET", rf".*/blobs/{layer.digest}") == 1

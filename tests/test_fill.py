@@ -157,3 +157,49 @@ async def test_wrong_bytes_after_release_fail_the_fill_and_blame_the_sibling(fil
     await fill.task
     assert not fill.stored and up.offsets == [100_000]
     assert [type(e) for e in sibling.rejected] == [SiblingError, DigestMismatch]
+
+
+async def test_a_local_write_error_is_not_blamed_on_the_source_nor_papered_over(fills, monkeypatch):
+    """A disk error while copying a released sibling's bytes fails the fill: the
+    upstream must not go on from a byte count the file may not match."""
+    data = os.urandom(200_000)
+    d = digest_of(data)
+    sibling = Chunks([data[i:i + 10_000] for i in range(0, 200_000, 10_000)], trusted=False,
+                     pause=0.03)
+    up = Upstream(data)
+    real = fill_module._write_and_hash
+    calls = []
+
+    def failing(fd, hasher, chunk, offset):
+        calls.append(offset)
+        if len(calls) == 12:
+            os.pwrite(fd, chunk[:3000], offset)          # part of it lands, then the disk fails
+            raise OSError(5, "Input/output error")
+        return real(fd, hasher, chunk, offset)
+
+    monkeypatch.setattr(fill_module, "_write_and_hash", failing)
+    fill = fills.start(d, factory(sibling), expected_size=None, source_name="test", fallback=up)
+    await fill.task
+    assert isinstance(fill.error, OSError) and not fill.stored
+    assert up.offsets == [] and sibling.rejected == []
+
+
+async def test_a_206_that_does_not_start_where_asked_is_refused():
+    from edgecache.upstream.client import _range_starts_at
+    assert _range_starts_at("bytes 100-199/200", 100)
+    assert _range_starts_at("bytes 100-199/*", 100)
+    assert not _range_starts_at("bytes 0-199/200", 100)
+    assert not _range_starts_at("bytes 100-149/200", 100)    # not to the end
+    assert not _range_starts_at(None, 100)
+
+
+async def test_a_sibling_that_lied_about_the_size_is_blamed_after_a_resume(fills):
+    data = os.urandom(200_000)
+    d = digest_of(data)
+    sibling = Chunks([data[i:i + 10_000] for i in range(0, 100_000, 10_000)], trusted=False,
+                     size=len(data) + 10, pause=0.05, then=SiblingError("n2", "timeout", "stalled"))
+    up = Upstream(data)
+    fill = fills.start(d, factory(sibling), expected_size=None, source_name="test", fallback=up)
+    await fill.task
+    assert not fill.stored and up.offsets == [100_000]
+    assert [type(e).__name__ for e in sibling.rejected] == ["SiblingError", "SizeMismatch"]

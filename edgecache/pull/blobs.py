@@ -174,4 +174,5 @@ class BlobService:
                 # Mid-body failures never reach the client's error hook: count them here.
                 self.metrics.upstream_error(fill.error.upstream, fill.error.kind)
         elif fill.source_kind == "upstream":
-            self.metrics.fetched(fill.source_name.removeprefix("upstream "), fill.written)
+            self.metrics.fetched(fill.source_name.removeprefix("upstream "),
+                                 fill.written - fill.resumed_at)

@@ -32,7 +32,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import AsyncIterator, Callable, Protocol
 
-from edgecache.errors import DigestMismatch, SizeMismatch, StoreFull
+from edgecache.errors import DigestMismatch, SiblingError, SizeMismatch, StoreFull
 from edgecache.reference import Digest
 from edgecache.store.blobs import BlobStore, _translate_oserror
 
@@ -66,11 +66,14 @@ def _truncate(fd: int) -> None:
     os.lseek(fd, 0, os.SEEK_SET)
 
 
-def _write_and_hash(fd: int, hasher, data: bytes) -> None:
+def _write_and_hash(fd: int, hasher, data: bytes, offset: int) -> None:
+    # At an explicit offset: a write that failed half-way leaves no shifted file behind
+    # (the next source goes on at the byte count, which only counts whole writes).
     view = memoryview(data)
     while view:
-        n = os.write(fd, view)
+        n = os.pwrite(fd, view, offset)
         view = view[n:]
+        offset += n
     hasher.update(data)
 
 
@@ -108,6 +111,7 @@ class Fill:
         self._positions: dict[int, int] = {}
         self._uncounted: asyncio.Future[None] | None = None     # the write not yet in `written`
         self._untrusted: Source | None = None    # the sibling a resumed fill began with
+        self.resumed_at = 0                      # bytes the sibling had sent when the upstream took over
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._headers_known = asyncio.Event()    # size known (or failure): readers can answer
         self.task: asyncio.Task[None] | None = None
@@ -135,7 +139,7 @@ class Fill:
                 computed = await self._take(self._open_source, wfd, hasher)
             except Exception as e:   # noqa: BLE001 - an untrusted source's failure is not final
                 fallback = self._fallback
-                if fallback is None or self.source_kind != "sibling" or isinstance(e, StoreFull):
+                if fallback is None or self.source_kind != "sibling" or not self._recoverable(e):
                     raise
                 if self.held:
                     # No client has seen a byte of it: start over.
@@ -143,13 +147,14 @@ class Fill:
                                 "from the upstream", self.digest, self.source_name, self.written, e)
                     hasher = await self._start_over(wfd)
                     computed = await self._take(lambda: fallback(0), wfd, hasher)
-                elif isinstance(e, (DigestMismatch, SizeMismatch)):
-                    raise                     # sent already: cannot be taken back
                 else:
-                    at = self.written
+                    at = self.resumed_at = self.written
                     log.warning("fill of %s from %s failed after %d bytes (%s): going on from "
                                 "the upstream", self.digest, self.source_name, at, e)
-                    computed = await self._take(lambda: fallback(at), wfd, hasher, received=at)
+                    if self.size is not None and at >= self.size:
+                        computed = self._check_whole(hasher)     # it had sent everything
+                    else:
+                        computed = await self._take(lambda: fallback(at), wfd, hasher, received=at)
             if wfd is not None:
                 await asyncio.to_thread(os.close, wfd)
                 wfd = None
@@ -201,6 +206,26 @@ class Fill:
                 fd, self._rfd = self._rfd, None
                 await asyncio.to_thread(os.close, fd)
 
+    def _recoverable(self, e: BaseException) -> bool:
+        """May the upstream make up for this failure of an untrusted source? Its own
+        failures, yes; wrong bytes and a full disk only while no reader has seen any
+        (a local write error never: it is not the source's, and the file is suspect)."""
+        if isinstance(e, SiblingError):
+            return True
+        return self.held and isinstance(e, (DigestMismatch, SizeMismatch, StoreFull))
+
+    def _check_whole(self, hasher) -> str:
+        """Size and digest of everything copied in; the hex digest."""
+        if self.size is None:
+            self.size = self.written
+        if self.written != self.size:
+            raise SizeMismatch(self.size, self.written, self.source_name)
+        computed = hasher.hexdigest()
+        if computed != self.digest.hex:
+            raise DigestMismatch(str(self.digest), f"{self.digest.algorithm}:{computed}",
+                                 self.source_name)
+        return computed
+
     async def _take(self, open_source: SourceFactory, wfd: int | None, hasher,
                     received: int = 0) -> str:
         """Copy one source in (its bytes from `received` on) and check the whole;
@@ -220,22 +245,15 @@ class Fill:
                 if trusted:
                     self._headers_known.set()
                 await self._copy_in(src, wfd, hasher, received)
-                if self.size is None:
-                    self.size = self.written
-                if self.written != self.size:
-                    raise SizeMismatch(self.size, self.written, self.source_name)
-                computed = hasher.hexdigest()
-                if computed != self.digest.hex:
-                    raise DigestMismatch(str(self.digest), f"{self.digest.algorithm}:{computed}",
-                                         self.source_name)
-                return computed
+                return self._check_whole(hasher)
             except Exception as e:   # noqa: BLE001 - the source hears why, then it propagates
-                if isinstance(e, StoreFull):
-                    raise
+                if isinstance(e, (StoreFull, OSError)):
+                    raise                         # ours, not the source's
                 if not trusted:
                     getattr(src, "reject", lambda _e: None)(e)
-                elif isinstance(e, DigestMismatch) and self._untrusted is not None:
-                    getattr(self._untrusted, "reject", lambda _e: None)(e)     # resumed from the upstream: the first part lied
+                elif isinstance(e, (DigestMismatch, SizeMismatch)) and self._untrusted is not None:
+                    # Resumed from the upstream: the part the sibling sent was wrong.
+                    getattr(self._untrusted, "reject", lambda _e: None)(e)
                 raise
             finally:
                 if release is not None:
@@ -305,7 +323,8 @@ class Fill:
                     await self._to_memory(hasher, chunk)
                     continue
                 assert wfd is not None
-                pending = loop.run_in_executor(None, _write_and_hash, wfd, hasher, chunk)
+                pending = loop.run_in_executor(None, _write_and_hash, wfd, hasher, chunk,
+                                               received - len(chunk))
                 pending_chunk = chunk
                 pending.add_done_callback(lambda f, n=len(chunk): self._landed(f, n))
                 self._uncounted = pending

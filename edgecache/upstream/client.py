@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import ssl
 import time
 from contextlib import asynccontextmanager
@@ -72,6 +73,14 @@ class BlobStream:
                     return data[drop:]
         except Exception as e:    # noqa: BLE001 - translated right here, the one boundary
             raise self._client.translate(e, mid_body=True) from e
+
+
+def _range_starts_at(content_range: str | None, offset: int) -> bool:
+    """Whether a 206's Content-Range ("bytes START-END/TOTAL") runs from offset to the end."""
+    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (content_range or "").strip())
+    if not m or int(m[1]) != offset:
+        return False
+    return m[3] == "*" or int(m[2]) + 1 == int(m[3])
 
 
 class UpstreamClient:
@@ -282,6 +291,9 @@ class UpstreamClient:
         headers = {"Range": f"bytes={offset}-"} if offset else None
         async with self._request("GET", f"/v2/{repo}/blobs/{digest}", scope=self.scope(repo),
                                  headers=headers) as r:
+            if r.status == 206 and not _range_starts_at(r.headers.get("Content-Range"), offset):
+                raise UpstreamBadResponse(self.name, 206, f"Content-Range "
+                                          f"{r.headers.get('Content-Range')!r} for bytes={offset}-")
             yield BlobStream(self, r, offset)
 
     async def tags_list(self, repo: str, params: Mapping[str, str]) -> tuple[bytes, str | None]:
