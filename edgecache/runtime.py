@@ -69,7 +69,10 @@ async def _scrub(store: BlobStore, interval: float, rate: int) -> None:
 async def _flush_meta(meta: MetaStore) -> None:
     while True:
         await asyncio.sleep(META_FLUSH_INTERVAL)
-        await asyncio.to_thread(meta.flush)
+        try:
+            await asyncio.to_thread(meta.flush)
+        except Exception as e:   # noqa: BLE001 - kept queued; tried again next time
+            log.warning("metadata not written: %s", e)
 
 
 class open_runtime:

@@ -7,11 +7,17 @@ writes in order.
 """
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any, Hashable, Iterator
 
 import diskcache
+
+from edgecache.errors import StoreFull
+
+log = logging.getLogger("edgecache.store")
 
 
 class DiskMap:
@@ -42,20 +48,33 @@ class DiskMap:
         self.put(key, None)
 
     def flush(self) -> None:
+        """Write the queued changes; on failure they stay queued for the next flush
+        (a full disk raises StoreFull)."""
         with self._lock:
             pending, self._pending = self._pending, {}
         if not pending or self._cache is None:
             return
-        with self._cache.transact():
-            for key, value in pending.items():
-                if value is None:
-                    self._cache.delete(key)
-                else:
-                    self._cache.set(key, value)
+        try:
+            with self._cache.transact():
+                for key, value in pending.items():
+                    if value is None:
+                        self._cache.delete(key)
+                    else:
+                        self._cache.set(key, value)
+        except sqlite3.Error as e:
+            with self._lock:
+                self._pending = {**pending, **self._pending}    # newer changes win
+            if "full" in str(e):
+                raise StoreFull(28, f"disk full: {self._dir.name} changes not written") from e
+            raise
 
     def close(self) -> None:
         if self._cache is None:
             return
-        self.flush()
+        try:
+            self.flush()
+        except (StoreFull, sqlite3.Error) as e:
+            # The files are the truth: the next start reconciles the records with them.
+            log.warning("%s: %d changes not written at close (%s)", self._dir, len(self._pending), e)
         self._cache.close()
         self._cache = None
