@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from edgecache.config import ConfigError, build
+from edgecache.errors import SiblingError
 from edgecache.reference import parse_digest
 from edgecache.siblings import hopauth
 from edgecache.siblings.peers import PeerTable, rendezvous
@@ -217,10 +218,15 @@ async def test_one_wan_fetch_even_when_the_upstream_is_slow_to_answer(tmp_path):
             assert blob_gets(up, layer.digest) == 1
 
 
-async def test_with_the_wan_cut_a_node_gets_blob_manifest_and_tag_from_a_sibling(tmp_path):
+@pytest.mark.parametrize("signed", [False, True])
+async def test_with_the_wan_cut_a_node_gets_blob_manifest_and_tag_from_a_sibling(tmp_path, signed):
     img = make_image(42, layers=2, layer_size=1 * MiB)
+    sib = {}
+    if signed:
+        (tmp_path / "secret").write_bytes(SECRET)
+        sib["secret_file"] = str(tmp_path / "secret")
     async with FaultyUpstream({"demo/app:v1": img}) as up:
-        async with cluster(tmp_path, up.url, n=2) as (a, b), aiohttp.ClientSession() as s:
+        async with cluster(tmp_path, up.url, n=2, **sib) as (a, b), aiohttp.ClientSession() as s:
             # a pulls the image while the WAN is up.
             st, h, man = await fetch(s, a, "/v2/demo/app/manifests/v1")
             assert st == 200
@@ -457,3 +463,28 @@ async def test_with_a_secret_an_impostor_is_never_admitted(tmp_path):
             st, _, body = await fetch(s, node, f"/v2/demo/app/blobs/{layer.digest}")
             assert st == 200 and body == layer.data
             assert fake.counts["probe"] == fake.counts["get"] == 0
+
+
+async def test_a_tag_answer_must_be_signed_by_the_sibling_when_there_is_a_secret():
+    """A tag's digest is the one answer not checked by its digest: with a secret, the
+    sibling signs it (bound to the request), and an unsigned one is refused."""
+    from edgecache.pull.routing import Route
+    from edgecache.siblings.client import SiblingClient
+    from edgecache.siblings.peers import Peer
+    img = make_image(50, layers=1, layer_size=1024)
+    async with FakeSibling("b", {}) as fake:
+        fake.tags["v1"] = (img.digest, img.manifest)
+        peer = Peer(fake.url, "static", node_id="b")
+        route = Route("central.example", "demo/app")
+        for secret, expect_ok in ((None, True), (SECRET, False)):
+            client = SiblingClient("a", secret, timeout=1, read_timeout=1)
+            await client.start()
+            try:
+                if expect_ok:
+                    ans = await client.tag(peer, route, "v1", ["*/*"], 1 << 20)
+                    assert ans.digest == img.digest and ans.body == img.manifest
+                else:
+                    with pytest.raises(SiblingError, match="not signed"):
+                        await client.tag(peer, route, "v1", ["*/*"], 1 << 20)
+            finally:
+                await client.close()

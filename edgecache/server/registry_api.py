@@ -22,6 +22,7 @@ from edgecache.pull.tags import TagListService
 from edgecache.reference import is_digest, parse_digest
 from edgecache.server.blob_response import BlobSender, ClientGone, StreamAborted
 from edgecache.server.guard import hop_from, identity
+from edgecache.siblings import hopauth
 from edgecache.siblings.client import CHECKED, HAVE
 from edgecache.siblings.service import Siblings
 from edgecache.server.oci_errors import OciError
@@ -91,6 +92,11 @@ async def manifest(request: web.Request) -> web.Response:
             ans, checked = await svc.manifests.last_known(route, reference, accept)
             headers[CHECKED] = f"{checked:.3f}"
             headers["X-Edgecache-Stale"] = "true"     # a last known answer, not a fresh one
+            if svc.siblings is not None and svc.siblings.cfg.secret:
+                headers[hopauth.REPLY] = hopauth.reply_mac(
+                    svc.siblings.cfg.secret, svc.siblings.node_id,
+                    hopauth.nonce_of(request.headers.get(hopauth.AUTH)), ans.digest,
+                    headers[CHECKED], ans.body)
         elif request.method == "HEAD":
             ans = await svc.manifests.local(reference)
             if ans is None or not accept.accepts(ans.media_type):

@@ -134,11 +134,12 @@ class SiblingClient:
     @asynccontextmanager
     async def _request(self, peer: Peer, method: str, path_qs: str,
                        headers: dict[str, str] | None = None, *,
-                       timeout: float | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+                       timeout: float | None = None,
+                       signed: dict[str, str] | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
         """Yields the response once its headers arrived within the timeout."""
         assert self._session is not None, "SiblingClient not started"
         hdrs = {**(headers or {}),
-                **hopauth.sign(self.secret, self.node_id, peer.node_id, method, path_qs)}
+                **(signed or hopauth.sign(self.secret, self.node_id, peer.node_id, method, path_qs))}
         url = URL(peer.url + path_qs, encoded=True)
         try:
             async with asyncio.timeout(timeout or self.timeout):
@@ -223,19 +224,29 @@ class SiblingClient:
     async def tag(self, peer: Peer, route: Route, tag: str, accept: list[str],
                   cap: int) -> TagAnswer | None:
         """The sibling's last known answer for a tag (it never asks anyone for it)."""
-        async with self._request(peer, "GET", self._path(route, "manifests", tag),
-                                 {"Accept": ", ".join(accept)}) as r:
+        path = self._path(route, "manifests", tag)
+        signed = hopauth.sign(self.secret, self.node_id, peer.node_id, "GET", path)
+        async with self._request(peer, "GET", path, {"Accept": ", ".join(accept)},
+                                 signed=signed) as r:
             if r.status == 404:
                 return None
             if r.status != 200:
                 raise self._status(peer, r)
             body = await self._read_all(peer, r, cap)
             digest = r.headers.get("Docker-Content-Digest")
+            checked_s = r.headers.get(CHECKED, "0")
             try:
-                checked = float(r.headers.get(CHECKED, "0"))
+                checked = float(checked_s)
             except ValueError:
                 checked = 0.0
+            who = peer.node_id or peer.url
             if not digest:
-                raise SiblingError(peer.node_id or peer.url, "bad_response", "tag answer without a digest")
+                raise SiblingError(who, "bad_response", "tag answer without a digest")
+            if self.secret and not hmac.compare_digest(
+                    r.headers.get(hopauth.REPLY, ""),
+                    hopauth.reply_mac(self.secret, peer.node_id or "",
+                                      hopauth.nonce_of(signed.get(hopauth.AUTH)), digest,
+                                      checked_s, body)):
+                raise SiblingError(who, "refused", "tag answer not signed by the sibling")
             return TagAnswer(body, digest, r.headers.get("Content-Type", "").split(";")[0].strip(),
                              checked)

@@ -10,7 +10,9 @@ receiver accepts it only if it is the node named, the time is within WINDOW of
 its own, and it has not seen the nonce before: a captured request can be neither
 sent to another node nor sent again. The health check is a challenge: a sibling
 proves it holds the secret by signing a random value we chose (otherwise any
-host that answers like an edgecache would be admitted).
+host that answers like an edgecache would be admitted). Answers are content
+addressed and checked by digest, except a tag's last known digest: that answer is
+signed too, bound to the request's nonce.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from typing import Callable
 
 HOP = "X-Edgecache-Hop"
 AUTH = "X-Edgecache-Hop-Auth"
+REPLY = "X-Edgecache-Hop-Reply"   # a signed tag answer (the one thing not checked by digest)
 WINDOW = 60.0
 PING_PATH = "/_edgecache/sibling"
 MAX_REMEMBERED = 200_000       # nonces kept for WINDOW; beyond this, signed requests wait
@@ -43,6 +46,20 @@ def sign(secret: bytes | None, sender: str, receiver: str | None, method: str, p
         mac = _mac(secret, sender, to, method.upper(), path_qs, ts, nonce)
         headers[AUTH] = f"{to}:{ts}:{nonce}:{mac}"
     return headers
+
+
+def nonce_of(auth: str | None) -> str:
+    """The nonce of a signed hop request ("" if unsigned)."""
+    parts = (auth or "").split(":")
+    return parts[2] if len(parts) == 4 else ""
+
+
+def reply_mac(secret: bytes, responder: str, nonce: str, digest: str, checked: str,
+              body: bytes) -> str:
+    """What a sibling signs a tag answer with: bound to the request (its nonce), to who
+    answers, and to what it says, so nobody between can answer in its name."""
+    return _mac(secret, "reply", responder, nonce, digest, checked,
+                hashlib.sha256(body).hexdigest())
 
 
 def proof(secret: bytes, node_id: str, challenge: str) -> str:

@@ -21,6 +21,7 @@ class FakeSibling:
                  port: int = 0) -> None:
         self.node_id = node_id
         self.blobs = dict(blobs)
+        self.tags: dict[str, tuple[str, bytes]] = {}
         self.mode = mode
         self.port = port
         self.counts: Counter[str] = Counter()        # "ping" | "probe" | "get" | "other"
@@ -36,6 +37,7 @@ class FakeSibling:
         app = web.Application()
         app.router.add_get("/_edgecache/sibling", self._ping)
         app.router.add_route("*", "/v2/{name:.+}/blobs/{digest}", self._blob)
+        app.router.add_get("/v2/{name:.+}/manifests/{ref}", self._manifest)
         app.router.add_route("*", "/{tail:.*}", self._other)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2,
                                      handler_cancellation=True)
@@ -64,6 +66,17 @@ class FakeSibling:
     async def _other(self, request: web.Request) -> web.Response:
         self.counts["other"] += 1
         return web.json_response({"errors": [{"code": "NAME_UNKNOWN"}]}, status=404)
+
+    async def _manifest(self, request: web.Request) -> web.Response:
+        """Tags: the answer in self.tags (ref -> (digest, body)), unsigned."""
+        self.counts["tag"] += 1
+        found = self.tags.get(request.match_info["ref"])
+        if found is None:
+            return web.Response(status=404)
+        digest, body = found
+        return web.Response(body=body, headers={
+            "Docker-Content-Digest": digest, "X-Edgecache-Checked": "1000.000",
+            "Content-Type": "application/vnd.oci.image.manifest.v1+json"})
 
     async def _blob(self, request: web.Request) -> web.StreamResponse:
         self.hop_headers.append({k: v for k, v in request.headers.items() if k.lower().startswith("x-edgecache")})
