@@ -113,8 +113,9 @@ class BlobService:
         if fill is None:
             return
         try:
-            await asyncio.wait_for(fill.source_known.wait(), SOURCE_WAIT)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(SOURCE_WAIT):
+                await fill.source_known.wait()
+        except TimeoutError:
             pass
         if not fill.source_known.is_set() or fill.source_kind == "sibling":
             raise HopRefused(f"{digest} is on its way here from a sibling")

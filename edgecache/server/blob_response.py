@@ -58,8 +58,9 @@ async def _writable(fd: int, timeout: float) -> None:
     fut: asyncio.Future[None] = loop.create_future()
     loop.add_writer(fd, lambda: fut.done() or fut.set_result(None))
     try:
-        await asyncio.wait_for(fut, timeout)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout):
+            await fut
+    except TimeoutError:
         raise ClientGone(f"client took no bytes for {timeout:.0f}s") from None
     finally:
         loop.remove_writer(fd)

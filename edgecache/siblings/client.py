@@ -61,7 +61,8 @@ class SiblingBlob:
 
     async def read(self, n: int = 1 << 20) -> bytes:
         try:
-            data = await asyncio.wait_for(self._resp.content.read(n), self._read_timeout)
+            async with asyncio.timeout(self._read_timeout):
+                data = await self._resp.content.read(n)
         except Exception as e:   # noqa: BLE001 - translated right here
             raise _translate(self.peer, e, mid_body=True) from e
         self.peer.bytes_from += len(data)

@@ -155,9 +155,9 @@ class Siblings:
             # A sibling on its way in is checked again soon, so it joins in about a second.
             pending = any(not p.up and p.oks > 0 for p in self.table.all())
             try:
-                await asyncio.wait_for(self._wake.wait(),
-                                       0.5 if pending else self.cfg.health_interval)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(0.5 if pending else self.cfg.health_interval):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
 
     def live(self) -> list[Peer]:

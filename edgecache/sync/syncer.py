@@ -360,9 +360,12 @@ class Syncer:
 
     async def _watch_loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives as the event is set, and the loop then never ends (a hung shutdown).
             try:
-                await asyncio.wait_for(self._reload_wanted.wait(), self.cfg.sync.watch_interval)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.cfg.sync.watch_interval):
+                    await self._reload_wanted.wait()
+            except TimeoutError:
                 if await asyncio.to_thread(self._list_signature) == self._signature:
                     continue
             self._reload_wanted.clear()
