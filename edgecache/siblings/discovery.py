@@ -89,7 +89,9 @@ class Discovery:
         self._urls: dict[str, str] = {}   # service name -> url
         self._tasks: set[asyncio.Task[None]] = set()
         self._local: list = []
+        self._advertised: list[str] = []
         self.found_any = False
+        self.clash: str | None = None     # where a node with our id was seen
 
     async def start(self) -> None:
         addrs = interface_addresses(self.interfaces)
@@ -97,6 +99,7 @@ class Discovery:
             advertised = [self.listen_host]
         else:
             advertised = addrs
+        self._advertised = advertised
         if not advertised:
             log.warning("mDNS: no IPv4 address to advertise on %s",
                         list(self.interfaces) or "any interface")
@@ -121,6 +124,18 @@ class Discovery:
         self._browser = AsyncServiceBrowser(self._zc.zeroconf, [SERVICE],
                                             handlers=[self._on_change])
         log.info("mDNS: advertising %s on %s port %d", name, advertised, self.port)
+
+    def _check_clash(self, info: AsyncServiceInfo) -> None:
+        """Our id on another address or port: a second box with a copy of our
+        data_dir/node-id. Registration catches it only if the other answers in time."""
+        addrs = set(info.parsed_addresses(IPVersion.V4Only))
+        if info.port == self.port and (not addrs or addrs & set(self._advertised)):
+            return
+        where = f"{sorted(addrs)}:{info.port}"
+        if self.clash != where:
+            self.clash = where
+            log.error("another node on the LAN advertises node id %r too, at %s (a copied "
+                      "data_dir/node-id?): give each node its own", self.node_id, where)
 
     async def close(self) -> None:
         for t in list(self._tasks):
@@ -150,8 +165,11 @@ class Discovery:
             return
         props = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
         node_id = props.get("id")
-        if not node_id or node_id == self.node_id:
-            return                        # ourselves, or not one of ours
+        if node_id == self.node_id:
+            self._check_clash(info)
+            return                        # ourselves (or a clone of us: see above)
+        if not node_id:
+            return                        # not one of ours
         addr = best_address(info.parsed_addresses(IPVersion.V4Only), self._local)
         port = info.port or int(props.get("port") or 0)
         if not addr or not port:

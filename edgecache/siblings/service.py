@@ -282,6 +282,7 @@ class Siblings:
     def status(self) -> dict[str, object]:
         return {"node_id": self.node_id,
                 "mdns": self.discovery is not None,
+                "node_id_clash": self.discovery.clash if self.discovery is not None else None,
                 "live": len(self.live()),
                 "peers": self.table.status(),
                 "served_bytes_by_node": dict(self.served)}
