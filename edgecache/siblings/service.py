@@ -6,8 +6,8 @@ hold it. One that has it stored (or is getting it from the upstream right now)
 serves it. Otherwise rendezvous hashing of the digest over the live nodes names
 the one that fetches it from the WAN; the others stream from that one. N nodes
 missing the same blob together thus cause one WAN fetch. Whatever goes wrong
-with a sibling costs at most `timeout` per attempt (two attempts at most), then
-the node goes to the upstream itself.
+with a sibling costs a bounded delay (two attempts at most, each bounded in time
+and rate), then the node goes to the upstream itself.
 """
 from __future__ import annotations
 
@@ -40,14 +40,14 @@ log = logging.getLogger("edgecache.siblings")
 MAX_ATTEMPTS = 2                 # siblings tried per miss before the upstream
 OWNER_WAIT_FACTOR = 5            # a sibling fetching from the upstream answers when it does
 WAN_RATE_DIVISOR = 16            # ... and sends at the WAN's pace: min_rate / 16
+NOBODY_WARNING_CHECKS = 6        # mDNS found no one in this many check intervals: say so
+NOBODY_WARNING_EVERY = 600.0
 
 
 @dataclass(frozen=True)
 class Attempt:
     wait: float                  # for the connection and the response headers
     min_rate: int                # bytes/s, after read_timeout
-NOBODY_WARNING_CHECKS = 6       # mDNS found no one in this many check intervals: say so
-NOBODY_WARNING_EVERY = 600.0
 
 
 def load_node_id(data_dir: Path, configured: str | None) -> str:
