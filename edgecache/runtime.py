@@ -117,8 +117,8 @@ class open_runtime:
             if self.with_siblings:
                 node_id = await asyncio.to_thread(load_node_id, cfg.data_dir, cfg.siblings.node_id)
                 siblings = Siblings(cfg, node_id)
+                stack.push_async_callback(siblings.close)     # also after a failed start
                 await siblings.start()
-                stack.push_async_callback(siblings.close)
                 blobs.siblings = manifests.siblings = siblings
             syncer = Syncer(cfg, store, meta, upstreams, manifests, blobs)
             await syncer.open()

@@ -32,3 +32,27 @@ async def test_reload_applies_the_live_parts_and_names_the_rest(tmp_path):
         await asyncio.wait_for(edge.stop(), 15)
     assert got == (5, 100 * 1024**2, int(100 * 1024**2 * 0.95), ["listen_port"])
     assert again == [] and after == (100 * 1024**2, 5)
+
+
+async def test_an_upstream_added_by_a_reload_waits_for_the_restart_it_needs(tmp_path):
+    """Routing follows the upstream clients the process runs with: a request for an
+    upstream only the new file names is an unknown registry (404), not a crash (500)."""
+    import aiohttp
+    doc = make_config(tmp_path / "data", {"a.example": "http://127.0.0.1:9"}, default="a.example")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    edge = EdgeServer(config=load(path))
+    await edge.start()
+    try:
+        doc["upstreams"]["b.example"] = {"url": "http://127.0.0.1:9"}
+        doc["default_upstream"] = "b.example"
+        path.write_text(yaml.safe_dump(doc))
+        restart = await reload(edge.services)
+        async with aiohttp.ClientSession() as s:
+            st, _, body = await edge.get(s, "/v2/x/manifests/v1?ns=b.example")
+            st_default, _, _ = await edge.get(s, "/v2/x/manifests/v1")
+    finally:
+        await asyncio.wait_for(edge.stop(), 15)
+    assert sorted(restart) == ["default_upstream", "upstreams"]
+    assert st == 404 and b"NAME_UNKNOWN" in body
+    assert st_default == 503          # still routed to a.example (unreachable), not to b

@@ -233,18 +233,25 @@ async def test_with_the_wan_cut_a_node_gets_blob_manifest_and_tag_from_a_sibling
             for blob in img.blobs:
                 assert (await fetch(s, a, f"/v2/demo/app/blobs/{blob.digest}"))[0] == 200
             await asyncio.gather(*(a.stored(x.digest) for x in img.blobs))
-            up.reset_counts()
+            # b fetched for a what it is the rendezvous owner of: the rest it must get from a.
+            missing = [x for x in img.blobs if not b.services.store.has(parse_digest(x.digest))]
+            assert missing
             await up.stop()                                          # the WAN is cut
-            # b never pulled it: tag (stale, from a), manifest by digest and blobs from a.
+            # b never pulled it: tag (stale, from a: only signed tag answers are taken),
+            # manifest by digest and blobs from a (checked by their digests: any sibling).
             st, h, body = await fetch(s, b, "/v2/demo/app/manifests/v1")
-            assert st == 200 and body == man and h["X-Edgecache-Stale"] == "true"
-            assert h["Docker-Content-Digest"] == img.digest
+            if signed:
+                assert st == 200 and body == man and h["X-Edgecache-Stale"] == "true"
+                assert h["Docker-Content-Digest"] == img.digest
+            else:
+                assert st == 503
             st, _, body = await fetch(s, b, f"/v2/demo/app/manifests/{img.digest}")
             assert st == 200 and body == man
             for blob in img.blobs:
                 st, _, body = await fetch(s, b, f"/v2/demo/app/blobs/{blob.digest}")
                 assert st == 200 and body == blob.data
-            assert sum(up.counts.values()) == 0
+            assert b.services.siblings.table.stats["n0"].bytes_from >= sum(x.size for x in missing)
+            assert b.services.blobs.upstreams.clients["central.example"].last_error  # tried first
             # A tag no node knows is still an error, not a hang.
             st, _, _ = await fetch(s, b, "/v2/demo/app/manifests/v2")
             assert st in (404, 503)
@@ -440,7 +447,7 @@ async def test_siblings_over_mutual_tls(tmp_path):
                 await up.stop()
                 st, _, body = await fetch(s, b, path)
                 assert st == 200 and body == layer.data
-                assert b.services.siblings.table.get_node("n0").bytes_from == layer.size
+                assert b.services.siblings.table.stats["n0"].bytes_from == layer.size
 
 
 async def test_with_a_secret_an_impostor_is_never_admitted(tmp_path):
@@ -488,3 +495,89 @@ async def test_a_tag_answer_must_be_signed_by_the_sibling_when_there_is_a_secret
                         await client.tag(peer, route, "v1", ["*/*"], 1 << 20)
             finally:
                 await client.close()
+
+
+async def test_a_signed_sibling_gets_what_a_node_holds_under_any_upstream_name(tmp_path):
+    """Content is the same under any route: a sibling asking with an upstream this node
+    does not have still gets what it holds (signed only: for others ?ns= is checked)."""
+    (tmp_path / "secret").write_bytes(SECRET)
+    img = make_image(52, layers=1, layer_size=256 * 1024)
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        doc = node_doc(tmp_path, "n0", up.url, secret_file=str(tmp_path / "secret"))
+        async with EdgeServer(doc) as node, aiohttp.ClientSession() as s:
+            path = f"/v2/demo/app/blobs/{layer.digest}"
+            assert (await fetch(s, node, path))[0] == 200 and await node.stored(layer.digest)
+            other = path + "?ns=other.example"
+            for method in ("HEAD", "GET"):
+                h = hopauth.sign(SECRET, "n9", "n0", method, other)
+                async with s.request(method, node.url + other, headers=h) as r:
+                    assert r.status == 200
+                    if method == "GET":
+                        assert await r.read() == layer.data
+            unknown = f"/v2/demo/app/blobs/sha256:{'0' * 64}?ns=other.example"
+            st, _, _ = await fetch(s, node, unknown, headers=hopauth.sign(SECRET, "n9", "n0", "GET", unknown))
+            assert st == 404
+            # Unsigned (a client setting the marker): an unknown registry, as for anyone.
+            st, _, body = await fetch(s, node, other, headers={hopauth.HOP: "n9"})
+            assert st == 401          # unsigned hop requests are refused when there is a secret
+
+
+async def test_without_a_secret_the_hop_marker_opens_nothing(tmp_path):
+    img = make_image(53, layers=1, layer_size=256 * 1024)
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        doc = node_doc(tmp_path, "n0", up.url)
+        doc["access"] = {"networks": ["10.99.0.0/16"]}        # not loopback
+        async with EdgeServer(doc) as node, aiohttp.ClientSession() as s:
+            path = f"/v2/demo/app/blobs/{layer.digest}?ns=other.example"
+            st, _, _ = await fetch(s, node, path, headers={hopauth.HOP: "n9"})
+            assert st == 403                                  # access.networks still applies
+
+
+async def test_a_released_fill_whose_sibling_stalls_goes_on_from_the_upstream(tmp_path, monkeypatch,
+                                                                              caplog):
+    """Over HTTP: the hold limit passes (patched down to 0.3 s), the client starts
+    getting bytes, the sibling goes silent; the upstream finishes from that offset
+    (this upstream ignores Range: its first bytes are skipped)."""
+    from edgecache.pull import fill as fill_module
+    monkeypatch.setattr(fill_module, "HOLD_LIMIT", 0.3)
+    img = make_image(54, layers=1, layer_size=4 * MiB)
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as up, \
+            FakeSibling("fake", {layer.digest: layer.data}, mode="stall") as fake:
+        doc = node_doc(tmp_path, "n0", up.url, peers=[fake.url], min_rate="1KiB")
+        async with EdgeServer(doc) as node, aiohttp.ClientSession() as s:
+            assert await wait_for(lambda: len(node.services.siblings.live()) == 1)
+            st, _, body = await fetch(s, node, f"/v2/demo/app/blobs/{layer.digest}")
+            assert st == 200 and body == layer.data
+            assert blob_gets(up, layer.digest) == 1 and fake.counts["get"] == 1
+            assert await node.stored(layer.digest)
+            sent_by_sibling = node.services.siblings.table.stats["fake"].bytes_from
+            assert 0 < sent_by_sibling < layer.size
+            assert "streaming before verification" in caplog.text
+            assert f"failed after {sent_by_sibling} bytes" in caplog.text
+            assert "going on from the upstream" in caplog.text
+
+
+async def test_metrics_have_one_series_per_sibling(tmp_path):
+    """A sibling both listed and discovered (here: listed twice) is one node in /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+    async with FaultyUpstream({}) as up, FakeSibling("fake", {}) as fake:
+        doc = node_doc(tmp_path, "n0", up.url,
+                       peers=[fake.url, fake.url.replace("127.0.0.1", "localhost"),
+                              "http://127.0.0.1:9"])
+        async with EdgeServer(doc) as node, aiohttp.ClientSession() as s:
+            assert await wait_for(lambda: len(node.services.siblings.live()) == 1)
+            node.services.siblings.table.stats["fake"].failures["timeout"] = 2
+            async with s.get(node.url + "/metrics") as r:
+                text = await r.text()
+    seen = set()
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            assert key not in seen, key
+            seen.add(key)
+    up_series = {dict(k[1])["url"]: k for k in seen if k[0] == "edgecache_sibling_up"}
+    assert "http://127.0.0.1:9" in up_series              # never reached: still there, at 0
+    assert ("edgecache_sibling_failures_total", (("node", "fake"), ("reason", "timeout"))) in seen

@@ -24,7 +24,7 @@ from typing import Callable
 
 from edgecache.errors import (DigestMismatch, ManifestUnknown, UpstreamError,
                               UpstreamNotFound, UpstreamDenied, is_unavailable)
-from edgecache.mediatypes import OCI_INDEX, OCI_MANIFEST, PREFERENCE, Accept
+from edgecache.mediatypes import DOCKER_SCHEMA1, OCI_INDEX, OCI_MANIFEST, PREFERENCE, Accept
 from edgecache.metrics import Metrics
 from edgecache.pull.routing import Route
 from edgecache.pull.singleflight import SingleFlight
@@ -59,21 +59,21 @@ def media_type_of(content_type: str, body: bytes) -> str:
     return mt if isinstance(mt, str) and mt else OCI_MANIFEST
 
 
-def declared_media_type(content_type: str, body: bytes) -> str:
-    """The media type of a manifest a sibling sent: what its body says it is, over
-    the sibling's Content-Type (the body is verified by its digest, the header is not)."""
+def declared_media_type(body: bytes) -> str:
+    """The media type of a manifest a sibling sent, from its body alone (verified by
+    its digest; the sibling's Content-Type is not): its mediaType field, else its shape."""
     try:
         doc = json.loads(body)
     except ValueError:
         doc = None
-    if isinstance(doc, dict):
-        mt = doc.get("mediaType")
-        if isinstance(mt, str) and mt:
-            return mt
-    ct = content_type.split(";")[0].strip()
-    if ct in PREFERENCE:
-        return ct
-    return OCI_INDEX if isinstance(doc, dict) and "manifests" in doc else OCI_MANIFEST
+    if not isinstance(doc, dict):
+        return OCI_MANIFEST
+    mt = doc.get("mediaType")
+    if isinstance(mt, str) and mt:
+        return mt
+    if "fsLayers" in doc:
+        return DOCKER_SCHEMA1
+    return OCI_INDEX if "manifests" in doc else OCI_MANIFEST
 
 
 def _acceptable(answer: ManifestAnswer, accept: Accept) -> ManifestAnswer:
@@ -151,13 +151,15 @@ class ManifestService:
         if siblings is not None and siblings.live():
             got = await siblings.manifest(route, d, MAX_MANIFEST_BYTES)    # verified there
             if got is not None:
-                body, content_type = got
-                media_type = declared_media_type(content_type, body)
+                body, _content_type = got
+                media_type = declared_media_type(body)
                 await self.store.put_bytes(d, body)
                 self.meta.put_manifest(ManifestRecord(str(d), media_type, len(body)))
                 self._remember(str(d), body)
                 return ManifestAnswer(body, str(d), media_type, "sibling")
-        return await self._fetch(client, route, str(d), accept, d)
+        # One upstream fetch for this node's clients and its siblings' requests alike.
+        return await self.flight.do(("digest-upstream", route, str(d), accept.key()),
+                                    lambda: self._fetch(client, route, str(d), accept, d))
 
     async def _by_tag(self, route: Route, tag: str, accept: Accept,
                       hop: bool = False) -> ManifestAnswer:
@@ -236,7 +238,7 @@ class ManifestService:
         if expected is None or actual != expected:
             self.siblings.wrong_bytes(peer, f"tag answer {ans.digest} has a body of {actual}")
             return None
-        media_type = declared_media_type(ans.media_type, ans.body)
+        media_type = declared_media_type(ans.body)
         if not accept.accepts(media_type):
             return None
         await self.store.put_bytes(actual, ans.body)

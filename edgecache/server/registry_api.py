@@ -13,9 +13,10 @@ from edgecache.server.accesslog import BYTES, ERROR, SOURCE, STALE
 
 from edgecache.access import Access
 from edgecache.config import Config
-from edgecache.errors import BlobUnknown, ManifestUnknown, Unauthorized
+from edgecache.errors import BlobUnknown, ManifestUnknown, Unauthorized, UnknownRegistry
 from edgecache.mediatypes import Accept
 from edgecache.pull.blobs import BlobService, LocalBlob
+from edgecache.pull.fill import Fill
 from edgecache.pull.manifests import ManifestService
 from edgecache.pull.routing import Route, resolve
 from edgecache.pull.tags import TagListService
@@ -48,16 +49,32 @@ class Services:
     syncer: Syncer
     access: Access
     siblings: Siblings | None = None
+    default_upstream: str | None = None       # as started (routing does not change on reload)
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 
 
 def _route(request: web.Request, svc: Services) -> Route:
+    # The upstreams the process runs with (a reload that adds or removes one needs a
+    # restart: it says so), not the last config read.
     route = resolve(request.match_info["name"], request.query.get("ns"),
-                    svc.config.upstreams.keys(), svc.config.default_upstream)
+                    svc.blobs.upstreams.clients.keys(), svc.default_upstream)
     svc.access.check_upstream(route.upstream, identity(request))
     return route
+
+
+def _hop_route(request: web.Request, svc: Services) -> Route | None:
+    """A sibling's route; None when a signed sibling names an upstream this node does
+    not have (then only what it holds can be given: content is the same under any
+    route). Anyone else is routed, and checked, like every client."""
+    try:
+        return _route(request, svc)
+    except UnknownRegistry:
+        who = identity(request)
+        if who is None or who.method != "sibling":
+            raise
+        return None
 
 
 def _served(request: web.Request, svc: Services, source: str, nbytes: int) -> None:
@@ -80,15 +97,18 @@ async def base(request: web.Request) -> web.Response:
 
 async def manifest(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
-    route = _route(request, svc)
+    hop = hop_from(request) is not None
+    route = _hop_route(request, svc) if hop else _route(request, svc)
     accept = Accept.parse(request.headers.getall("Accept", []))
     reference = request.match_info["reference"]
     headers: dict[str, str] = {}
-    if hop_from(request) is not None:
+    if hop:
         # A sibling asks: by digest, only what we hold (a probe, HEAD) or can get from
         # the upstream (GET); by tag, only our own last known answer (it asks when its
         # upstream is unreachable). Never passed on to another sibling.
         if not is_digest(reference):
+            if route is None:
+                raise ManifestUnknown(f"{reference}: no such upstream here")
             ans, checked = await svc.manifests.last_known(route, reference, accept)
             headers[CHECKED] = f"{checked:.3f}"
             headers["X-Edgecache-Stale"] = "true"     # a last known answer, not a fresh one
@@ -97,7 +117,7 @@ async def manifest(request: web.Request) -> web.Response:
                     svc.siblings.cfg.secret, svc.siblings.node_id,
                     hopauth.nonce_of(request.headers.get(hopauth.AUTH)), ans.digest,
                     headers[CHECKED], ans.body)
-        elif request.method == "HEAD":
+        elif request.method == "HEAD" or route is None:
             ans = await svc.manifests.local(reference)
             if ans is None or not accept.accepts(ans.media_type):
                 raise ManifestUnknown(f"{reference} is not held here")
@@ -120,11 +140,11 @@ async def manifest(request: web.Request) -> web.Response:
 
 async def blob(request: web.Request) -> web.StreamResponse:
     svc = request.app[SERVICES]
-    route = _route(request, svc)
+    hop = hop_from(request) is not None
+    route = _hop_route(request, svc) if hop else _route(request, svc)
     digest = parse_digest(request.match_info["digest"])
     headers = {**API_VERSION, "Docker-Content-Digest": str(digest), "Accept-Ranges": "bytes",
                "Content-Type": "application/octet-stream"}
-    hop = hop_from(request) is not None
     if request.method == "HEAD":
         if hop:
             # A sibling's probe: only what we hold or are getting from the upstream.
@@ -134,6 +154,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
             how, size = held
             headers[HAVE] = how
         else:
+            assert route is not None
             size = await svc.blobs.head(route, digest)
         resp = web.StreamResponse(headers=headers)
         if size is not None:
@@ -141,7 +162,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
         request[SOURCE] = "local" if svc.store.has(digest) else "upstream"
         return resp
 
-    target = await svc.blobs.get(route, digest, hop=hop)
+    target = await _blob_target(svc, route, digest, hop)
     if isinstance(target, LocalBlob):
         with svc.store.lease(digest):
             resp, start, end = _range_response(request, headers, target.size)
@@ -150,7 +171,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
             except FileNotFoundError:
                 # Gone from disk behind our back (deleted by hand): forget it, fetch again.
                 await svc.store.delete(digest)
-                target = await svc.blobs.get(route, digest, hop=hop)
+                target = await _blob_target(svc, route, digest, hop)
             except (ClientGone, StreamAborted) as e:
                 request[ERROR] = str(e)
                 return resp
@@ -176,6 +197,15 @@ async def blob(request: web.Request) -> web.StreamResponse:
         return resp
     _served(request, svc, source, n)
     return resp
+
+
+async def _blob_target(svc: Services, route: Route | None, digest, hop: bool) -> LocalBlob | Fill:
+    if route is None:             # a sibling's route we do not have: only what we hold
+        local = svc.blobs.local(digest)
+        if local is None:
+            raise BlobUnknown(f"{digest} is not held here")
+        return local
+    return await svc.blobs.get(route, digest, hop=hop)
 
 
 def _range_response(request: web.Request, headers: dict[str, str],

@@ -65,7 +65,7 @@ class SiblingBlob:
                 data = await self._resp.content.read(n)
         except Exception as e:   # noqa: BLE001 - translated right here
             raise _translate(self.peer, e, mid_body=True) from e
-        self.peer.bytes_from += len(data)
+        self.peer.stats.bytes_from += len(data)
         self._got += len(data)
         # Silence is caught by read_timeout; a trickle is caught here: after the grace
         # period, a sibling slower than min_rate is dropped for the upstream.
@@ -178,7 +178,11 @@ class SiblingClient:
         """Its node id and version (a health check). With a secret, it must prove it
         holds it too: anyone can answer like an edgecache."""
         challenge = secrets.token_hex(16)
-        async with self._request(peer, "GET", f"{hopauth.PING_PATH}?challenge={challenge}") as r:
+        path = f"{hopauth.PING_PATH}?challenge={challenge}"
+        # Addressed to no one in particular: the node at this address may not be the
+        # one we knew (a reinstalled box), and must still be able to answer.
+        signed = hopauth.sign(self.secret, self.node_id, None, "GET", path)
+        async with self._request(peer, "GET", path, signed=signed) as r:
             if r.status != 200:
                 raise self._status(peer, r)
             try:
@@ -219,7 +223,7 @@ class SiblingClient:
             if r.status != 200:
                 raise self._status(peer, r)
             body = await self._read_all(peer, r, cap)
-            peer.bytes_from += len(body)
+            peer.stats.bytes_from += len(body)
             return body, r.headers.get("Content-Type", "").split(";")[0].strip()
 
     async def tag(self, peer: Peer, route: Route, tag: str, accept: list[str],

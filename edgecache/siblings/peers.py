@@ -14,6 +14,16 @@ from typing import Callable, Iterable
 
 
 @dataclass
+class NodeStats:
+    """Counters per sibling node, kept by node id: a node listed and discovered too
+    counts once, and one that leaves and comes back goes on counting."""
+    bytes_from: int = 0               # blob, manifest and tag bytes we fetched from it
+    bytes_to: int = 0                 # bytes we served to it
+    fetches: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class Peer:
     url: str                          # base URL, e.g. http://10.77.0.12:5000
     via: str                          # "mdns" or "static"
@@ -25,10 +35,7 @@ class Peer:
     bad_until: float = 0.0
     last_error: str | None = None
     last_check: float | None = None
-    bytes_from: int = 0               # blob and manifest bytes we fetched from it
-    bytes_to: int = 0                 # bytes we served to it
-    fetches: int = 0
-    failures: dict[str, int] = field(default_factory=dict)
+    stats: NodeStats = field(default_factory=NodeStats)   # the table's, once the id is known
 
     def usable(self, now: float) -> bool:
         return self.up and self.bad_until <= now and self.node_id is not None
@@ -39,8 +46,8 @@ class Peer:
                 "state": state, "consecutive_failures": self.fails,
                 "bad_for_s": round(max(0.0, self.bad_until - now), 1),
                 "last_error": self.last_error, "last_check": self.last_check,
-                "bytes_fetched": self.bytes_from, "bytes_served": self.bytes_to,
-                "fetches": self.fetches, "failures": dict(self.failures)}
+                "bytes_fetched": self.stats.bytes_from, "bytes_served": self.stats.bytes_to,
+                "fetches": self.stats.fetches, "failures": dict(self.stats.failures)}
 
 
 def rendezvous(node_ids: Iterable[str], digest: str) -> str:
@@ -61,7 +68,16 @@ class PeerTable:
         self.bad_for = bad_for
         self.clock = clock
         self._peers: dict[str, Peer] = {}
+        self.stats: dict[str, NodeStats] = {}
         self.on_change: Callable[[Peer], None] | None = None
+
+    def _identify(self, peer: Peer, node_id: str) -> None:
+        """Who answers at this peer's address (now): its counters are that node's."""
+        if peer.node_id == node_id:
+            return
+        carry = peer.stats if peer.node_id is None else NodeStats()
+        peer.node_id, peer.up, peer.oks = node_id, False, 0
+        peer.stats = self.stats.setdefault(node_id, carry)
 
     # -- membership --------------------------------------------------------------
 
@@ -71,12 +87,11 @@ class PeerTable:
             return None
         peer = self._peers.get(url)
         if peer is None:
-            peer = self._peers[url] = Peer(url, via, node_id, version)
-        else:
-            if node_id and peer.node_id != node_id:
-                # Another node now answers at this address: start over with it.
-                peer.node_id, peer.up, peer.oks = node_id, False, 0
-            peer.version = version or peer.version
+            peer = self._peers[url] = Peer(url, via, version=version)
+        if node_id:
+            # (Another node now answering at this address starts over, unadmitted.)
+            self._identify(peer, node_id)
+        peer.version = version or peer.version
         return peer
 
     def remove(self, url: str, via: str) -> None:
@@ -111,8 +126,7 @@ class PeerTable:
             # A static list that names this node too (one list for the whole site).
             self._peers.pop(peer.url, None)
             return
-        if peer.node_id != node_id:
-            peer.node_id, peer.up, peer.oks = node_id, False, 0
+        self._identify(peer, node_id)
         peer.version = version or peer.version
         peer.fails = 0
         peer.oks += 1
@@ -135,12 +149,12 @@ class PeerTable:
     def failed(self, peer: Peer, reason: str, detail: str) -> None:
         """A request to it failed (timeout, broken body): counted, and its health
         checks decide whether it stays."""
-        peer.failures[reason] = peer.failures.get(reason, 0) + 1
+        peer.stats.failures[reason] = peer.stats.failures.get(reason, 0) + 1
         peer.last_error = detail
 
     def wrong_bytes(self, peer: Peer, detail: str) -> None:
         """It sent bytes that do not match their digest: shunned for bad_for."""
-        peer.failures["wrong_bytes"] = peer.failures.get("wrong_bytes", 0) + 1
+        peer.stats.failures["wrong_bytes"] = peer.stats.failures.get("wrong_bytes", 0) + 1
         peer.last_error = detail
         peer.bad_until = self.clock() + self.bad_for
         self._changed(peer)

@@ -30,7 +30,7 @@ from edgecache.pull.fill import Source, SourceFactory
 from edgecache.pull.routing import Route
 from edgecache.reference import Digest, digest_of
 from edgecache.siblings.client import SiblingClient, TagAnswer
-from edgecache.siblings.discovery import Discovery, DiscoveryError
+from edgecache.siblings.discovery import Discovery
 from edgecache.siblings.hopauth import HopVerifier
 from edgecache.siblings.peers import Peer, PeerTable, rendezvous
 from edgecache.store import layout
@@ -81,7 +81,6 @@ class Siblings:
         self.discovery = Discovery(node_id, cfg.listen_port, s.interfaces, cfg.listen_host, scheme,
                                    on_found=self._found, on_gone=self._gone) if s.mdns else None
         self.verifier = HopVerifier(s.secret, node_id) if s.secret else None
-        self.served: dict[str, int] = {}          # bytes served to each sibling we know
         self._wake = asyncio.Event()
         self._health: asyncio.Task[None] | None = None
 
@@ -97,9 +96,9 @@ class Siblings:
         if self.discovery is not None:
             try:
                 await self.discovery.start()
-            except (OSError, DiscoveryError) as e:
-                # No multicast here (a container without it), or a clash: the cache runs
-                # on, with static peers only.
+            except Exception as e:   # noqa: BLE001 - zeroconf has more than its own errors
+                # No multicast here (a container without it, no IPv4 address), or a
+                # clash: the cache runs on, with static peers only.
                 log.error("mDNS could not start (%s): only static peers will be used", e)
                 await self.discovery.close()
                 self.discovery = None
@@ -224,7 +223,7 @@ class Siblings:
                 except SiblingError as e:
                     self._failed(peer, e)
                     continue
-                peer.fetches += 1
+                peer.stats.fetches += 1
                 break
             if src is None:
                 announce("upstream")
@@ -244,14 +243,19 @@ class Siblings:
             if actual != digest:
                 self._rejected(peer, DigestMismatch(str(digest), str(actual), f"sibling {peer.node_id}"))
                 continue
-            peer.fetches += 1
+            peer.stats.fetches += 1
             return body, media_type
         return None
 
     async def last_known_tag(self, route: Route, tag: str, accept: list[str],
                              cap: int) -> tuple[TagAnswer, Peer] | None:
         """The freshest answer any live sibling has for a tag (for when the upstream is
-        unreachable); the caller verifies the body against the digest."""
+        unreachable); the caller verifies the body against the digest.
+
+        Only with a secret: a tag's digest is the one answer that cannot be checked by
+        its content, so it is only taken from siblings that sign it."""
+        if self.cfg.secret is None:
+            return None
         live = self.live()
 
         async def ask(peer: Peer) -> TagAnswer | None:
@@ -272,10 +276,8 @@ class Siblings:
 
     def served_to(self, node_id: str, nbytes: int) -> None:
         # Only siblings we know: anyone can send the marker (unsigned, without a secret).
-        peer = self.table.get_node(node_id)
-        if peer is not None:
-            peer.bytes_to += nbytes
-            self.served[node_id] = self.served.get(node_id, 0) + nbytes
+        if node_id in self.table.stats:
+            self.table.stats[node_id].bytes_to += nbytes
 
     # -- what operators see -----------------------------------------------------------------
 
@@ -285,18 +287,20 @@ class Siblings:
                 "node_id_clash": self.discovery.clash if self.discovery is not None else None,
                 "live": len(self.live()),
                 "peers": self.table.status(),
-                "served_bytes_by_node": dict(self.served)}
+                "served_bytes_by_node": {n: st.bytes_to for n, st in self.table.stats.items()
+                                         if st.bytes_to}}
 
     def collect(self) -> Iterable:
-        peers = [p for p in self.table.all() if p.node_id]
         now = self.table.clock()
+        # Every listed or discovered address, even one never reached (its node is "").
         yield gauge("edgecache_sibling_up", "1 when the sibling is used (checks pass, not shunned)",
-                    ["node", "url"], [([p.node_id, p.url], 1.0 if p.usable(now) else 0.0)
-                                      for p in peers])
+                    ["url", "node"], [([p.url, p.node_id or ""], 1.0 if p.usable(now) else 0.0)
+                                      for p in self.table.all()])
+        stats = sorted(self.table.stats.items())
         yield labelled_counter("edgecache_sibling_fetched_bytes", "Bytes fetched from each sibling",
-                                ["node"], [([p.node_id], p.bytes_from) for p in peers])
+                               ["node"], [([n], st.bytes_from) for n, st in stats])
         yield labelled_counter("edgecache_sibling_served_bytes", "Bytes served to each sibling",
-                                ["node"], [([n], v) for n, v in self.served.items()])
+                               ["node"], [([n], st.bytes_to) for n, st in stats])
         yield labelled_counter("edgecache_sibling_failures", "Failed requests to each sibling",
-                                ["node", "reason"],
-                                [([p.node_id, r], n) for p in peers for r, n in p.failures.items()])
+                               ["node", "reason"],
+                               [([n, r], c) for n, st in stats for r, c in sorted(st.failures.items())])
