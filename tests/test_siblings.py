@@ -542,6 +542,7 @@ async def test_a_released_fill_whose_sibling_stalls_goes_on_from_the_upstream(tm
     (this upstream ignores Range: its first bytes are skipped)."""
     from edgecache.pull import fill as fill_module
     monkeypatch.setattr(fill_module, "HOLD_LIMIT", 0.3)
+    caplog.set_level("INFO", logger="edgecache.fill")
     img = make_image(54, layers=1, layer_size=4 * MiB)
     layer = img.layers[0]
     async with FaultyUpstream({"demo/app:v1": img}) as up, \
