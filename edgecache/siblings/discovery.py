@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import secrets
 import socket
 from typing import Callable
 
 import ifaddr
-from zeroconf import (Error as ZeroconfError, InterfaceChoice, IPVersion, NonUniqueNameException,
-                      ServiceStateChange, Zeroconf)
+from zeroconf import (Error as ZeroconfError, InterfaceChoice, IPVersion, ServiceStateChange,
+                      Zeroconf)
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from edgecache import __version__
@@ -106,18 +107,18 @@ class Discovery:
         self._local = await asyncio.to_thread(local_networks)
         self._zc = AsyncZeroconf(interfaces=addrs if self.interfaces else InterfaceChoice.All,
                                  ip_version=IPVersion.V4Only)
-        name = f"edgecache-{self.node_id}.{SERVICE}"
+        # A name of this start's own: two boxes with one node id (a copied data_dir)
+        # then show up as two services with the same id, which _check_clash reports,
+        # rather than fighting over one name.
+        instance = f"edgecache-{self.node_id}-{secrets.token_hex(2)}"
+        name = f"{instance}.{SERVICE}"
         self._info = AsyncServiceInfo(
             SERVICE, name, port=self.port,
             properties={"id": self.node_id, "version": __version__, "port": str(self.port)},
-            server=f"edgecache-{self.node_id}.local.",
+            server=f"{instance}.local.",
             addresses=[socket.inet_aton(a) for a in advertised])
         try:
             await (await self._zc.async_register_service(self._info))
-        except NonUniqueNameException:
-            await self.close()
-            raise DiscoveryError(f"another node on the LAN advertises node id {self.node_id!r} "
-                                 "(a copied data_dir/node-id?): give each node its own") from None
         except ZeroconfError as e:
             await self.close()
             raise DiscoveryError(f"{type(e).__name__}: {e}") from None
@@ -127,7 +128,7 @@ class Discovery:
 
     def _check_clash(self, info: AsyncServiceInfo) -> None:
         """Our id on another address or port: a second box with a copy of our
-        data_dir/node-id. Registration catches it only if the other answers in time."""
+        data_dir/node-id (our own earlier start, on our address and port, is not)."""
         addrs = set(info.parsed_addresses(IPVersion.V4Only))
         if info.port == self.port and (not addrs or addrs & set(self._advertised)):
             return
@@ -150,7 +151,9 @@ class Discovery:
                    state_change: ServiceStateChange) -> None:
         if state_change is ServiceStateChange.Removed:
             url = self._urls.pop(name, None)
-            if url:
+            # (An earlier start of the same node, expiring, may share the URL of the
+            # one that runs now: only the last name for a URL takes it away.)
+            if url and url not in self._urls.values():
                 log.info("mDNS: %s said goodbye", name)
                 self.on_gone(url)
             return
