@@ -582,3 +582,22 @@ async def test_metrics_have_one_series_per_sibling(tmp_path):
     up_series = {dict(k[1])["url"]: k for k in seen if k[0] == "edgecache_sibling_up"}
     assert "http://127.0.0.1:9" in up_series              # never reached: still there, at 0
     assert ("edgecache_sibling_failures_total", (("node", "fake"), ("reason", "timeout"))) in seen
+
+
+def test_claimed_node_ids_cost_nothing_until_admitted():
+    """Anyone can advertise ids over mDNS: counters are kept per id only for nodes that
+    passed their checks, and ids no longer listed are let go when there are many."""
+    from edgecache.siblings import peers as peers_module
+    t = PeerTable("me", fail_after=3, readmit_after=1, bad_for=60)
+    for i in range(5000):
+        t.add("http://x:1", "mdns", f"claim{i}")
+    assert t.stats == {} and len(t.all()) == 1
+    for i in range(peers_module.MAX_NODES + 10):
+        p = t.add(f"http://n{i}:1", "mdns", f"n{i}")
+        t.check_passed(p, f"n{i}", "1")
+        t.remove(p.url, "mdns")
+    assert len(t.stats) <= peers_module.MAX_NODES
+    p = t.add("http://a:1", "static")
+    p.stats.failures["timeout"] = 1            # before the id is known
+    t.check_passed(p, "a", "1")
+    assert t.stats["a"].failures == {}         # a claim's counters start afresh with the id

@@ -130,7 +130,9 @@ class Discovery:
         """Our id on another address or port: a second box with a copy of our
         data_dir/node-id (our own earlier start, on our address and port, is not)."""
         addrs = set(info.parsed_addresses(IPVersion.V4Only))
-        if info.port == self.port and (not addrs or addrs & set(self._advertised)):
+        # The same addresses and port: ours (or our own earlier start). Not overlap:
+        # docker0's 172.17.0.1 is advertised by every node.
+        if info.port == self.port and (not addrs or addrs == set(self._advertised)):
             return
         where = f"{sorted(addrs)}:{info.port}"
         if self.clash != where:

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 
+MAX_NODES = 256                   # node ids whose counters are kept at most (see _admitted)
+
+
 @dataclass
 class NodeStats:
     """Counters per sibling node, kept by node id: a node listed and discovered too
@@ -72,12 +75,30 @@ class PeerTable:
         self.on_change: Callable[[Peer], None] | None = None
 
     def _identify(self, peer: Peer, node_id: str) -> None:
-        """Who answers at this peer's address (now): its counters are that node's."""
+        """Who answers at this peer's address (now): a claim until checks admit it."""
         if peer.node_id == node_id:
             return
-        carry = peer.stats if peer.node_id is None else NodeStats()
         peer.node_id, peer.up, peer.oks = node_id, False, 0
-        peer.stats = self.stats.setdefault(node_id, carry)
+        peer.stats = NodeStats()
+
+    def _admitted(self, peer: Peer) -> None:
+        """From now on its counters are its node's, kept by id. Only admitted nodes get
+        an entry (anyone can claim ids over mDNS), and ids no longer listed anywhere
+        are let go when there are many."""
+        assert peer.node_id is not None
+        kept = self.stats.get(peer.node_id)
+        if kept is None:
+            if len(self.stats) >= MAX_NODES:
+                listed = {p.node_id for p in self._peers.values()}
+                for n in [n for n in self.stats if n not in listed]:
+                    del self.stats[n]
+            self.stats[peer.node_id] = peer.stats
+        elif kept is not peer.stats:
+            kept.bytes_from += peer.stats.bytes_from
+            kept.fetches += peer.stats.fetches
+            for r, c in peer.stats.failures.items():
+                kept.failures[r] = kept.failures.get(r, 0) + c
+            peer.stats = kept
 
     # -- membership --------------------------------------------------------------
 
@@ -132,6 +153,7 @@ class PeerTable:
         peer.oks += 1
         if not peer.up and peer.oks >= self.readmit_after:
             peer.up = True
+            self._admitted(peer)
             peer.last_error = None
             self._changed(peer)
 

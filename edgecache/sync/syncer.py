@@ -60,6 +60,8 @@ class Syncer:
         self.store = store
         self.meta = meta
         self.fetcher = ImageFetcher(manifests, blobs, upstreams)
+        # The upstreams the process runs with: a reload that adds one needs a restart.
+        self.upstream_names = tuple(upstreams.clients.keys())
         self.paths = {"pinned": cfg.pinned, "prefetch": cfg.prefetch}
         self.desired: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
         self.problems: list[ListProblem] = []
@@ -167,7 +169,7 @@ class Syncer:
                 problems.append(ListProblem(str(path), 1, "no such file or directory", True))
                 desired[kind] = dict(self.desired[kind])       # keep what we had
                 continue
-            entries, ps = await asyncio.to_thread(lists.load, path, self.cfg.upstreams.keys())
+            entries, ps = await asyncio.to_thread(lists.load, path, self.upstream_names)
             problems += ps
             broken = {p.file for p in ps if p.whole_file}
             for e in entries:
