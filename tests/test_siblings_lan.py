@@ -65,6 +65,14 @@ def _ready(lan: Lan) -> bool:
         return False
 
 
+def _all_up(lan: Lan) -> None:
+    """Every node running, with siblings, and every one seeing both others."""
+    for n in NODES:
+        if n not in lan.nodes:
+            lan.start(n)
+    assert lan.wait(lambda: _ready(lan)), [lan.status(n)["siblings"] for n in lan.nodes]
+
+
 def test_nodes_find_each_other_and_fetch_a_shared_image_from_the_wan_once(lan, capsys):
     big_a = make_image(501, layers=4, layer_size=25 * MiB)
     big_b = make_image(502, layers=4, layer_size=25 * MiB)
@@ -106,10 +114,7 @@ def test_nodes_find_each_other_and_fetch_a_shared_image_from_the_wan_once(lan, c
 def test_with_the_wan_cut_a_node_gets_an_image_it_never_pulled_from_a_sibling(lan):
     img = make_image(503, layers=2, layer_size=2 * MiB)
     push(lan.reg.url, "demo/small", "v1", img)
-    for n in NODES:
-        if n not in lan.nodes:
-            lan.start(n)
-    assert lan.wait(lambda: _ready(lan))
+    _all_up(lan)
     lan.pull_all("demo/small:v1", names=("n1",))
     lan.br.wan(False)
     try:
@@ -127,10 +132,7 @@ def test_with_the_wan_cut_a_node_gets_an_image_it_never_pulled_from_a_sibling(la
 def test_killing_a_sibling_mid_transfer_does_not_fail_the_pull(lan):
     img = _owned_by("n2", 600, layers=1, layer_size=48 * MiB)
     push(lan.reg.url, "demo/kill", "v1", img)
-    for n in NODES:
-        if n not in lan.nodes:
-            lan.start(n)
-    assert lan.wait(lambda: _ready(lan))
+    _all_up(lan)
     lan.pull_all("demo/kill:v1", names=("n2",))           # n2 holds it now, and only n2
     layer = img.layers[0]
     lan.br.shape("n2", "48mbit")                          # ~8 s to send it: time to kill n2
@@ -158,10 +160,7 @@ def test_killing_a_sibling_mid_transfer_does_not_fail_the_pull(lan):
 def test_a_sibling_with_corrupt_bytes_is_detected_and_bypassed(lan):
     img = _owned_by("n1", 700, layers=1, layer_size=4 * MiB)
     push(lan.reg.url, "demo/rot", "v1", img)
-    for n in NODES:
-        if n not in lan.nodes:
-            lan.start(n)
-    assert lan.wait(lambda: _ready(lan))
+    _all_up(lan)
     lan.pull_all("demo/rot:v1", names=("n1",))            # only n1 holds it
     layer = img.layers[0]
     path = layout.blob_path(lan.tmp / "n1" / "data", parse_digest(layer.digest))
@@ -177,10 +176,7 @@ def test_a_sibling_with_corrupt_bytes_is_detected_and_bypassed(lan):
 
 
 def test_a_node_that_stops_says_goodbye(lan):
-    for n in NODES:
-        if n not in lan.nodes:
-            lan.start(n)
-    assert lan.wait(lambda: _ready(lan))
+    _all_up(lan)
     lan.nodes.pop("n1").stop()                            # SIGTERM: goodbye over mDNS
     t0 = time.monotonic()
 
@@ -196,10 +192,7 @@ def test_a_node_that_stops_says_goodbye(lan):
 
 
 def test_a_node_with_a_copied_node_id_still_serves_and_says_so(lan, tmp_path):
-    for n in NODES:
-        if n not in lan.nodes:
-            lan.start(n)
-    assert lan.wait(lambda: _ready(lan))
+    _all_up(lan)
     doc = lan.doc("n1", siblings=True)                 # n1's id, on a second box (here: port)
     doc["listen"] = "0.0.0.0:5001"
     doc["data_dir"] = str(tmp_path / "clone")
