@@ -149,13 +149,10 @@ class ManifestService:
                             accept: Accept, hop: bool) -> ManifestAnswer:
         siblings = None if hop else self.siblings
         if siblings is not None and siblings.live():
-            got = await siblings.manifest(route, d, MAX_MANIFEST_BYTES)    # verified there
-            if got is not None:
-                body, _content_type = got
+            body = await siblings.manifest(route, d, MAX_MANIFEST_BYTES)    # verified there
+            if body is not None:
                 media_type = declared_media_type(body)
-                await self.store.put_bytes(d, body)
-                self.meta.put_manifest(ManifestRecord(str(d), media_type, len(body)))
-                self._remember(str(d), body)
+                await self._keep(d, media_type, body)
                 return ManifestAnswer(body, str(d), media_type, "sibling")
         # One upstream fetch for this node's clients and its siblings' requests alike.
         return await self.flight.do(("digest-upstream", route, str(d), accept.key()),
@@ -241,8 +238,7 @@ class ManifestService:
         media_type = declared_media_type(ans.body)
         if not accept.accepts(media_type):
             return None
-        await self.store.put_bytes(actual, ans.body)
-        self.meta.put_manifest(ManifestRecord(str(actual), media_type, len(ans.body)))
+        await self._keep(actual, media_type, ans.body)
         # A sibling's clock ahead of ours does not make its answer newer than now, and
         # the record is kept already expired: it is a fallback, never a fresh answer,
         # so the next request asks the upstream first.
@@ -253,7 +249,6 @@ class ManifestService:
         if recorded > (self.meta.tags(key).get(accept.key()) or TagRecord("", "", 0, 0)).checked:
             self.meta.put_tag(key, accept.key(), TagRecord(str(actual), media_type, len(ans.body),
                                                            recorded))
-        self._remember(str(actual), ans.body)
         log.warning("%s/%s:%s -> %s from sibling %s (the upstream is unreachable)",
                     route.upstream, route.repo, tag, actual, peer.node_id)
         return ManifestAnswer(ans.body, str(actual), media_type, "sibling"), checked
@@ -286,10 +281,14 @@ class ManifestService:
         if m.digest and m.digest.startswith(f"{algo}:") and m.digest != str(actual):
             raise DigestMismatch(m.digest, str(actual), f"upstream {route.upstream}")
         media_type = media_type_of(m.media_type, m.body)
-        await self.store.put_bytes(actual, m.body)
-        self.meta.put_manifest(ManifestRecord(str(actual), media_type, len(m.body)))
-        self._remember(str(actual), m.body)
+        await self._keep(actual, media_type, m.body)
         return ManifestAnswer(m.body, str(actual), media_type, "upstream")
+
+    async def _keep(self, digest: Digest, media_type: str, body: bytes) -> None:
+        """A verified manifest into the store, its record, and the body cache."""
+        await self.store.put_bytes(digest, body)
+        self.meta.put_manifest(ManifestRecord(str(digest), media_type, len(body)))
+        self._remember(str(digest), body)
 
     async def _local(self, digest: str) -> ManifestAnswer | None:
         rec = self.meta.manifest(digest)

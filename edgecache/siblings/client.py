@@ -37,7 +37,6 @@ CHECKED = "X-Edgecache-Checked"    # when a sibling last confirmed a tag with it
 class TagAnswer:
     body: bytes
     digest: str
-    media_type: str
     checked: float
 
 
@@ -216,15 +215,16 @@ class SiblingClient:
             yield SiblingBlob(peer, r, on_reject, min_rate, read_timeout=self.read_timeout)
 
     async def manifest(self, peer: Peer, route: Route, digest: str, cap: int,
-                       wait: float) -> tuple[bytes, str]:
-        """A manifest by digest: its body and media type (the caller verifies it)."""
+                       wait: float) -> bytes:
+        """A manifest by digest (the caller verifies it, and reads its media type from
+        the body: the sibling's Content-Type is not trusted)."""
         async with self._request(peer, "GET", self._path(route, "manifests", digest),
                                  {"Accept": ", ".join(PREFERENCE)}, timeout=wait) as r:
             if r.status != 200:
                 raise self._status(peer, r)
             body = await self._read_all(peer, r, cap)
             peer.stats.bytes_from += len(body)
-            return body, r.headers.get("Content-Type", "").split(";")[0].strip()
+            return body
 
     async def tag(self, peer: Peer, route: Route, tag: str, accept: list[str],
                   cap: int) -> TagAnswer | None:
@@ -253,5 +253,4 @@ class SiblingClient:
                                       hopauth.nonce_of(signed.get(hopauth.AUTH)), digest,
                                       checked_s, body)):
                 raise SiblingError(who, "refused", "tag answer not signed by the sibling")
-            return TagAnswer(body, digest, r.headers.get("Content-Type", "").split(";")[0].strip(),
-                             checked)
+            return TagAnswer(body, digest, checked)

@@ -124,12 +124,6 @@ class PeerTable:
     def all(self) -> list[Peer]:
         return list(self._peers.values())
 
-    def get_node(self, node_id: str) -> Peer | None:
-        for p in self._peers.values():
-            if p.node_id == node_id:
-                return p
-        return None
-
     def live(self) -> list[Peer]:
         """Usable siblings, one per node (a node may be listed and discovered too)."""
         now = self.clock()

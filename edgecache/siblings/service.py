@@ -230,12 +230,11 @@ class Siblings:
                 src = await stack.enter_async_context(upstream())
             yield src
 
-    async def manifest(self, route: Route, digest: Digest, cap: int) -> tuple[bytes, str] | None:
+    async def manifest(self, route: Route, digest: Digest, cap: int) -> bytes | None:
         """A manifest by digest from a sibling, verified; None when none could give it."""
         for peer, attempt in await self.locate(route, "manifests", str(digest)):
             try:
-                body, media_type = await self.client.manifest(peer, route, str(digest), cap,
-                                                              attempt.wait)
+                body = await self.client.manifest(peer, route, str(digest), cap, attempt.wait)
             except SiblingError as e:
                 self._failed(peer, e)
                 continue
@@ -244,7 +243,7 @@ class Siblings:
                 self._rejected(peer, DigestMismatch(str(digest), str(actual), f"sibling {peer.node_id}"))
                 continue
             peer.stats.fetches += 1
-            return body, media_type
+            return body
         return None
 
     async def last_known_tag(self, route: Route, tag: str, accept: list[str],
