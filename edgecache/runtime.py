@@ -15,13 +15,15 @@ from edgecache.config import Config
 from edgecache.metrics import Metrics
 from edgecache.pull.blobs import BlobService
 from edgecache.pull.fill import FillRegistry
+from edgecache.pull.links import Confirmer
 from edgecache.pull.manifests import ManifestService
 from edgecache.pull.tags import TagListService
 from edgecache.siblings.service import Siblings, load_node_id
 from edgecache.store import layout
 from edgecache.store.blobs import BlobStore
 from edgecache.store.meta import MetaStore
-from edgecache.sync.syncer import Syncer
+from edgecache.sync.syncer import Syncer, state_path
+from edgecache.upgrade import derive_links
 from edgecache.upstream.client import Upstreams
 
 log = logging.getLogger("edgecache")
@@ -109,10 +111,15 @@ class open_runtime:
                                                       cfg.cache.scrub_rate))
                 stack.callback(scrubber.cancel)
 
+            if store.links.upgraded_from is not None:
+                await derive_links(store, meta, state_path(cfg.data_dir), cfg.upstreams)
+
             fills = FillRegistry(store)
             stack.push_async_callback(fills.close)
-            blobs = BlobService(store, fills, upstreams, metrics)
-            manifests = ManifestService(store, meta, upstreams, metrics, cfg.tag_ttl)
+            confirmer = Confirmer(upstreams)
+            blobs = BlobService(store, fills, upstreams, metrics, confirmer)
+            manifests = ManifestService(store, meta, upstreams, metrics, cfg.tag_ttl,
+                                        confirmer=confirmer)
             siblings = None
             if self.with_siblings:
                 node_id = await asyncio.to_thread(load_node_id, cfg.data_dir, cfg.siblings.node_id)

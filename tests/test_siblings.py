@@ -219,7 +219,7 @@ async def test_one_wan_fetch_even_when_the_upstream_is_slow_to_answer(tmp_path):
 
 
 @pytest.mark.parametrize("signed", [False, True])
-async def test_with_the_wan_cut_a_node_gets_blob_manifest_and_tag_from_a_sibling(tmp_path, signed):
+async def test_with_the_wan_cut_a_node_gets_blob_manifest_and_tag_from_a_signed_sibling(tmp_path, signed):
     img = make_image(42, layers=2, layer_size=1 * MiB)
     sib = {}
     if signed:
@@ -246,11 +246,17 @@ async def test_with_the_wan_cut_a_node_gets_blob_manifest_and_tag_from_a_sibling
             else:
                 assert st == 503
             st, _, body = await fetch(s, b, f"/v2/demo/app/manifests/{img.digest}")
-            assert st == 200 and body == man
+            # Without a secret a sibling may be anyone on the LAN: that the repository has
+            # a digest is taken from the upstream only, and it cannot be asked now.
+            assert (st, body) == (200, man) if signed else st == 503
             for blob in img.blobs:
                 st, _, body = await fetch(s, b, f"/v2/demo/app/blobs/{blob.digest}")
-                assert st == 200 and body == blob.data
-            assert b.services.siblings.table.stats["n0"].bytes_from >= sum(x.size for x in missing)
+                if signed or blob not in missing:
+                    assert st == 200 and body == blob.data
+                else:
+                    assert st == 503
+            fetched = b.services.siblings.table.stats["n0"].bytes_from
+            assert fetched >= sum(x.size for x in missing) if signed else fetched == 0
             assert b.services.blobs.upstreams.clients["central.example"].last_error  # tried first
             # A tag no node knows is still an error, not a hang.
             st, _, _ = await fetch(s, b, "/v2/demo/app/manifests/v2")
@@ -497,9 +503,10 @@ async def test_a_tag_answer_must_be_signed_by_the_sibling_when_there_is_a_secret
                 await client.close()
 
 
-async def test_a_signed_sibling_gets_what_a_node_holds_under_any_upstream_name(tmp_path):
-    """Content is the same under any route: a sibling asking with an upstream this node
-    does not have still gets what it holds (signed only: for others ?ns= is checked)."""
+async def test_a_signed_sibling_gets_only_what_belongs_to_the_route_it_names(tmp_path):
+    """Content belongs to the route it came through: a signed sibling naming an upstream
+    this node does not have, or another repository of the same upstream, gets nothing
+    (a 404, as Distribution answers); under the right route it gets the blob."""
     (tmp_path / "secret").write_bytes(SECRET)
     img = make_image(52, layers=1, layer_size=256 * 1024)
     layer = img.layers[0]
@@ -508,19 +515,29 @@ async def test_a_signed_sibling_gets_what_a_node_holds_under_any_upstream_name(t
         async with EdgeServer(doc) as node, aiohttp.ClientSession() as s:
             path = f"/v2/demo/app/blobs/{layer.digest}"
             assert (await fetch(s, node, path))[0] == 200 and await node.stored(layer.digest)
-            other = path + "?ns=other.example"
+            up.reset_counts()
             for method in ("HEAD", "GET"):
-                h = hopauth.sign(SECRET, "n9", "n0", method, other)
-                async with s.request(method, node.url + other, headers=h) as r:
+                h = hopauth.sign(SECRET, "n9", "n0", method, path)
+                async with s.request(method, node.url + path, headers=h) as r:
                     assert r.status == 200
                     if method == "GET":
                         assert await r.read() == layer.data
+            for other in (path + "?ns=other.example", f"/v2/other/repo/blobs/{layer.digest}"):
+                for method in ("HEAD", "GET"):
+                    h = hopauth.sign(SECRET, "n9", "n0", method, other)
+                    async with s.request(method, node.url + other, headers=h) as r:
+                        assert r.status == 404, (method, other)
+            # The other repository was asked about once (HEAD), and its "no" remembered;
+            # no body crossed the WAN.
+            assert up.count("HEAD", "/v2/other/repo/blobs/.*") == 1
+            assert up.count("GET", "/v2/.*/blobs/") == 0
             unknown = f"/v2/demo/app/blobs/sha256:{'0' * 64}?ns=other.example"
             st, _, _ = await fetch(s, node, unknown, headers=hopauth.sign(SECRET, "n9", "n0", "GET", unknown))
             assert st == 404
-            # Unsigned (a client setting the marker): an unknown registry, as for anyone.
+            # Unsigned (a client setting the marker): refused when there is a secret.
+            other = path + "?ns=other.example"
             st, _, body = await fetch(s, node, other, headers={hopauth.HOP: "n9"})
-            assert st == 401          # unsigned hop requests are refused when there is a secret
+            assert st == 401
 
 
 async def test_without_a_secret_the_hop_marker_opens_nothing(tmp_path):

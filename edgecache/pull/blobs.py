@@ -9,6 +9,7 @@ from edgecache.errors import (BlobUnknown, DigestMismatch, HopRefused, SizeMisma
                               UpstreamError, UpstreamNotFound)
 from edgecache.metrics import Metrics
 from edgecache.pull.fill import Fill, FillRegistry
+from edgecache.pull.links import Confirmer, owner
 from edgecache.pull.routing import Route
 from edgecache.reference import Digest
 from edgecache.store.blobs import BlobStore
@@ -40,27 +41,52 @@ def failure_reason(err: BaseException) -> str:
 
 class BlobService:
     """`hop=True` marks a request from a sibling: it is answered from the store, a
-    fill from the upstream, or the upstream, and never passed on to a sibling."""
+    fill from the upstream, or the upstream, and never passed on to a sibling.
+
+    A blob is answered through a route only when it belongs to it (pull/links.py):
+    linked, being filled through that route, or confirmed by the route's upstream."""
 
     def __init__(self, store: BlobStore, fills: FillRegistry, upstreams: Upstreams,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, confirmer: Confirmer | None = None) -> None:
         self.store = store
         self.fills = fills
         self.upstreams = upstreams
         self.metrics = metrics
+        self.confirmer = confirmer or Confirmer(upstreams)
         self.siblings = None           # edgecache.siblings.service.Siblings, set by the runtime
         fills.on_finish = self._fill_finished
 
-    def local(self, digest: Digest) -> LocalBlob | None:
+    def local(self, route: Route, digest: Digest) -> LocalBlob | None:
+        """The blob, if held here and linked to the route (no I/O: memory only)."""
         size = self.store.size(digest)
-        if size is None:
+        if size is None or not self.store.linked(digest, owner(route)):
             return None
         self.store.touch(digest)
         return LocalBlob(digest, self.store.path(digest), size)
 
+    async def _belongs(self, route: Route, digest: Digest) -> None:
+        """Make sure the route may have this digest, which we hold or are filling under
+        another route: the upstream confirms it (then it is linked) or BlobUnknown."""
+        if self.store.linked(digest, owner(route)):
+            return
+        if not await self.confirmer.confirm(route, "blobs", str(digest)):
+            raise BlobUnknown(f"{route.repo}@{digest}")
+        await self.store.link([digest], owner(route))
+
+    def _held_elsewhere(self, route: Route, digest: Digest) -> bool:
+        """Held or being filled here, but not (yet) known to belong to this route."""
+        if self.store.linked(digest, owner(route)):
+            return False
+        if self.store.has(digest):
+            return True
+        fill = self.fills.get(digest)
+        return fill is not None and fill.origin != route
+
     async def head(self, route: Route, digest: Digest) -> int | None:
         """The size of a blob, asking the upstream (HEAD only) when we do not hold it."""
-        if (b := self.local(digest)) is not None:
+        if self._held_elsewhere(route, digest):
+            await self._belongs(route, digest)
+        if (b := self.local(route, digest)) is not None:
             self.metrics.hit("blob")
             return b.size
         fill = self.fills.get(digest)
@@ -68,29 +94,34 @@ class BlobService:
             # Not a fill from a sibling: its size is not known for sure before the end.
             if fill is not None and fill.origin == route and fill.source_kind == "upstream":
                 return await fill.wait_headers()
-            return await self.upstreams.get(route.upstream).head_blob(route.repo, str(digest))
+            size = await self.upstreams.get(route.upstream).head_blob(route.repo, str(digest))
         except UpstreamNotFound:
             raise BlobUnknown(str(digest)) from None
+        # The upstream says the repository has it: a copy held here may be given.
+        await self.store.link([digest], owner(route))
+        return size
 
-    def held(self, digest: Digest) -> tuple[str, int | None] | None:
-        """How this node holds a blob, for a sibling's probe: ("stored", size), or
-        ("filling", size) while it comes from the upstream; None otherwise."""
+    def held(self, route: Route, digest: Digest) -> tuple[str, int | None] | None:
+        """How this node holds a blob for a route, for a sibling's probe: ("stored",
+        size), or ("filling", size) while it comes from the upstream for that route;
+        None otherwise."""
         size = self.store.size(digest)
-        if size is not None:
+        if size is not None and self.store.linked(digest, owner(route)):
             return "stored", size
         fill = self.fills.get(digest)
-        if fill is not None and fill.source_kind == "upstream" and fill.error is None:
+        if (fill is not None and fill.source_kind == "upstream" and fill.error is None
+                and fill.origin == route):
             return "filling", fill.size
         return None
 
-    def _start(self, route: Route, digest: Digest, *, hop: bool = False) -> Fill:
+    def _start(self, route: Route, digest: Digest, *, siblings: bool) -> Fill:
         client = self.upstreams.get(route.upstream)
 
         def upstream(offset: int = 0):
             return client.blob(route.repo, str(digest), offset)
 
-        siblings = None if hop else self.siblings
-        if siblings is not None and siblings.live():
+        if siblings and self.siblings is not None:
+            sibs = self.siblings
             fill: Fill | None = None
 
             def announce(kind: str) -> None:
@@ -98,13 +129,13 @@ class BlobService:
                 fill.announce(kind)
 
             fill = self.fills.start(
-                digest, lambda: siblings.blob_source(route, digest, upstream, announce),
+                digest, lambda: sibs.blob_source(route, digest, upstream, announce),
                 expected_size=None, source_name=f"upstream {route.upstream}", origin=route,
-                fallback=upstream)
+                fallback=upstream, link=owner(route))
             return fill
         return self.fills.start(digest, upstream, expected_size=None,
                                 source_name=f"upstream {route.upstream}", origin=route,
-                                kind="upstream")
+                                kind="upstream", link=owner(route))
 
     async def _joinable_by_hop(self, digest: Digest) -> None:
         """A sibling may join our fill only if it comes from the upstream: joining one
@@ -121,14 +152,17 @@ class BlobService:
             raise HopRefused(f"{digest} is on its way here from a sibling")
 
     async def get(self, route: Route, digest: Digest, *, hop: bool = False) -> LocalBlob | Fill:
-        if (b := self.local(digest)) is not None:
+        if self._held_elsewhere(route, digest):
+            await self._belongs(route, digest)
+        if (b := self.local(route, digest)) is not None:
             self.metrics.hit("blob")
             return b
         self.metrics.miss("blob")
         if hop:
             await self._joinable_by_hop(digest)
+        siblings = await self._siblings_for(route, digest, hop)
         joined = self.fills.get(digest) is not None
-        fill = self._start(route, digest, hop=hop)
+        fill = self._start(route, digest, siblings=siblings)
         if joined:
             self.metrics.coalesced()
         try:
@@ -140,22 +174,39 @@ class BlobService:
                 raise
             # The fill we joined came from another repository or upstream, and that one
             # failed: ours may well have the blob. Try it ourselves, once.
-            fill = self._start(route, digest, hop=hop)
+            fill = self._start(route, digest, siblings=siblings)
             try:
                 await fill.wait_headers()
             except UpstreamNotFound:
                 raise BlobUnknown(str(digest)) from None
         return fill
 
+    async def _siblings_for(self, route: Route, digest: Digest, hop: bool) -> bool:
+        """Whether a new fill may ask the siblings. Ones whose claims are not vouched for
+        (no shared secret, no operator's CA) may be anyone on the LAN: that the route has
+        the digest is confirmed with the upstream first, else they are not asked."""
+        siblings = None if hop else self.siblings
+        if siblings is None or not siblings.live():
+            return False
+        if siblings.trusted or self.fills.get(digest) is not None:
+            return True          # trusted, or joining a fill: nothing new is asked
+        if not await self.confirmer.confirm(route, "blobs", str(digest)):
+            return False
+        await self.store.link([digest], owner(route))
+        return True
+
     async def ensure(self, route: Route, digest: Digest, on_fill=None) -> int:
-        """Have the blob in the store (fetching it if need be); returns its size.
+        """Have the blob in the store for this route (fetching it if need be); returns
+        its size.
 
         on_fill(fill) is told of the fill, for progress; clients asking for the same
         digest meanwhile share it.
         """
+        if self._held_elsewhere(route, digest):
+            await self._belongs(route, digest)
         if (size := self.store.size(digest)) is not None:
             return size
-        fill = self._start(route, digest)
+        fill = self._start(route, digest, siblings=await self._siblings_for(route, digest, False))
         if on_fill is not None:
             on_fill(fill)
         assert fill.task is not None

@@ -80,8 +80,10 @@ def _write_and_hash(fd: int, hasher, data: bytes, offset: int) -> None:
 class Fill:
     def __init__(self, digest: Digest, store: BlobStore, open_source: SourceFactory,
                  expected_size: int | None, source_name: str, origin: object = None,
-                 fallback: FallbackFactory | None = None, kind: str | None = None) -> None:
+                 fallback: FallbackFactory | None = None, kind: str | None = None,
+                 link: tuple[str, str] | None = None) -> None:
         self.digest = digest
+        self.link = link                # the (upstream, repository) the blob is linked to when stored
         self.store = store
         self.source_name = source_name
         self._default_name = source_name
@@ -171,7 +173,8 @@ class Fill:
             try:
                 # Shielded: a shutdown must not leave a renamed blob the index never heard of.
                 commit = asyncio.ensure_future(self.store.commit(
-                    self.tmp, self.digest, size=self.size, computed=computed, written=self.written))
+                    self.tmp, self.digest, size=self.size, computed=computed, written=self.written,
+                    link=self.link))
                 try:
                     await asyncio.shield(commit)
                 except asyncio.CancelledError:
@@ -481,14 +484,15 @@ class FillRegistry:
 
     def start(self, digest: Digest, open_source: SourceFactory, *, expected_size: int | None,
               source_name: str, origin: object = None,
-              fallback: FallbackFactory | None = None, kind: str | None = None) -> Fill:
+              fallback: FallbackFactory | None = None, kind: str | None = None,
+              link: tuple[str, str] | None = None) -> Fill:
         key = str(digest)
         existing = self._fills.get(key)
         if existing is not None and existing.error is None and not existing.memory_mode:
             self.coalesced += 1
             return existing
         fill = Fill(digest, self.store, open_source, expected_size, source_name, origin, fallback,
-                    kind)
+                    kind, link)
         self._fills[key] = fill
         fill.start()
         assert fill.task is not None

@@ -26,6 +26,7 @@ from edgecache.errors import (DigestMismatch, ManifestUnknown, UpstreamError,
                               UpstreamNotFound, UpstreamDenied, is_unavailable)
 from edgecache.mediatypes import DOCKER_SCHEMA1, OCI_INDEX, OCI_MANIFEST, PREFERENCE, Accept
 from edgecache.metrics import Metrics
+from edgecache.pull.links import Confirmer, children, owner
 from edgecache.pull.routing import Route
 from edgecache.pull.singleflight import SingleFlight
 from edgecache.reference import Digest, digest_of, is_digest, parse_digest, validate_tag
@@ -36,6 +37,7 @@ from edgecache.upstream.client import UpstreamClient, Upstreams
 log = logging.getLogger("edgecache.manifests")
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_LINKED_TREE = 256        # manifests linked at once under one (an index and its platforms)
 
 
 @dataclass(frozen=True)
@@ -47,21 +49,10 @@ class ManifestAnswer:
     stale: bool = False
 
 
-def media_type_of(content_type: str, body: bytes) -> str:
-    """The upstream's Content-Type, or the manifest's own mediaType field."""
-    ct = content_type.split(";")[0].strip()
-    if ct and ct not in ("application/json", "text/plain", "application/octet-stream"):
-        return ct
-    try:
-        mt = json.loads(body).get("mediaType")
-    except (ValueError, AttributeError):
-        mt = None
-    return mt if isinstance(mt, str) and mt else OCI_MANIFEST
-
-
-def declared_media_type(body: bytes) -> str:
-    """The media type of a manifest a sibling sent, from its body alone (verified by
-    its digest; the sibling's Content-Type is not): its mediaType field, else its shape."""
+def media_type_of(body: bytes) -> str:
+    """A manifest's media type, from its (verified) body alone: its mediaType field,
+    else its shape. Never an upstream's or sibling's Content-Type: one source must
+    not be able to make a digest another route shares unpullable."""
     try:
         doc = json.loads(body)
     except ValueError:
@@ -86,8 +77,10 @@ def _acceptable(answer: ManifestAnswer, accept: Accept) -> ManifestAnswer:
 class ManifestService:
     def __init__(self, store: BlobStore, meta: MetaStore, upstreams: Upstreams, metrics: Metrics,
                  tag_ttl: float, *, clock: Callable[[], float] = time.time,
-                 body_cache_bytes: int = 32 * 1024 * 1024) -> None:
+                 body_cache_bytes: int = 32 * 1024 * 1024,
+                 confirmer: Confirmer | None = None) -> None:
         self.store = store
+        self.confirmer = confirmer or Confirmer(upstreams)
         self.meta = meta
         self.upstreams = upstreams
         self.metrics = metrics
@@ -108,8 +101,10 @@ class ManifestService:
             return await self._by_digest(route, parse_digest(reference), accept, hop)
         return await self._by_tag(route, validate_tag(reference), accept, hop)
 
-    async def local(self, digest: str) -> ManifestAnswer | None:
-        """A manifest this node holds (a sibling's probe)."""
+    async def local(self, route: Route, digest: str) -> ManifestAnswer | None:
+        """A manifest this node holds for a route (a sibling's probe)."""
+        if not self.store.linked(digest, owner(route)):
+            return None
         return await self._local(digest)
 
     async def last_known(self, route: Route, tag: str,
@@ -126,6 +121,11 @@ class ManifestService:
     async def _by_digest(self, route: Route, d: Digest, accept: Accept,
                          hop: bool = False) -> ManifestAnswer:
         local = await self._local(str(d))
+        if local is not None and not self.store.linked(d, owner(route)):
+            # Held, but not known to belong to this repository: its upstream says.
+            if not await self.confirmer.confirm(route, "manifests", str(d)):
+                raise ManifestUnknown(f"{route.repo}@{d}")
+            await self._link(route, str(d), local.body)
         if local is not None:
             if not accept.accepts(local.media_type):
                 raise ManifestUnknown(f"{d} is a {local.media_type}, which the client did not accept")
@@ -148,11 +148,14 @@ class ManifestService:
     async def _fetch_digest(self, client: UpstreamClient, route: Route, d: Digest,
                             accept: Accept, hop: bool) -> ManifestAnswer:
         siblings = None if hop else self.siblings
-        if siblings is not None and siblings.live():
+        # A sibling that does not sign may be anyone: what it says belongs to the route
+        # is confirmed with the upstream first (a HEAD; the body still saves the GET).
+        if siblings is not None and siblings.live() and (
+                siblings.trusted or await self.confirmer.confirm(route, "manifests", str(d))):
             body = await siblings.manifest(route, d, MAX_MANIFEST_BYTES)    # verified there
             if body is not None:
-                media_type = declared_media_type(body)
-                await self._keep(d, media_type, body)
+                media_type = media_type_of(body)
+                await self._keep(route, d, media_type, body)
                 return ManifestAnswer(body, str(d), media_type, "sibling")
         # One upstream fetch for this node's clients and its siblings' requests alike.
         return await self.flight.do(("digest-upstream", route, str(d), accept.key()),
@@ -203,7 +206,9 @@ class ManifestService:
         if head.digest:
             known = await self._local(head.digest)
             if known is not None:
-                # Unchanged (or known from elsewhere): one HEAD and nothing else.
+                # Unchanged (or known from elsewhere): one HEAD and nothing else. The
+                # upstream just said the tag names it: it belongs to this repository.
+                await self._link(route, known.digest, known.body)
                 if accept.accepts(known.media_type):
                     self.meta.put_tag(key, accept.key(), TagRecord(
                         known.digest, known.media_type, len(known.body), self.clock()))
@@ -235,10 +240,10 @@ class ManifestService:
         if expected is None or actual != expected:
             self.siblings.wrong_bytes(peer, f"tag answer {ans.digest} has a body of {actual}")
             return None
-        media_type = declared_media_type(ans.body)
+        media_type = media_type_of(ans.body)
         if not accept.accepts(media_type):
             return None
-        await self._keep(actual, media_type, ans.body)
+        await self._keep(route, actual, media_type, ans.body)
         # A sibling's clock ahead of ours does not make its answer newer than now, and
         # the record is kept already expired: it is a fallback, never a fresh answer,
         # so the next request asks the upstream first.
@@ -280,15 +285,45 @@ class ManifestService:
             raise DigestMismatch(str(expected), str(actual), f"upstream {route.upstream}")
         if m.digest and m.digest.startswith(f"{algo}:") and m.digest != str(actual):
             raise DigestMismatch(m.digest, str(actual), f"upstream {route.upstream}")
-        media_type = media_type_of(m.media_type, m.body)
-        await self._keep(actual, media_type, m.body)
+        media_type = media_type_of(m.body)
+        await self._keep(route, actual, media_type, m.body)
         return ManifestAnswer(m.body, str(actual), media_type, "upstream")
 
-    async def _keep(self, digest: Digest, media_type: str, body: bytes) -> None:
-        """A verified manifest into the store, its record, and the body cache."""
-        await self.store.put_bytes(digest, body)
+    async def _keep(self, route: Route, digest: Digest, media_type: str, body: bytes) -> None:
+        """A verified manifest that came for a route into the store, its record, its
+        links and the body cache."""
+        await self.store.put_bytes(digest, body, link=owner(route))
         self.meta.put_manifest(ManifestRecord(str(digest), media_type, len(body)))
         self._remember(str(digest), body)
+        # Every route the manifest already belonged to (an index named it) now has
+        # what it names too.
+        for o in self.store.links.owners(str(digest)):
+            await self._link(Route(*o), str(digest), body)
+
+    async def _link(self, route: Route, digest: str, body: bytes) -> None:
+        """Link a manifest to a route, with what it names (recursively) that is held
+        here and already belongs to the same upstream. Content held only under other
+        upstreams is not linked by naming: anyone can write a manifest naming any
+        digest, so across upstreams only the upstream's own answer (a fill, a HEAD)
+        links it."""
+        own = owner(route)
+        todo, seen = [(digest, body)], set()
+        while todo and len(seen) < MAX_LINKED_TREE:
+            d, b = todo.pop()
+            if d in seen:
+                continue
+            seen.add(d)
+            await self.store.link([d], own)
+            for child in children(b):
+                if child in seen or not self.store.links.owners(child) or not any(
+                        u == route.upstream for u, _ in self.store.links.owners(child)):
+                    continue
+                if self.meta.manifest(child) is not None:
+                    found = await self._local(child)
+                    if found is not None:
+                        todo.append((child, found.body))
+                        continue
+                await self.store.link([child], own)
 
     async def _local(self, digest: str) -> ManifestAnswer | None:
         rec = self.meta.manifest(digest)

@@ -66,8 +66,8 @@ def _route(request: web.Request, svc: Services) -> Route:
 
 def _hop_route(request: web.Request, svc: Services) -> Route | None:
     """A sibling's route; None when a signed sibling names an upstream this node does
-    not have (then only what it holds can be given: content is the same under any
-    route). Anyone else is routed, and checked, like every client."""
+    not have (then nothing is given: content belongs to the route it came through).
+    Anyone else is routed, and checked, like every client."""
     try:
         return _route(request, svc)
     except UnknownRegistry:
@@ -117,8 +117,10 @@ async def manifest(request: web.Request) -> web.Response:
                     svc.siblings.cfg.secret, svc.siblings.node_id,
                     hopauth.nonce_of(request.headers.get(hopauth.AUTH)), ans.digest,
                     headers[CHECKED], ans.body)
-        elif request.method == "HEAD" or route is None:
-            ans = await svc.manifests.local(reference)
+        elif route is None:
+            raise ManifestUnknown(f"{reference}: no such upstream here")
+        elif request.method == "HEAD":
+            ans = await svc.manifests.local(route, reference)
             if ans is None or not accept.accepts(ans.media_type):
                 raise ManifestUnknown(f"{reference} is not held here")
             headers[HAVE] = "stored"
@@ -147,8 +149,9 @@ async def blob(request: web.Request) -> web.StreamResponse:
                "Content-Type": "application/octet-stream"}
     if request.method == "HEAD":
         if hop:
-            # A sibling's probe: only what we hold or are getting from the upstream.
-            held = svc.blobs.held(digest)
+            # A sibling's probe: only what we hold or are getting from the upstream,
+            # for that route.
+            held = svc.blobs.held(route, digest) if route is not None else None
             if held is None:
                 raise BlobUnknown(f"{digest} is not held here")
             how, size = held
@@ -200,11 +203,8 @@ async def blob(request: web.Request) -> web.StreamResponse:
 
 
 async def _blob_target(svc: Services, route: Route | None, digest, hop: bool) -> LocalBlob | Fill:
-    if route is None:             # a sibling's route we do not have: only what we hold
-        local = svc.blobs.local(digest)
-        if local is None:
-            raise BlobUnknown(f"{digest} is not held here")
-        return local
+    if route is None:             # a sibling's upstream we do not have
+        raise BlobUnknown(f"{digest}: no such upstream here")
     return await svc.blobs.get(route, digest, hop=hop)
 
 

@@ -162,6 +162,22 @@ class Siblings:
     def live(self) -> list[Peer]:
         return self.table.live()
 
+    @property
+    def signed(self) -> bool:
+        """Siblings share a secret: every live one proved it holds it."""
+        return self.cfg.secret is not None
+
+    @property
+    def trusted(self) -> bool:
+        """Whether what a live sibling serves for a route is taken as belonging to that
+        route: it signs (a shared secret), or every live one was reached over https and
+        verified against the operator's CA (siblings.tls.ca_file)."""
+        if self.signed:
+            return True
+        tls = self.cfg.tls
+        return (tls is not None and tls.ca_file is not None
+                and all(p.url.startswith("https://") for p in self.live()))
+
     # -- the miss path ------------------------------------------------------------------
 
     def _failed(self, peer: Peer, err: SiblingError) -> None:

@@ -25,6 +25,7 @@ from edgecache.errors import DigestMismatch, EdgecacheError, SizeMismatch, Store
 from edgecache.reference import Digest, parse_digest
 from edgecache.store import layout
 from edgecache.store.index import BlobIndex
+from edgecache.store.links import Links, Owner
 
 
 @dataclass
@@ -85,6 +86,7 @@ class BlobStore:
                  low_watermark: float = 0.85) -> None:
         self.data_dir = data_dir
         self.index = BlobIndex(layout.index_dir(data_dir))
+        self.links = Links(layout.links_dir(data_dir))
         self.stats = StoreStats()
         self._in_use: dict[str, int] = {}
         # One thread for index writes keeps them in order; file work uses the default pool.
@@ -118,8 +120,13 @@ class BlobStore:
         for p in layout.tmp_dir(self.data_dir).iterdir():
             p.unlink(missing_ok=True)
         clean = self.index.load()
+        self.links.load()
         if not clean:
             self._reconcile()
+        # Links to digests that are not here (never arrived, or lost in a crash) are
+        # made again by whatever fetches them; pinned ones by the syncer at its start.
+        self.links.prune(lambda d: d in self.index, lambda d: False)
+        self.links.flush()
         self.index.flush()
 
     def _reconcile(self) -> None:
@@ -134,7 +141,7 @@ class BlobStore:
                 on_disk[str(d)] = p.stat().st_size
         for digest in self.index.digests():
             if digest not in on_disk or on_disk[digest] != self.index.size(digest):
-                self.index.remove(digest)
+                self._forget(digest)
                 self.stats.repaired_missing_files += 1
         for digest, size in on_disk.items():
             if digest not in self.index:
@@ -156,6 +163,7 @@ class BlobStore:
         return self._lock_fd is not None and self.data_dir.is_dir()
 
     def close_sync(self) -> None:
+        self.links.close()
         self.index.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)         # releases the lock
@@ -167,7 +175,17 @@ class BlobStore:
             await self.flush()
 
     async def flush(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._index_io, self.index.flush)
+        await asyncio.get_running_loop().run_in_executor(self._index_io, self._flush_sync)
+
+    def _flush_sync(self) -> None:
+        # Links first: a blob record that reached the disk has its links there too.
+        self.links.flush()
+        self.index.flush()
+
+    def _forget(self, digest: str) -> None:
+        """A blob leaves the store: its record and its links."""
+        self.index.remove(digest)
+        self.links.drop(digest)
 
     # -- reads -----------------------------------------------------------------
 
@@ -179,6 +197,9 @@ class BlobStore:
 
     def has(self, digest: Digest) -> bool:
         return str(digest) in self.index
+
+    def linked(self, digest: Digest | str, owner: Owner) -> bool:
+        return self.links.has(str(digest), owner)
 
     def touch(self, digest: Digest) -> None:
         self.index.touch(str(digest))
@@ -206,8 +227,10 @@ class BlobStore:
         return layout.tmp_path(self.data_dir, secrets.token_hex(12))
 
     async def commit(self, tmp: Path, digest: Digest, *, size: int, computed: str,
-                     written: int) -> None:
-        """Move a fully written, hashed temp file into place; raises and deletes it if wrong."""
+                     written: int, link: Owner | None = None) -> None:
+        """Move a fully written, hashed temp file into place and link it to the
+        (upstream, repository) it came through; raises and deletes it if wrong.
+        Validate, move, link, clean up, as Distribution's blob writer does."""
         try:
             if written != size:
                 raise SizeMismatch(size, written)
@@ -217,9 +240,19 @@ class BlobStore:
         except BaseException:
             await asyncio.to_thread(tmp.unlink, True)
             raise
+        if link is not None:
+            self.links.add(str(digest), link)
         self.index.add(str(digest), size)
+        if self.links.needs_prune(len(self.index)):
+            self.links.prune(lambda d: d in self.index, self.index.is_pinned)
         await self.flush()
         self._maybe_evict()
+
+    async def link(self, digests: Iterable[Digest | str], owner: Owner) -> None:
+        """Record that digests belong to (upstream, repository); written with the next
+        flush of the index (a new link is flushed at once)."""
+        if self.links.add_many((str(d) for d in digests), owner):
+            await self.flush()
 
     @staticmethod
     def _move_into_place(tmp: Path, final: Path) -> None:
@@ -235,10 +268,12 @@ class BlobStore:
         except OSError as e:
             raise _translate_oserror(e) from e
 
-    async def put_bytes(self, digest: Digest, data: bytes) -> None:
+    async def put_bytes(self, digest: Digest, data: bytes, link: Owner | None = None) -> None:
         """Store a small verified blob (a manifest) in one go."""
         if self.has(digest):
             self.touch(digest)
+            if link is not None:
+                await self.link([digest], link)
             return
         h = digest.hasher()
         h.update(data)
@@ -248,10 +283,11 @@ class BlobStore:
         except OSError as e:
             await asyncio.to_thread(tmp.unlink, True)
             raise _translate_oserror(e) from e
-        await self.commit(tmp, digest, size=len(data), computed=h.hexdigest(), written=len(data))
+        await self.commit(tmp, digest, size=len(data), computed=h.hexdigest(), written=len(data),
+                          link=link)
 
     async def delete(self, digest: Digest) -> None:
-        self.index.remove(str(digest))
+        self._forget(str(digest))
         await asyncio.to_thread(self.path(digest).unlink, True)
         await self.flush()
 
@@ -296,7 +332,7 @@ class BlobStore:
                 break
             if digest not in self.index or self.index.is_pinned(digest) or digest in self._in_use:
                 continue
-            self.index.remove(digest)
+            self._forget(digest)
             await asyncio.to_thread(self.path(parse_digest(digest)).unlink, True)
             count += 1
             freed += entry.size
@@ -353,7 +389,7 @@ class BlobStore:
         return h.hexdigest() == digest.hex
 
     async def quarantine(self, digest: Digest) -> None:
-        self.index.remove(str(digest))
+        self._forget(str(digest))
         await asyncio.to_thread(self._move_to_quarantine, digest)
         self.stats.quarantined += 1
         await self.flush()

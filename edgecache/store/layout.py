@@ -6,6 +6,8 @@
       tmp/<token>.part                    fills in progress (cleared at start)
       quarantine/<algorithm>-<hex>.<n>    blobs that failed verification, kept for a look
       index/                              diskcache: blob sizes, last use, pins (LRU)
+      links/                              diskcache: (upstream, repository) pairs each digest
+                                          belongs to; answered only through those
       meta/                               diskcache: manifest media types, tag records,
                                           tag lists for offline answers
       sync/state.json                     what the syncer has fetched and pinned
@@ -53,6 +55,10 @@ def quarantine_path(data_dir: Path, digest: Digest, n: int) -> Path:
 
 def index_dir(data_dir: Path) -> Path:
     return data_dir / "index"
+
+
+def links_dir(data_dir: Path) -> Path:
+    return data_dir / "links"
 
 
 def meta_dir(data_dir: Path) -> Path:

@@ -82,8 +82,8 @@ class MetaStore:
         self._disk.put(("tag", *key, accept_key),
                        (rec.digest, rec.media_type, rec.size, rec.checked))
 
-    def tag_count(self) -> int:
-        return len(self._tags)
+    def all_tags(self) -> list[tuple[TagKey, dict[str, TagRecord]]]:
+        return list(self._tags.items())
 
     # -- tag lists ---------------------------------------------------------------
 

@@ -277,8 +277,10 @@ class Syncer:
                 digest = rec["digest"]
             p.digest = digest
             owner = _owner(kind, entry, digest)
+            linked_to = (entry.ref.upstream, entry.ref.repo)
             if rec and rec["digest"] == digest and all(
-                    self.store.has(parse_digest(d)) for d in rec["digests"]):
+                    self.store.has(parse_digest(d)) and self.store.linked(d, linked_to)
+                    for d in rec["digests"]):
                 # Unchanged and whole: one HEAD (for a tracked tag) and nothing else.
                 p.bytes_total = p.bytes_done = rec.get("size", 0)
                 self._switch_tag(kind, entry, digest, rec.get("media_type", ""))

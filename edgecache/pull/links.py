@@ -1,0 +1,112 @@
+"""Which route may have which content.
+
+A digest held here is answered through a route (upstream, repository) only when
+it is linked to it (store/links.py). Links are made as content arrives: the
+upstream served it for that repository, a verified manifest fetched for it names
+it, a signed sibling served it for that route, or the sync fetched it. A digest
+held but not linked is confirmed with the upstream: one HEAD for that repository
+with that upstream's credentials, shared by every concurrent asker; a yes links
+it (no body crosses the WAN), a no is remembered for a little while, so a client
+asking again and again costs the upstream nothing more.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from typing import Callable
+
+from edgecache.errors import UpstreamError, UpstreamNotFound, UpstreamDenied
+from edgecache.mediatypes import PREFERENCE
+from edgecache.pull.routing import Route
+from edgecache.pull.singleflight import SingleFlight
+from edgecache.store.links import Owner
+from edgecache.upstream.client import Upstreams
+
+NEGATIVE_TTL = 10.0          # seconds a "no" from the upstream is remembered
+NEGATIVE_MAX = 4096          # ... for at most this many (route, digest) pairs
+# Every manifest type we know, and anything else: a HEAD by digest must not be
+# refused for its Accept list.
+_ACCEPT_ALL = [*PREFERENCE, "*/*"]
+
+
+def owner(route: Route) -> Owner:
+    return route.upstream, route.repo
+
+
+def children(body: bytes) -> list[str]:
+    """The digests a manifest names: an index its manifests, a manifest its config,
+    layers and subject, a schema 1 manifest its layers. Nothing for what does not parse."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return []
+    if not isinstance(doc, dict):
+        return []
+    found: list[str] = []
+
+    def take(desc: object) -> None:
+        if isinstance(desc, dict) and isinstance(desc.get("digest"), str):
+            found.append(desc["digest"])
+
+    for key in ("manifests", "layers", "blobs"):
+        items = doc.get(key)
+        if isinstance(items, list):
+            for d in items:
+                take(d)
+    take(doc.get("config"))
+    take(doc.get("subject"))
+    layers = doc.get("fsLayers")
+    if isinstance(layers, list):
+        found += [x["blobSum"] for x in layers
+                  if isinstance(x, dict) and isinstance(x.get("blobSum"), str)]
+    return list(dict.fromkeys(found))
+
+
+class Confirmer:
+    """Asks an upstream whether a repository has a digest we hold under another route."""
+
+    def __init__(self, upstreams: Upstreams, clock: Callable[[], float] = time.monotonic) -> None:
+        self.upstreams = upstreams
+        self.clock = clock
+        self._flight = SingleFlight()
+        self._no: OrderedDict[tuple[Route, str, str], float] = OrderedDict()
+        self.asked = 0               # HEADs sent (for tests and status)
+
+    async def confirm(self, route: Route, kind: str, digest: str) -> bool:
+        """True when the upstream has `digest` as a blob or manifest (`kind`) of the
+        route's repository; False when it says no, or cannot be asked."""
+        key = (route, kind, digest)
+        until = self._no.get(key)
+        if until is not None:
+            if until > self.clock():
+                return False
+            del self._no[key]
+        return await self._flight.do(key, lambda: self._ask(route, kind, digest))
+
+    async def _ask(self, route: Route, kind: str, digest: str) -> bool:
+        client = self.upstreams.clients.get(route.upstream)
+        if client is None:
+            return False
+        self.asked += 1
+        try:
+            if kind == "blobs":
+                await client.head_blob(route.repo, digest)
+            else:
+                head = await client.head_manifest(route.repo, digest, _ACCEPT_ALL)
+                if head.digest and head.digest != digest:
+                    self._remember_no(route, kind, digest)
+                    return False
+        except (UpstreamNotFound, UpstreamDenied):
+            self._remember_no(route, kind, digest)
+            return False
+        except UpstreamError:
+            # Unreachable, timed out, failing: no answer now (the breaker makes the
+            # next one quick); not remembered, so the link is made once it is back.
+            return False
+        return True
+
+    def _remember_no(self, route: Route, kind: str, digest: str) -> None:
+        self._no[(route, kind, digest)] = self.clock() + NEGATIVE_TTL
+        while len(self._no) > NEGATIVE_MAX:
+            self._no.popitem(last=False)
