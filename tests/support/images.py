@@ -6,6 +6,7 @@ blob is deterministic for a given seed.
 """
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import io
@@ -190,14 +191,18 @@ def make_index(seed: int, arches: tuple[str, ...] = ("amd64", "arm64"), media: M
 
 # ---- pushing over HTTP -------------------------------------------------------------------------------------------
 
-def _request(method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None):
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+def _request(method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None,
+             auth: tuple[str, str] | None = None):
+    headers = dict(headers or {})
+    if auth is not None:     # a registry with htpasswd (Basic on every request)
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     return urllib.request.urlopen(req, timeout=60)
 
 
-def _blob_exists(base: str, repo: str, digest: str) -> bool:
+def _blob_exists(base: str, repo: str, digest: str, auth: tuple[str, str] | None = None) -> bool:
     try:
-        with _request("HEAD", f"{base}/v2/{repo}/blobs/{digest}") as r:
+        with _request("HEAD", f"{base}/v2/{repo}/blobs/{digest}", auth=auth) as r:
             return r.status == 200
     except urllib.error.HTTPError as e:
         e.close()
@@ -206,39 +211,41 @@ def _blob_exists(base: str, repo: str, digest: str) -> bool:
         raise
 
 
-def push_blob(registry_url: str, repo: str, blob: Blob) -> None:
+def push_blob(registry_url: str, repo: str, blob: Blob, auth: tuple[str, str] | None = None) -> None:
     """Monolithic upload: POST to open a session, then one PUT with the body and ?digest=."""
     base = registry_url.rstrip("/")
-    if _blob_exists(base, repo, blob.digest):
+    if _blob_exists(base, repo, blob.digest, auth):
         return
-    with _request("POST", f"{base}/v2/{repo}/blobs/uploads/", data=b"") as r:
+    with _request("POST", f"{base}/v2/{repo}/blobs/uploads/", data=b"", auth=auth) as r:
         location = r.headers["Location"]
     location = urllib.parse.urljoin(base + "/", location)  # Location may be relative
     sep = "&" if "?" in location else "?"
     put = f"{location}{sep}digest={urllib.parse.quote(blob.digest)}"
-    with _request("PUT", put, data=blob.data, headers={"Content-Type": "application/octet-stream"}) as r:
+    with _request("PUT", put, data=blob.data, headers={"Content-Type": "application/octet-stream"},
+                  auth=auth) as r:
         if r.status != 201:
             raise RuntimeError(f"blob upload {blob.digest}: HTTP {r.status}")
 
 
-def push_manifest(registry_url: str, repo: str, ref: str, blob: Blob) -> str:
+def push_manifest(registry_url: str, repo: str, ref: str, blob: Blob,
+                  auth: tuple[str, str] | None = None) -> str:
     base = registry_url.rstrip("/")
     with _request("PUT", f"{base}/v2/{repo}/manifests/{ref}", data=blob.data,
-                  headers={"Content-Type": blob.media_type}) as r:
+                  headers={"Content-Type": blob.media_type}, auth=auth) as r:
         got = r.headers.get("Docker-Content-Digest", blob.digest)
     if got != blob.digest:
         raise RuntimeError(f"registry stored manifest as {got}, expected {blob.digest}")
     return got
 
 
-def push(registry_url: str, repo: str, tag: str, obj: Artifact) -> str:
+def push(registry_url: str, repo: str, tag: str, obj: Artifact, auth: tuple[str, str] | None = None) -> str:
     """Push blobs, child manifests (by digest) and the top manifest (by tag); returns the top digest."""
     for b in obj.blobs:
-        push_blob(registry_url, repo, b)
+        push_blob(registry_url, repo, b, auth)
     if isinstance(obj, ImageIndex):
         for img in obj.images:
-            push_manifest(registry_url, repo, img.digest, img.manifest_blob())
-    return push_manifest(registry_url, repo, tag, obj.manifest_blob())
+            push_manifest(registry_url, repo, img.digest, img.manifest_blob(), auth)
+    return push_manifest(registry_url, repo, tag, obj.manifest_blob(), auth)
 
 
 # ---- OCI image layout ---------------------------------------------------------------------------------------------

@@ -45,11 +45,13 @@ class Registry:
         upstream_auth: tuple[str, str] | None = None,
         addr: str = "127.0.0.1",
         netns: str | None = None,
+        users: dict[str, str] | None = None,
     ) -> None:
         self.upstream = upstream
         self.addr = addr
         self.netns = netns                # run inside this network namespace (ip netns exec)
         self.upstream_auth = upstream_auth
+        self.users = users                # htpasswd (bcrypt) Basic auth on every request
         self._own_dir = workdir is None
         self.dir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="registry-"))
         self.port = port or free_port()
@@ -74,6 +76,12 @@ class Registry:
             " cache: {blobdescriptor: inmemory}}",
             f"http: {{addr: {self.host}, secret: edgecache-tests}}",
         ]
+        if self.users:
+            import bcrypt   # a test dependency; only registries with users need it
+            htpasswd = self.dir / "htpasswd"
+            htpasswd.write_text("".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}\n"
+                                        for u, p in self.users.items()))
+            lines.append(f"auth: {{htpasswd: {{realm: registry, path: {htpasswd}}}}}")
         if self.upstream:
             creds = ""
             if self.upstream_auth:

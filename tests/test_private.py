@@ -1,0 +1,252 @@
+"""Private stays private: content belongs to the upstream and repository it came from.
+
+Two real Distribution registries, one private (htpasswd) and one public, behind one
+cache with client credentials. An anonymous client that knows every digest of the
+private image gets none of it through any route; the wrong repository name gets
+what Distribution itself answers; a blob held under one repository and asked under
+another that has it upstream costs one HEAD and no body; offline, everything
+pulled through a route keeps working; links survive kill -9 and an upgrade."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import time
+import urllib.error
+import urllib.request
+
+import aiohttp
+import bcrypt
+import pytest
+
+from edgecache.reference import parse_digest
+from edgecache.store import layout
+from tests.conftest import require_binaries
+from tests.support.edge import EdgeProcess, EdgeServer, make_config
+from tests.support.faulty import FaultyUpstream
+from tests.support.images import make_image, push
+from tests.support.registry import Registry
+
+ROBOT = ("robot", "robot-pw")
+ALICE = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+
+
+def _htpasswd(path):
+    path.write_text("alice:" + bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode() + "\n")
+    return path
+
+
+def cache_doc(tmp_path, priv_url, pub_url, **extra):
+    doc = make_config(tmp_path / "data", {}, default="public.example", **extra)
+    doc["upstreams"] = {
+        "private.example": {"url": priv_url, "username": ROBOT[0], "password": ROBOT[1]},
+        "public.example": {"url": pub_url},
+    }
+    doc["access"] = {"htpasswd": str(_htpasswd(tmp_path / "htpasswd"))}
+    return doc
+
+
+@pytest.fixture
+def registries(tmp_path):
+    require_binaries("docker-registry")
+    priv = Registry(workdir=tmp_path / "priv", users=dict([ROBOT])).start()
+    pub = Registry(workdir=tmp_path / "pub").start()
+    secret = make_image(101, layers=2, layer_size=64 * 1024)
+    public = make_image(102, layers=1, layer_size=32 * 1024)
+    other = make_image(103, layers=1, layer_size=16 * 1024)
+    push(priv.url, "team/secret", "v1", secret, auth=ROBOT)
+    push(pub.url, "demo/app", "v1", public)
+    push(pub.url, "other/repo", "v1", other)
+    yield priv, pub, secret, public, other
+    priv.cleanup()
+    pub.cleanup()
+
+
+async def req(session, url, method="GET", **headers):
+    async with session.request(method, url, headers=headers) as r:
+        return r.status, r.headers, await r.read()
+
+
+def code_of(body: bytes) -> str | None:
+    try:
+        return json.loads(body)["errors"][0]["code"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+async def pull_all(session, base, repo, img, query="", auth=None):
+    """Manifest by tag and by digest, config and layers; asserts every byte."""
+    h = {"Authorization": auth} if auth else {}
+    st, _, body = await req(session, f"{base}/v2/{repo}/manifests/v1{query}", **h)
+    assert st == 200 and body == img.manifest_blob().data
+    st, _, body = await req(session, f"{base}/v2/{repo}/manifests/{img.digest}{query}", **h)
+    assert st == 200
+    for b in img.blobs:
+        st, _, body = await req(session, f"{base}/v2/{repo}/blobs/{b.digest}{query}", **h)
+        assert st == 200 and body == b.data, (repo, b.digest, st)
+
+
+async def test_anonymous_clients_get_no_private_content_through_any_route(tmp_path, registries):
+    priv, pub, secret, public, _ = registries
+    async with EdgeServer(cache_doc(tmp_path, priv.url, pub.url)) as edge, \
+            aiohttp.ClientSession() as s:
+        await pull_all(s, edge.url, "team/secret", secret, "?ns=private.example", ALICE)
+        assert all(await asyncio.gather(*(edge.stored(b.digest) for b in secret.blobs)))
+        pub_before = len(pub.requests())
+        digests = [("manifests", secret.digest)] + [("blobs", b.digest) for b in secret.blobs]
+        # Every route an anonymous client can name: the public upstream by ?ns=, by
+        # path prefix and as the default, under the private repository's name and
+        # another; the private upstream itself.
+        routes = [("team/secret", "?ns=public.example"), ("public.example/team/secret", ""),
+                  ("team/secret", ""), ("demo/app", ""), ("demo/app", "?ns=public.example"),
+                  ("team/secret", "?ns=private.example"), ("private.example/team/secret", "")]
+        for kind, digest in digests:
+            for name, query in routes:
+                url = f"{edge.url}/v2/{name}/{kind}/{digest}{query}"
+                for method, extra in (("GET", {}), ("HEAD", {}), ("GET", {"Range": "bytes=0-9"})):
+                    st, _, body = await req(s, url, method, **extra)
+                    private_route = "private" in name or "private" in query
+                    assert st == (401 if private_route else 404), (method, url, st)
+                    if method == "GET":
+                        assert code_of(body) == ("UNAUTHORIZED" if private_route else
+                                                 "MANIFEST_UNKNOWN" if kind == "manifests"
+                                                 else "BLOB_UNKNOWN")
+        # The public registry was asked (HEAD) at most once per repository and digest,
+        # and sent no body of the private image.
+        asked = pub.requests()[pub_before:]
+        assert all(m == "HEAD" for m, _, _ in asked), asked
+        assert len(asked) <= 2 * len(digests)
+        for b in secret.blobs:
+            assert pub.bytes_sent(rf"/v2/.*/blobs/{b.digest}") == 0
+        # Authenticated, everything as before; and the public image to anyone.
+        await pull_all(s, edge.url, "team/secret", secret, "?ns=private.example", ALICE)
+        await pull_all(s, edge.url, "demo/app", public)
+
+
+async def test_the_wrong_repository_gets_the_answer_distribution_gives(tmp_path, registries):
+    priv, pub, secret, public, other = registries
+    async with EdgeServer(cache_doc(tmp_path, priv.url, pub.url)) as edge, \
+            aiohttp.ClientSession() as s:
+        await pull_all(s, edge.url, "demo/app", public)
+        # other/repo exists upstream (without these digests); nope/repo does not exist.
+        for repo in ("other/repo", "nope/repo"):
+            for kind, digest in [("manifests", public.digest)] + [("blobs", b.digest) for b in public.blobs]:
+                path = f"/v2/{repo}/{kind}/{digest}"
+                for method in ("GET", "HEAD"):
+                    theirs = await req(s, pub.url + path, method)
+                    ours = await req(s, edge.url + path, method)
+                    assert ours[0] == theirs[0] == 404, (method, path, ours[0], theirs[0])
+                    if method == "GET":
+                        assert code_of(ours[2]) == code_of(theirs[2]), path
+
+
+async def test_a_blob_held_under_one_repository_costs_a_second_one_head_and_no_body(tmp_path, registries):
+    priv, pub, secret, public, _ = registries
+    push(pub.url, "demo/copy", "v1", public)             # the same image, another repository
+    async with EdgeServer(cache_doc(tmp_path, priv.url, pub.url)) as edge, \
+            aiohttp.ClientSession() as s:
+        await pull_all(s, edge.url, "demo/app", public)
+        assert all(await asyncio.gather(*(edge.stored(b.digest) for b in public.blobs)))
+        before = len(pub.requests())
+        for b in public.blobs:
+            for _ in range(3):
+                st, _, body = await req(s, f"{edge.url}/v2/demo/copy/blobs/{b.digest}")
+                assert st == 200 and body == b.data
+        st, _, body = await req(s, f"{edge.url}/v2/demo/copy/manifests/{public.digest}")
+        assert st == 200 and body == public.manifest_blob().data
+        asked = pub.requests()[before:]
+        # One HEAD per digest (the manifest and each blob), then answered from the links.
+        assert sorted(m for m, _, _ in asked) == ["HEAD"] * (1 + len(public.blobs)), asked
+        assert pub.bytes_sent(r"/v2/demo/copy/.*") == 0
+
+
+async def test_a_fill_in_progress_is_joined_only_through_a_route_that_may_have_it(tmp_path):
+    """A private blob on its way in (slowly): an anonymous client naming it through the
+    public upstream gets 404 at once, and the fill goes on for the client that asked."""
+    img = make_image(104, layers=1, layer_size=2 * 1024 * 1024)
+    layer = img.layers[0]
+    other = make_image(105, layers=1, layer_size=1024)
+    async with FaultyUpstream({"team/secret:v1": img}) as priv, \
+            FaultyUpstream({"demo/app:v1": other}) as pub:
+        priv.fault("slow", digest=layer.digest, rate=1024 * 1024)
+        async with EdgeServer(cache_doc(tmp_path, priv.url, pub.url)) as edge, \
+                aiohttp.ClientSession() as s:
+            owner = asyncio.ensure_future(req(
+                s, f"{edge.url}/v2/team/secret/blobs/{layer.digest}?ns=private.example",
+                Authorization=ALICE))
+            assert await _until(lambda: edge.services.blobs.fills.get(parse_digest(layer.digest)))
+            for path in (f"/v2/team/secret/blobs/{layer.digest}",
+                         f"/v2/demo/app/blobs/{layer.digest}?ns=public.example"):
+                for method in ("GET", "HEAD"):
+                    st, _, _ = await asyncio.wait_for(req(s, edge.url + path, method), 5)
+                    assert st == 404, (method, path)
+            st, _, body = await owner
+            assert st == 200 and body == layer.data
+            assert priv.count("GET", rf"/v2/team/secret/blobs/{layer.digest}") == 1
+            assert pub.count("GET", r"/v2/.*/blobs/.*") == 0
+
+
+async def _until(pred, timeout=5.0):
+    for _ in range(int(timeout / 0.02)):
+        if pred():
+            return True
+        await asyncio.sleep(0.02)
+    return bool(pred())
+
+
+def _get(url, auth=None):
+    req_ = urllib.request.Request(url, headers={"Authorization": auth} if auth else {})
+    try:
+        with urllib.request.urlopen(req_, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read()
+
+
+def _pull_sync(base, repo, img, query="", auth=None):
+    for ref in ("v1", img.digest):
+        st, body = _get(f"{base}/v2/{repo}/manifests/{ref}{query}", auth)
+        assert (st, body) == (200, img.manifest_blob().data), (repo, ref, st)
+    for b in img.blobs:
+        st, body = _get(f"{base}/v2/{repo}/blobs/{b.digest}{query}", auth)
+        assert (st, body) == (200, b.data), (repo, b.digest, st)
+
+
+@pytest.mark.parametrize("how", ["kill -9", "upgrade"])
+def test_offline_everything_pulled_through_a_route_still_works(tmp_path, registries, how):
+    """After kill -9 (links written with the index), or with the links gone as in a
+    data_dir of the previous version (derived from tag records): offline, what was
+    pulled through a route is served through it, and nothing through another."""
+    priv, pub, secret, public, _ = registries
+    doc = cache_doc(tmp_path, priv.url, pub.url)
+    doc["tag_ttl"] = "0s"
+    edge = EdgeProcess(tmp_path, doc).start()
+    try:
+        _pull_sync(edge.url, "team/secret", secret, "?ns=private.example", ALICE)
+        _pull_sync(edge.url, "demo/app", public)
+    finally:
+        # Tag and manifest records are written within a second (META_FLUSH_INTERVAL);
+        # links go with the blob index, at once.
+        time.sleep(1.5)
+        if how == "kill -9":
+            edge.kill9()
+        else:
+            edge.stop()
+    if how == "upgrade":
+        shutil.rmtree(layout.links_dir(tmp_path / "data"))
+    priv.stop()
+    pub.stop()
+    edge = EdgeProcess(tmp_path, doc).start()
+    try:
+        _pull_sync(edge.url, "team/secret", secret, "?ns=private.example", ALICE)
+        _pull_sync(edge.url, "demo/app", public)
+        for b in secret.blobs:
+            assert _get(f"{edge.url}/v2/team/secret/blobs/{b.digest}")[0] == 404
+            assert _get(f"{edge.url}/v2/demo/app/blobs/{b.digest}", ALICE)[0] == 404
+        assert _get(f"{edge.url}/v2/demo/app/manifests/{secret.digest}", ALICE)[0] == 404
+    finally:
+        edge.stop()
+    if how == "upgrade":
+        assert "repository links derived" in edge.stderr.read_text()
