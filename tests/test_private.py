@@ -250,3 +250,50 @@ def test_offline_everything_pulled_through_a_route_still_works(tmp_path, registr
         edge.stop()
     if how == "upgrade":
         assert "repository links derived" in edge.stderr.read_text()
+
+
+async def test_siblings_give_private_content_only_through_its_route(tmp_path):
+    """Two signed siblings: n0 holds a private image. n1, asked by an anonymous client
+    through the public upstream, gets nothing from n0 (n0 answers only content linked
+    to the route the hop names) nor from the public upstream; an authenticated client
+    of n1 gets it from n0 through the private route."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(b"branch-secret-0123456789abcdef")
+    img = make_image(106, layers=2, layer_size=256 * 1024)
+    decoy = make_image(107, layers=1, layer_size=1024)
+    async with FaultyUpstream({"team/secret:v1": img}) as priv, \
+            FaultyUpstream({"demo/app:v1": decoy}) as pub:
+        docs = []
+        for i in range(2):
+            (tmp_path / f"n{i}").mkdir()
+            d = cache_doc(tmp_path / f"n{i}", priv.url, pub.url)
+            d["siblings"] = {"mdns": False, "node_id": f"n{i}", "health_interval": "0.2s",
+                             "readmit_after": 1, "timeout": "1s", "secret_file": str(secret_file)}
+            docs.append(d)
+        for i, d in enumerate(docs):
+            d["siblings"]["peers"] = ["http://" + docs[1 - i]["listen"]]
+        async with EdgeServer(docs[0]) as n0, EdgeServer(docs[1]) as n1, \
+                aiohttp.ClientSession() as s:
+            assert await _until(lambda: n0.services.siblings.live() and n1.services.siblings.live(), 10)
+            await pull_all(s, n0.url, "team/secret", img, "?ns=private.example", ALICE)
+            assert all(await asyncio.gather(*(n0.stored(b.digest) for b in img.blobs)))
+            # n1 holds what it fetched from the upstream as the rendezvous owner; drop it.
+            for b in img.blobs:
+                await n1.services.store.delete(parse_digest(b.digest))
+            priv.reset_counts()
+            for name, query in (("team/secret", "?ns=public.example"), ("team/secret", ""),
+                                ("demo/app", "")):
+                for kind, d in [("manifests", img.digest)] + [("blobs", b.digest) for b in img.blobs]:
+                    for method in ("GET", "HEAD"):
+                        st, _, _ = await req(s, f"{n1.url}/v2/{name}/{kind}/{d}{query}", method)
+                        assert st == 404, (method, name, kind, query)
+            assert n0.services.siblings.table.stats.get("n1") is None or \
+                n0.services.siblings.table.stats["n1"].bytes_to == 0
+            assert not any(n1.services.store.has(parse_digest(b.digest)) for b in img.blobs)
+            # Through the private route, n1's authenticated client gets it from n0.
+            for b in img.blobs:
+                st, _, body = await req(s, f"{n1.url}/v2/team/secret/blobs/{b.digest}?ns=private.example",
+                                        Authorization=ALICE)
+                assert st == 200 and body == b.data
+            assert n0.services.siblings.table.stats["n1"].bytes_to >= sum(b.size for b in img.layers)
+            assert priv.count("GET", r"/v2/.*/blobs/.*") == 0
