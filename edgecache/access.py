@@ -60,16 +60,54 @@ def _read_tokens(path: Path) -> dict[str, str]:
 
 class Access:
     def __init__(self, cfg: AccessConfig, upstreams: Mapping[str, UpstreamConfig]) -> None:
-        self.networks = [ipaddress.ip_network(n, strict=False) for n in cfg.networks]
-        self.users = _read_htpasswd(cfg.htpasswd) if cfg.htpasswd else {}
-        self.tokens = _read_tokens(cfg.tokens_file) if cfg.tokens_file else {}
-        self.private = {name for name, u in upstreams.items() if not u.public}
-        self._verified: dict[bytes, tuple[Identity, float]] = {}
         self.denied = 0
+        self._verified: dict[bytes, tuple[Identity, float]] = {}
+        self._apply(*self.read(cfg, upstreams))
+
+    @staticmethod
+    def read(cfg: AccessConfig, upstreams: Mapping[str, UpstreamConfig]) -> tuple:
+        """Everything the rules are made of, files read (blocking: off the event loop)."""
+        return (cfg, [ipaddress.ip_network(n, strict=False) for n in cfg.networks],
+                _read_htpasswd(cfg.htpasswd) if cfg.htpasswd else {},
+                _read_tokens(cfg.tokens_file) if cfg.tokens_file else {},
+                {name for name, u in upstreams.items() if not u.public})
+
+    def _apply(self, cfg: AccessConfig, networks, users, tokens, private) -> None:
+        self.networks = networks
+        self.users = users
+        self.tokens = tokens
+        self.private = private
+        self.admins = frozenset(cfg.admin)
+        # A revoked user's remembered verification must not outlive the reload.
+        self._verified.clear()
+
+    async def reload(self, cfg: AccessConfig, upstreams: Mapping[str, UpstreamConfig]) -> None:
+        """Re-read the rules (SIGHUP): a revoked user or token is refused from now on."""
+        self._apply(*await asyncio.to_thread(self.read, cfg, upstreams))
 
     @property
     def any_credentials(self) -> bool:
         return bool(self.users or self.tokens)
+
+    @property
+    def guards_operators(self) -> bool:
+        """Status, metrics and sync progress name images, digests and upstreams: with
+        credentials configured, or anything private, only clients who identify get them."""
+        return self.any_credentials or bool(self.private)
+
+    def check_operator(self, who: Identity | None) -> None:
+        if who is None and self.guards_operators:
+            self.denied += 1
+            raise Unauthorized("operator endpoints need credentials")
+
+    def check_admin(self, who: Identity | None) -> None:
+        """POST gc, verify, sync: anyone who identifies, or only access.admin when set."""
+        if who is None and (self.guards_operators or self.admins):
+            self.denied += 1
+            raise Unauthorized("admin actions need credentials")
+        if self.admins and (who is None or who.name not in self.admins):
+            self.denied += 1
+            raise Forbidden(f"{who.name if who else 'anonymous'} is not in access.admin")
 
     def check_network(self, remote: str | None) -> None:
         if not self.networks:

@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Coroutine
 
@@ -16,6 +15,7 @@ import yaml
 from edgecache import __version__
 from edgecache.atomic import write_text_atomic
 from edgecache.config import Config, ConfigError, load
+from edgecache.daemon import Daemon, DaemonError
 from edgecache.runtime import open_store
 from edgecache.store.blobs import StoreLocked
 from edgecache.sync import listedit
@@ -58,15 +58,13 @@ def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask_daemon(url: str, path: str) -> dict:
-    req = urllib.request.Request(url + path, method="POST", data=b"")
-    with urllib.request.urlopen(req, timeout=None) as r:
-        return json.loads(r.read())
+def _daemon(cfg: Config, args: argparse.Namespace) -> Daemon | None:
+    return Daemon.find(cfg, getattr(args, "credentials_file", None))
 
 
 def cmd_gc(cfg: Config, args: argparse.Namespace) -> int:
-    if (url := _daemon_url(cfg)) is not None:
-        print(json.dumps(_ask_daemon(url, "/_edgecache/gc")))
+    if (daemon := _daemon(cfg, args)) is not None:
+        print(json.dumps(daemon.call("POST", "/_edgecache/gc", args.timeout)))
         return 0
 
     async def gc() -> tuple[int, int, dict]:
@@ -79,8 +77,8 @@ def cmd_gc(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
-    if (url := _daemon_url(cfg)) is not None:
-        out = _ask_daemon(url, "/_edgecache/verify")
+    if (daemon := _daemon(cfg, args)) is not None:
+        out = daemon.call("POST", "/_edgecache/verify", args.timeout)
     else:
         async def verify():
             async with open_store(cfg) as store:
@@ -91,18 +89,6 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
         print(f"BAD {digest}: quarantined", file=sys.stderr)
     print(json.dumps(out))
     return 1 if out["bad"] else 0
-
-
-def _daemon_url(cfg: Config) -> str | None:
-    """The URL of a daemon serving this configuration (same data_dir), if one runs."""
-    host = "127.0.0.1" if cfg.listen_host in ("0.0.0.0", "::", "") else cfg.listen_host
-    url = f"http://{host}:{cfg.listen_port}"
-    try:
-        with urllib.request.urlopen(url + "/_edgecache/status", timeout=2) as r:
-            st = json.loads(r.read())
-    except (OSError, ValueError):
-        return None
-    return url if st.get("data_dir") == str(cfg.data_dir) else None
 
 
 class _Progress:
@@ -154,19 +140,16 @@ def _sync_result(status: dict, pinned_source: Path | None) -> int:
 
 def cmd_sync(cfg: Config, args: argparse.Namespace) -> int:
     progress = _Progress()
-    url = _daemon_url(cfg)
-    if url is not None:
+    daemon = _daemon(cfg, args)
+    if daemon is not None:
         # A daemon owns this data_dir: ask it, and follow its progress.
-        req = urllib.request.Request(url + "/_edgecache/sync", method="POST", data=b"")
-        with urllib.request.urlopen(req, timeout=10) as r:
-            status = json.loads(r.read())
+        status = daemon.call("POST", "/_edgecache/sync", args.timeout)
         while True:
             progress.show(status)
             if not status["running"]:
                 break
             time.sleep(0.5)
-            with urllib.request.urlopen(url + "/_edgecache/sync", timeout=10) as r:
-                status = json.loads(r.read())
+            status = daemon.call("GET", "/_edgecache/sync", args.timeout)
         return _sync_result(status, cfg.pinned)
 
     async def in_process() -> dict:
@@ -282,9 +265,17 @@ def parser() -> argparse.ArgumentParser:
     add("serve", cmd_serve, "run the cache")
     ck = add("check-config", cmd_check_config, "validate and print the effective configuration")
     ck.add_argument("file", type=Path, nargs="?", help="the file to check (same as --config)")
-    add("gc", cmd_gc, "evict down to the budget now")
-    add("verify", cmd_verify, "re-hash every blob, quarantine the bad ones")
-    add("sync", cmd_sync, "sync the pinned set and prefetch lists now (via the daemon if one runs)")
+    for name, fn, help_, wait in (
+            ("gc", cmd_gc, "evict down to the budget now", 600),
+            ("verify", cmd_verify, "re-hash every blob, quarantine the bad ones", 24 * 3600),
+            ("sync", cmd_sync, "sync the pinned set and prefetch lists now (via the daemon if one runs)",
+             30)):
+        sp = add(name, fn, help_)
+        sp.add_argument("--credentials-file", type=Path, default=None,
+                        help="USER:PASSWORD or a token, sent to a daemon that wants credentials "
+                             "(default: access.cli_credentials_file)")
+        sp.add_argument("--timeout", type=float, default=wait,
+                        help=f"seconds to wait for the daemon's answer (default: {wait})")
     cc = add("client-config", cmd_client_config, "print (or write) client configuration for this mirror")
     cc.add_argument("client", choices=("k3s", "containerd", "docker", "podman"))
     cc.add_argument("--endpoint", help="the mirror's URL as clients reach it (default: http://HOSTNAME:PORT)")
@@ -311,3 +302,6 @@ def main(argv: list[str] | None = None) -> int:
     except StoreLocked as e:
         print(f"edgecache: {e}", file=sys.stderr)
         return 3
+    except DaemonError as e:
+        print(f"edgecache: {e}", file=sys.stderr)
+        return 1

@@ -109,6 +109,9 @@ class UpstreamConfig:
     tls: TLSConfig = TLSConfig()
     # Served to anonymous clients? An upstream with credentials is not, unless it says so.
     public: bool = True
+    # Token services on other hosts that may see the credentials (the upstream's own
+    # host always may); any other realm is asked without them.
+    token_realms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,8 @@ class AccessConfig:
     networks: tuple[str, ...] = ()      # allowed client CIDRs; empty: any
     htpasswd: Path | None = None        # bcrypt Basic credentials
     tokens_file: Path | None = None     # static bearer tokens, one per line (NAME:TOKEN or TOKEN)
+    admin: tuple[str, ...] = ()         # who may POST gc/verify/sync; empty: anyone authenticated
+    cli_credentials_file: Path | None = None   # USER:PASSWORD or a TOKEN the CLI sends the daemon
 
 
 @dataclass(frozen=True)
@@ -219,7 +224,7 @@ class Config:
                     "password": "***" if u.password else None,
                     "tls": {"ca_file": str(u.tls.ca_file) if u.tls.ca_file else None,
                             "insecure_skip_verify": u.tls.insecure_skip_verify},
-                    "public": u.public}
+                    "public": u.public, "token_realms": list(u.token_realms)}
                 for k, u in self.upstreams.items()},
             "default_upstream": self.default_upstream,
             "tag_ttl": self.tag_ttl,
@@ -232,6 +237,9 @@ class Config:
             "sync": {"schedule": self.sync.schedule, "interval": self.sync.interval,
                      "concurrency": self.sync.concurrency, "retention": self.sync.retention},
             "access": {"networks": list(self.access.networks),
+                       "admin": list(self.access.admin),
+                       "cli_credentials_file": str(self.access.cli_credentials_file)
+                       if self.access.cli_credentials_file else None,
                        "htpasswd": str(self.access.htpasswd) if self.access.htpasswd else None,
                        "tokens_file": str(self.access.tokens_file) if self.access.tokens_file else None},
             "tls": None if self.tls is None else {
@@ -296,10 +304,21 @@ def _bool(key: str, value: Any) -> bool:
 def _upstream(name: str, raw: Any, base: Path) -> UpstreamConfig:
     key = f"upstreams.{name}"
     raw = _mapping(key, raw)
-    _reject_unknown(key, raw, {"url", "username", "password", "password_file", "tls", "public"})
+    _reject_unknown(key, raw, {"url", "username", "password", "password_file", "tls", "public",
+                               "token_realms"})
     url = raw.get("url")
     if not isinstance(url, str) or not re.fullmatch(r"https?://[^/\s]+(/.*)?", url):
         raise ConfigError(f"{key}.url", url, "expected an http:// or https:// URL")
+    if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+        # Credentials in the URL would be shown wherever the URL is (status, logs,
+        # check-config) and would not make the upstream private.
+        raise ConfigError(f"{key}.url", re.sub(r"//[^/@]*@", "//***@", url),
+                          "credentials do not go in the URL: use username and password_file")
+    realms = raw.get("token_realms") or []
+    if not isinstance(realms, list) or not all(
+            isinstance(r, str) and re.fullmatch(r"https?://[^/\s]+(/\S*)?", r) for r in realms):
+        raise ConfigError(f"{key}.token_realms", realms,
+                          "expected a list of token service URLs such as https://auth.example/token")
     password = raw.get("password")
     if "password_file" in raw:
         pf = base / str(raw["password_file"])
@@ -323,8 +342,11 @@ def _upstream(name: str, raw: Any, base: Path) -> UpstreamConfig:
                     insecure_skip_verify=_bool(f"{key}.tls.insecure_skip_verify",
                                                tls_raw.get("insecure_skip_verify", False)))
     public = _bool(f"{key}.public", raw.get("public", username is None))
+    if url.rstrip("/") == "https://registry-1.docker.io" and "token_realms" not in raw:
+        realms = ["https://auth.docker.io/token"]    # Docker Hub's token service
     return UpstreamConfig(name=name, url=url.rstrip("/"), username=username,
-                          password=password, tls=tls, public=public)
+                          password=password, tls=tls, public=public,
+                          token_realms=tuple(r.rstrip("/") for r in realms))
 
 
 def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
@@ -422,7 +444,8 @@ def _file(key: str, value: Any, base: Path) -> Path:
 
 def _access(value: Any, base: Path) -> AccessConfig:
     raw = _mapping("access", value)
-    _reject_unknown("access", raw, {"networks", "htpasswd", "tokens_file"})
+    _reject_unknown("access", raw, {"networks", "htpasswd", "tokens_file", "admin",
+                                    "cli_credentials_file"})
     nets = raw.get("networks") or []
     if not isinstance(nets, list):
         raise ConfigError("access.networks", nets, "expected a list of CIDRs")
@@ -431,8 +454,13 @@ def _access(value: Any, base: Path) -> AccessConfig:
             ipaddress.ip_network(str(n), strict=False)
         except ValueError:
             raise ConfigError("access.networks", n, "not a CIDR such as 10.0.0.0/8") from None
+    admin = raw.get("admin") or []
+    if not isinstance(admin, list) or not all(isinstance(a, str) and a for a in admin):
+        raise ConfigError("access.admin", admin, "expected a list of user or token names")
+    cli = raw.get("cli_credentials_file")
     return AccessConfig(
-        networks=tuple(str(n) for n in nets),
+        networks=tuple(str(n) for n in nets), admin=tuple(admin),
+        cli_credentials_file=_file("access.cli_credentials_file", cli, base) if cli else None,
         htpasswd=_file("access.htpasswd", raw["htpasswd"], base) if raw.get("htpasswd") else None,
         tokens_file=_file("access.tokens_file", raw["tokens_file"], base) if raw.get("tokens_file") else None)
 

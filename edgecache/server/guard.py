@@ -19,6 +19,8 @@ ACCESS = web.AppKey("access", Access)
 HOPS = web.AppKey("hops", hopauth.HopVerifier)   # set when siblings share a secret
 NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,63}")
 IDENTITY = web.RequestKey("ec_identity", object)
+# Liveness and the siblings' check say nothing of what is cached: open to every client.
+OPEN_PATHS = frozenset({"/_edgecache/health", hopauth.PING_PATH})
 HOP_FROM = web.RequestKey("ec_hop_from", str)     # the sibling's node id on a hop request
 
 
@@ -73,9 +75,12 @@ async def access_middleware(request: web.Request, handler) -> web.StreamResponse
     access.check_network(request.remote)
     who = await access.identify(request.headers.get("Authorization"), _cert_subject(request))
     request[IDENTITY] = who
-    if (request.method == "POST" and request.path.startswith("/_edgecache/")
-            and who is None and access.any_credentials):
-        raise Unauthorized("admin actions need credentials")
+    path = request.path
+    if path.startswith("/_edgecache/") or path == "/metrics":
+        if request.method == "POST":
+            access.check_admin(who)
+        elif path not in OPEN_PATHS:
+            access.check_operator(who)
     return await handler(request)
 
 

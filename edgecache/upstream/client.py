@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Mapping
 
 import aiohttp
+from yarl import URL
 
 from edgecache.config import BreakerConfig, Timeouts, UpstreamConfig
 from edgecache.errors import (ManifestTooLarge, UpstreamBadResponse, UpstreamDenied, UpstreamDown, UpstreamError,
@@ -216,10 +217,25 @@ class UpstreamClient:
             return self._basic
         return None
 
+    def _own_origin(self, url: URL) -> bool:
+        return url.origin() == URL(self.cfg.url).origin()
+
+    def _realm_may_see_credentials(self, realm: URL) -> bool:
+        """The upstream's own host, or a token service its configuration names."""
+        if realm.host == URL(self.cfg.url).host and realm.scheme == URL(self.cfg.url).scheme:
+            return True
+        plain = str(realm.with_query(None).with_fragment(None)).rstrip("/")
+        return any(plain == r or plain.startswith(r + "/") for r in self.cfg.token_realms)
+
     async def _answer_challenge(self, resp: aiohttp.ClientResponse, scope: str | None) -> bool:
         """Act on a 401's challenge; True when a retry may now succeed."""
         ch = parse_challenge(resp.headers.get("WWW-Authenticate", ""))
         if ch is None:
+            return False
+        if not self._own_origin(resp.url):
+            # A redirect took us to another host (a CDN, a blob store) that asks for
+            # credentials: they are the upstream's, not its; and a retry would go
+            # through the redirect again, where aiohttp drops Authorization anyway.
             return False
         if ch.scheme == "basic":
             if self._basic and not self._use_basic:
@@ -234,9 +250,21 @@ class UpstreamClient:
 
     async def _fetch_token(self, params: dict[str, str], scope: str) -> tuple[str, float]:
         assert self._session is not None
+        try:
+            realm = URL(params["realm"])
+        except ValueError:
+            raise UpstreamBadResponse(self.name, 401, "the challenge's realm is not a URL") from None
+        if realm.scheme not in ("http", "https") or not realm.host:
+            raise UpstreamBadResponse(self.name, 401, f"token realm {params['realm'][:200]!r} refused")
+        if URL(self.cfg.url).scheme == "https" and realm.scheme != "https":
+            raise UpstreamBadResponse(self.name, 401, f"token realm {realm.with_query(None)} is "
+                                      "plain http for an https upstream: refused")
         q = {k: v for k, v in (("service", params.get("service")), ("scope", scope)) if v}
-        hdrs = {"Authorization": self._basic} if self._basic else {}
-        async with self._session.get(params["realm"], params=q, headers=hdrs) as r:
+        # Credentials only for the upstream's own host and the realms its configuration
+        # names (token_realms); any other token service is asked anonymously.
+        hdrs = {"Authorization": self._basic} if self._basic and \
+            self._realm_may_see_credentials(realm) else {}
+        async with self._session.get(realm, params=q, headers=hdrs) as r:
             if r.status in (401, 403):
                 raise UpstreamDenied(self.name, r.status)
             if r.status != 200:

@@ -1,0 +1,86 @@
+"""The command line's calls to a running daemon: where it listens, the credentials
+it wants, timeouts, and errors a person can act on (never a traceback)."""
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from edgecache.config import Config
+
+FIND_TIMEOUT = 2.0
+
+
+class DaemonError(Exception):
+    """A daemon answered, but not as asked; the message says what to do."""
+
+
+class DaemonTimeout(DaemonError):
+    pass
+
+
+def read_credentials(path: Path) -> str:
+    """An Authorization value from a file: `USER:PASSWORD` (Basic) or a `TOKEN`
+    (Bearer; tokens never hold a colon, see access.tokens_file)."""
+    try:
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+    except OSError as e:
+        raise DaemonError(f"cannot read the credentials file {path}: {e.strerror}") from None
+    line = next((ln for ln in lines if ln and not ln.startswith("#")), "")
+    if not line:
+        raise DaemonError(f"the credentials file {path} is empty")
+    if ":" in line:
+        return "Basic " + base64.b64encode(line.encode()).decode()
+    return f"Bearer {line}"
+
+
+class Daemon:
+    def __init__(self, url: str, authorization: str | None) -> None:
+        self.url = url
+        self._auth = authorization
+
+    @classmethod
+    def find(cls, cfg: Config, credentials: Path | None = None) -> "Daemon | None":
+        """The daemon serving this configuration (same data_dir), if one runs."""
+        host = "127.0.0.1" if cfg.listen_host in ("0.0.0.0", "::", "") else cfg.listen_host
+        path = credentials or cfg.access.cli_credentials_file
+        d = cls(f"http://{host}:{cfg.listen_port}", read_credentials(path) if path else None)
+        try:
+            st = d.call("GET", "/_edgecache/status", timeout=FIND_TIMEOUT)
+        except (DaemonTimeout, OSError, ValueError):
+            return None
+        return d if st.get("data_dir") == str(cfg.data_dir) else None
+
+    def call(self, method: str, path: str, timeout: float) -> dict:
+        req = urllib.request.Request(self.url + path, method=method,
+                                     data=b"" if method == "POST" else None,
+                                     headers={"Authorization": self._auth} if self._auth else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            with e:
+                detail = _oci_message(e.read())
+            if e.code == 401:
+                raise DaemonError(
+                    f"the daemon at {self.url} wants credentials ({detail}): name a file with "
+                    "USER:PASSWORD or a token in access.cli_credentials_file or "
+                    "--credentials-file" if self._auth is None else
+                    f"the daemon at {self.url} refused the credentials ({detail})") from None
+            if e.code == 403:
+                raise DaemonError(f"the daemon at {self.url} refused: {detail} "
+                                  "(access.admin names who may)") from None
+            raise DaemonError(f"the daemon at {self.url} answered {e.code}: {detail}") from None
+        except TimeoutError:
+            raise DaemonTimeout(f"the daemon at {self.url} did not answer {method} {path} within "
+                              f"{timeout:g} s (--timeout)") from None
+
+
+def _oci_message(body: bytes) -> str:
+    try:
+        err = json.loads(body)["errors"][0]
+        return f"{err['code']}: {err.get('detail') or err.get('message')}"
+    except (ValueError, KeyError, IndexError, TypeError):
+        return body[:200].decode(errors="replace")
