@@ -1,5 +1,6 @@
 """Access control: private upstreams need credentials (htpasswd bcrypt, bearer
 tokens, client certificates); client networks; the TLS listener."""
+import asyncio
 import base64
 import json
 import ssl
@@ -135,3 +136,117 @@ def test_skopeo_authenticates_to_the_mirror_with_basic_credentials(tmp_path, reg
                             f"docker://{host}/public.example/private/app:v1", f"oci:{tmp_path / 'pub'}:v1"],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
+
+
+async def test_status_sync_progress_and_metrics_need_credentials(world):
+    up, edge, img, session = world
+    for path in ("/_edgecache/status", "/_edgecache/sync", "/metrics"):
+        status, _, body = await get(edge, session, path)
+        assert status == 401 and json.loads(body)["errors"][0]["code"] == "UNAUTHORIZED", path
+        status, _, body = await get(edge, session, path, Authorization="Bearer tok-abc123")
+        assert status == 200, path
+    assert (await get(edge, session, "/_edgecache/health"))[0] == 200      # liveness stays open
+
+
+@pytest.mark.parametrize("with_credentials", [False, True])
+async def test_status_of_a_private_upstream_is_never_shown_to_anonymous_clients(tmp_path, with_credentials):
+    """With a private upstream and no client credentials at all (only certificates, or
+    nobody), status and metrics still name private images: anonymous clients get 401.
+    With public upstreams only and no credentials, they stay open."""
+    img = make_image(75, layer_size=1024)
+    async with FaultyUpstream({"private/app:v1": img}) as up:
+        doc = make_config(tmp_path / "data", {"public.example": up.url}, default="public.example")
+        if with_credentials:
+            doc["upstreams"]["private.example"] = {"url": up.url, "username": "r", "password": "x"}
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as session:
+            for path in ("/_edgecache/status", "/metrics", "/_edgecache/sync"):
+                assert (await get(edge, session, path))[0] == (401 if with_credentials else 200)
+
+
+async def test_access_admin_names_who_may_run_gc_verify_and_sync(tmp_path):
+    (tmp_path / "htpasswd").write_text(
+        "alice:" + bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode() + "\n")
+    (tmp_path / "tokens").write_text("node-1:tok-abc123\nops:tok-ops\n")
+    img = make_image(76, layer_size=1024)
+    async with FaultyUpstream({"public/app:v1": img}) as up:
+        doc = make_config(tmp_path / "data", {"public.example": up.url}, default="public.example",
+                          access={"htpasswd": str(tmp_path / "htpasswd"), "tokens_file": str(tmp_path / "tokens"),
+                                  "admin": ["alice", "ops"]})
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as session:
+            for path in ("/_edgecache/gc", "/_edgecache/verify", "/_edgecache/sync"):
+                for auth, want in ((None, 401), ("Bearer tok-abc123", 403), ("Bearer tok-ops", (200, 202)),
+                                   (basic("alice", "s3cret"), (200, 202))):
+                    async with session.post(edge.url + path, headers={"Authorization": auth} if auth else {}) as r:
+                        assert r.status in (want if isinstance(want, tuple) else (want,)), (path, auth, r.status)
+                        if r.status >= 400:
+                            assert (await r.json())["errors"][0]["code"] in ("UNAUTHORIZED", "DENIED")
+            # A node's token still pulls and reads status: it only may not administer.
+            status, _, _ = await get(edge, session, "/_edgecache/status", Authorization="Bearer tok-abc123")
+            assert status == 200
+
+
+async def test_reload_revokes_a_removed_user_and_token(tmp_path):
+    from edgecache.server.reload import reload
+    htpasswd, tokens = tmp_path / "htpasswd", tmp_path / "tokens"
+    htpasswd.write_text("alice:" + bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode() + "\n")
+    tokens.write_text("node-1:tok-abc123\n")
+    img = make_image(77, layer_size=1024)
+    async with FaultyUpstream({"private/app:v1": img}) as up:
+        doc = make_config(tmp_path / "data", {}, default="private.example",
+                          access={"htpasswd": str(htpasswd), "tokens_file": str(tokens)})
+        doc["upstreams"] = {"private.example": {"url": up.url, "username": "r", "password": "x"}}
+        (tmp_path / "edgecache.yaml").write_text(__import__("yaml").safe_dump(doc))
+        from edgecache.config import load
+        edge = EdgeServer(config=load(tmp_path / "edgecache.yaml"))
+        async with edge, aiohttp.ClientSession() as session:
+            path = f"/v2/private/app/blobs/{img.layers[0].digest}"
+            for auth in (basic("alice", "s3cret"), "Bearer tok-abc123"):
+                assert (await get(edge, session, path, Authorization=auth))[0] == 200
+            # The operator removes alice and the node's token, and reloads (SIGHUP runs it
+            # in a task of its own).
+            htpasswd.write_text("# nobody\n")
+            tokens.write_text("node-2:tok-new\n")
+            await asyncio.ensure_future(reload(edge.services))
+            for auth in (basic("alice", "s3cret"), "Bearer tok-abc123"):
+                assert (await get(edge, session, path, Authorization=auth))[0] == 401, auth
+            assert (await get(edge, session, path, Authorization="Bearer tok-new"))[0] == 200
+
+
+def test_credentials_in_an_upstream_url_are_refused_and_never_echoed(tmp_path):
+    from edgecache.config import ConfigError, build
+    with pytest.raises(ConfigError) as e:
+        build({"upstreams": {"harbor.example": {"url": "https://robot:hunter2@harbor.example"}}},
+              source="x", env={}, uid=1000)
+    assert e.value.key == "upstreams.harbor.example.url"
+    assert "hunter2" not in str(e.value) and "username and password_file" in str(e.value)
+
+
+def test_edgecache_gc_against_a_daemon_with_credentials(tmp_path):
+    import sys
+    (tmp_path / "htpasswd").write_text(
+        "alice:" + bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode() + "\n")
+    (tmp_path / "cli-creds").write_text("# for edgecache gc/verify/sync\nalice:s3cret\n")
+    (tmp_path / "wrong-creds").write_text("alice:nope\n")
+    img = make_image(78, layer_size=1024)
+    with FaultyUpstream.in_thread({"public/app:v1": img}) as up:
+        doc = make_config(tmp_path / "data", {"public.example": up.url}, default="public.example",
+                          access={"htpasswd": str(tmp_path / "htpasswd"),
+                                  "cli_credentials_file": str(tmp_path / "cli-creds")})
+        with EdgeProcess(tmp_path, doc) as edge:
+            def cli(*extra):
+                return subprocess.run([sys.executable, "-m", "edgecache", *extra, "--config",
+                                       str(edge.config_path)], capture_output=True, text=True, timeout=60)
+            r = cli("gc")
+            assert r.returncode == 0, r.stderr
+            assert "evicted" in json.loads(r.stdout)
+            r = cli("verify")
+            assert r.returncode == 0 and json.loads(r.stdout)["bad"] == [], r.stderr
+            r = cli("gc", "--credentials-file", str(tmp_path / "wrong-creds"))
+            assert r.returncode == 1 and "refused the credentials" in r.stderr
+            assert "Traceback" not in r.stderr
+            # Without any credentials: told what to set, not a traceback.
+            bare = dict(doc, access={"htpasswd": str(tmp_path / "htpasswd")})
+            (tmp_path / "bare.yaml").write_text(__import__("yaml").safe_dump(bare))
+            r = subprocess.run([sys.executable, "-m", "edgecache", "gc", "--config", str(tmp_path / "bare.yaml")],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 1 and "cli_credentials_file" in r.stderr and "Traceback" not in r.stderr

@@ -297,3 +297,23 @@ async def test_siblings_give_private_content_only_through_its_route(tmp_path):
                 assert st == 200 and body == b.data
             assert n0.services.siblings.table.stats["n1"].bytes_to >= sum(b.size for b in img.layers)
             assert priv.count("GET", r"/v2/.*/blobs/.*") == 0
+
+
+async def test_an_upstream_lying_in_content_type_cannot_make_another_routes_image_unpullable(tmp_path):
+    """The media type comes from the verified body: a hostile upstream's Content-Type
+    for a digest it shares with an honest one changes nothing for the honest one."""
+    from edgecache.mediatypes import OCI_MANIFEST
+    img = make_image(108, layers=1, layer_size=1024)
+    async with FaultyUpstream({"demo/app:v1": img}) as liar, \
+            FaultyUpstream({"demo/app:v1": img}) as honest:
+        liar.fault("content_type", digest=img.digest, content_type="application/x-hostile")
+        doc = make_config(tmp_path / "data", {"liar.example": liar.url, "honest.example": honest.url})
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
+            st, h, body = await req(s, f"{edge.url}/v2/demo/app/manifests/{img.digest}?ns=liar.example")
+            assert st == 200 and body == img.manifest_blob().data
+            assert h["Content-Type"] == OCI_MANIFEST           # the body's own mediaType
+            for ns in ("honest.example", "liar.example"):
+                st, h, body = await req(s, f"{edge.url}/v2/demo/app/manifests/{img.digest}?ns={ns}",
+                                        Accept=OCI_MANIFEST)
+                assert st == 200 and h["Content-Type"] == OCI_MANIFEST, ns
+            assert liar.count("GET", r"/v2/demo/app/manifests/.*") == 1

@@ -25,7 +25,8 @@ from aiohttp import web
 
 from .images import Artifact, Blob, manifests
 
-FaultKind = Literal["truncate", "wrong_bytes", "stall", "status", "slow", "chunked", "empty"]
+FaultKind = Literal["truncate", "wrong_bytes", "stall", "status", "slow", "chunked", "empty",
+                    "content_type"]
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Fault:
     seconds: float = 30.0  # for "stall": pause after half the body, then send the rest
     rate: int = 64 * 1024  # for "slow": bytes per second
     delay: float = 0.0  # wait this long before answering (any kind: a slow first byte)
+    content_type: str = "application/x-lie"  # for "content_type": the right bytes, a lying header
 
 
 @dataclass
@@ -255,6 +257,8 @@ class FaultyUpstream:
         if f is not None and f.kind == "status":
             headers = {"Retry-After": str(f.retry_after)} if f.retry_after is not None else {}
             return _error(f.status, "INJECTED", f"injected status {f.status}", headers)
+        if f is not None and f.kind == "content_type":
+            media_type = f.content_type
         resp = web.StreamResponse(headers={"Content-Type": media_type, "Docker-Content-Digest": digest})
         if f is not None and f.kind == "empty":
             data = b""                              # 200 with nothing: wrong for any real digest
@@ -264,7 +268,7 @@ class FaultyUpstream:
         if request.method == "HEAD":
             return resp
         half = len(data) // 2
-        if f is None or f.kind in ("chunked", "empty"):
+        if f is None or f.kind in ("chunked", "empty", "content_type"):
             await resp.write(data)
         elif f.kind == "wrong_bytes":
             # Same length, one flipped byte: only a digest check can notice.
