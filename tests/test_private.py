@@ -159,6 +159,9 @@ async def test_a_blob_held_under_one_repository_costs_a_second_one_head_and_no_b
         # One HEAD per digest (the manifest and each blob), then answered from the links.
         assert sorted(m for m, _, _ in asked) == ["HEAD"] * (1 + len(public.blobs)), asked
         assert pub.bytes_sent(r"/v2/demo/copy/.*") == 0
+        st, _, text = await req(s, f"{edge.url}/metrics", Authorization=ALICE)
+        assert (f'edgecache_link_checks_total{{answer="yes",upstream="public.example"}} '
+                f'{1 + len(public.blobs)}.0') in text.decode()
 
 
 async def test_a_fill_in_progress_is_joined_only_through_a_route_that_may_have_it(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -125,8 +126,25 @@ def test_with_the_wan_cut_a_node_gets_an_image_it_never_pulled_from_a_sibling(la
         st = lan.status("n3")
         assert st["upstreams"]["central.example"]["last_error"]     # it did try the WAN first
         assert sum(p["bytes_fetched"] for p in st["siblings"]["peers"]) >= sum(b.size for b in img.blobs)
+        # The sibling path is closed to the wrong repository: under another name no node
+        # gives the image, and no sibling sends a byte for it.
+        served = {n: sum(lan.status(n)["siblings"]["served_bytes_by_node"].values()) for n in NODES}
+        for n in NODES:
+            for kind, d in [("manifests", img.digest)] + [("blobs", b.digest) for b in img.blobs]:
+                status = _http_status(f"{lan.nodes[n].url}/v2/demo/other/{kind}/{d}")
+                assert status in (404, 503), (n, kind, status)
+        assert {n: sum(lan.status(n)["siblings"]["served_bytes_by_node"].values()) for n in NODES} == served
     finally:
         lan.br.wan(True)
+
+
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        e.close()
+        return e.code
 
 
 def test_killing_a_sibling_mid_transfer_does_not_fail_the_pull(lan):

@@ -94,12 +94,9 @@ class BlobService:
             # Not a fill from a sibling: its size is not known for sure before the end.
             if fill is not None and fill.origin == route and fill.source_kind == "upstream":
                 return await fill.wait_headers()
-            size = await self.upstreams.get(route.upstream).head_blob(route.repo, str(digest))
+            return await self.upstreams.get(route.upstream).head_blob(route.repo, str(digest))
         except UpstreamNotFound:
             raise BlobUnknown(str(digest)) from None
-        # The upstream says the repository has it: a copy held here may be given.
-        await self.store.link([digest], owner(route))
-        return size
 
     def held(self, route: Route, digest: Digest) -> tuple[str, int | None] | None:
         """How this node holds a blob for a route, for a sibling's probe: ("stored",

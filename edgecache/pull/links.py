@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Callable
 
 from edgecache.errors import UpstreamError, UpstreamNotFound, UpstreamDenied
@@ -21,7 +21,7 @@ from edgecache.mediatypes import PREFERENCE
 from edgecache.pull.routing import Route
 from edgecache.pull.singleflight import SingleFlight
 from edgecache.store.links import Owner
-from edgecache.upstream.client import Upstreams
+from edgecache.upstream.client import UpstreamClient, Upstreams
 
 NEGATIVE_TTL = 10.0          # seconds a "no" from the upstream is remembered
 NEGATIVE_MAX = 4096          # ... for at most this many (route, digest) pairs
@@ -71,7 +71,8 @@ class Confirmer:
         self.clock = clock
         self._flight = SingleFlight()
         self._no: OrderedDict[tuple[Route, str, str], float] = OrderedDict()
-        self.asked = 0               # HEADs sent (for tests and status)
+        # HEADs sent, by (upstream, "yes" | "no" | "unanswered"): for /metrics.
+        self.results: Counter[tuple[str, str]] = Counter()
 
     async def confirm(self, route: Route, kind: str, digest: str) -> bool:
         """True when the upstream has `digest` as a blob or manifest (`kind`) of the
@@ -88,23 +89,28 @@ class Confirmer:
         client = self.upstreams.clients.get(route.upstream)
         if client is None:
             return False
-        self.asked += 1
+        answer = await self._head(client, route, kind, digest)
+        self.results[(route.upstream, answer)] += 1
+        if answer == "no":
+            self._remember_no(route, kind, digest)
+        return answer == "yes"
+
+    @staticmethod
+    async def _head(client: UpstreamClient, route: Route, kind: str, digest: str) -> str:
         try:
             if kind == "blobs":
                 await client.head_blob(route.repo, digest)
             else:
                 head = await client.head_manifest(route.repo, digest, _ACCEPT_ALL)
                 if head.digest and head.digest != digest:
-                    self._remember_no(route, kind, digest)
-                    return False
+                    return "no"
         except (UpstreamNotFound, UpstreamDenied):
-            self._remember_no(route, kind, digest)
-            return False
+            return "no"
         except UpstreamError:
             # Unreachable, timed out, failing: no answer now (the breaker makes the
             # next one quick); not remembered, so the link is made once it is back.
-            return False
-        return True
+            return "unanswered"
+        return "yes"
 
     def _remember_no(self, route: Route, kind: str, digest: str) -> None:
         self._no[(route, kind, digest)] = self.clock() + NEGATIVE_TTL

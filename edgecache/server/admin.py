@@ -8,7 +8,7 @@ from typing import Iterable
 from aiohttp import web
 
 from edgecache import __version__
-from edgecache.metrics import counter, gauge
+from edgecache.metrics import counter, gauge, labelled_counter
 from edgecache.server.guard import identity
 from edgecache.server.oci_errors import OciError
 from edgecache.siblings import hopauth
@@ -119,6 +119,12 @@ def state_collector(svc: Services) -> Iterable:
         yield gauge("edgecache_upstream_up", "1 when the upstream's breaker is closed",
                     ["upstream"], [([n], 1.0 if c.breaker.state == "closed" else 0.0)
                                    for n, c in svc.blobs.upstreams.clients.items()])
+        yield gauge("edgecache_links", "Repository links: (upstream, repository) pairs of held digests",
+                    samples=[([], svc.store.links.count)])
+        yield labelled_counter(
+            "edgecache_link_checks", "HEADs asking an upstream whether a repository has a digest "
+            "held under another route, by answer (yes links it)", ["upstream", "answer"],
+            [([u, a], n) for (u, a), n in sorted(svc.blobs.confirmer.results.items())])
         yield gauge("edgecache_fills_in_progress", "Blob fills under way",
                     samples=[([], len(svc.blobs.fills.active()))])
         yield counter("edgecache_sendfile_bytes", "Blob bytes sent with the kernel's sendfile",
