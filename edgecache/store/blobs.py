@@ -121,6 +121,8 @@ class BlobStore:
             p.unlink(missing_ok=True)
         clean = self.index.load()
         self.links.load()
+        if not len(self.index):
+            self.links.upgraded_from = None     # a new data_dir: nothing to upgrade
         if not clean:
             self._reconcile()
         # Links to digests that are not here (never arrived, or lost in a crash) are
