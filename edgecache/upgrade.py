@@ -3,8 +3,8 @@
 Links (store/links.py) came after blobs: a store without them would answer
 nothing that works offline today. They are derived from what was kept: every
 tag record says its manifest belongs to (upstream, repository), and every
-pinned or prefetched image in sync/state.json lists what it is made of under
-its route. Each manifest's tree (an index, its platform manifests, their
+pinned, prefetched or retained image in sync/state.json lists what it is made
+of under its route. Each manifest's tree (an index, its platform manifests, their
 configs and layers) held here is linked to that route.
 
 A digest found under a public and a private upstream alike is linked to the
@@ -54,6 +54,9 @@ async def derive_links(store: BlobStore, meta: MetaStore, sync_state: Path,
     for own, digests in trees.items():
         keep = digests if not upstreams[own[0]].public else digests - private
         made += store.links.add_many(keep, own)
+    # Only now is the data_dir marked as having links: a start (or a `gc` without the
+    # daemon) that stops before this point derives them again next time.
+    store.links.mark_current()
     await store.flush()
     log.info("data_dir from an earlier version: %d repository links derived from %d tag and "
              "sync records", made, sum(len(v) for v in roots.values()))
@@ -85,21 +88,34 @@ async def _tree(store: BlobStore, meta: MetaStore, roots: set[str]) -> set[str]:
 
 
 def _synced(path: Path) -> list[tuple[str, str, list[str]]]:
-    """(upstream, repository, digests) of each image the syncer recorded."""
+    """(upstream, repository, digests) of each image the syncer recorded, including
+    the replaced ones it still retains (their owner names the entry)."""
     try:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
     out = []
-    for kind in ("pinned", "prefetch"):
-        for rec in (state.get(kind) or {}).values():
-            ref = rec.get("ref") if isinstance(rec, dict) else None
-            if not isinstance(ref, str) or "/" not in ref:
-                continue
-            upstream, _, rest = ref.partition("/")
-            repo = rest.split("@")[0]
-            if ":" in repo.rsplit("/", 1)[-1]:
-                repo = repo.rpartition(":")[0]
-            out.append((upstream, repo, [d for d in rec.get("digests", []) if isinstance(d, str)]))
-    # Retained images carry no route: their tag records, if any, link them.
+    records = [rec for kind in ("pinned", "prefetch") for rec in (state.get(kind) or {}).values()]
+    for rec in records + list(state.get("retained") or []):
+        if not isinstance(rec, dict):
+            continue
+        ref = rec.get("ref")
+        if not isinstance(ref, str):
+            # A retained image: its owner is "pinned:<ref>|<platforms>@<digest>".
+            owner = rec.get("owner")
+            ref = owner.partition(":")[2].partition("|")[0] if isinstance(owner, str) else None
+        route = _route_of(ref) if ref else None
+        if route is not None:
+            out.append((*route, [d for d in rec.get("digests", []) if isinstance(d, str)]))
     return out
+
+
+def _route_of(ref: str) -> tuple[str, str] | None:
+    """("upstream", "repo") of "upstream/repo:tag" or "upstream/repo@digest"."""
+    upstream, sep, rest = ref.partition("/")
+    if not sep or not rest:
+        return None
+    repo = rest.split("@")[0]
+    if ":" in repo.rsplit("/", 1)[-1]:
+        repo = repo.rpartition(":")[0]
+    return upstream, repo

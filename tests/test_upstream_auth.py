@@ -116,11 +116,13 @@ async def get(session, url):
         return r.status, await r.read()
 
 
+@pytest.mark.parametrize("host", ["127.0.0.2", "127.0.0.1"])
 @pytest.mark.parametrize("named", [False, True])
-async def test_a_realm_on_another_host_gets_the_credentials_only_when_named(tmp_path, named):
+async def test_a_realm_on_another_origin_gets_the_credentials_only_when_named(tmp_path, named, host):
+    """Another host, or another port of the upstream's host: not the upstream's origin."""
     img = make_image(120, layers=1, layer_size=1024)
     realm = Realm()
-    async with Server("127.0.0.2", [web.get("/token", realm.token)]) as auth:
+    async with Server(host, [web.get("/token", realm.token)]) as auth:
         async with Server("127.0.0.1", registry_routes(img, f"{auth.url}/token", realm)) as reg:
             extra = {"token_realms": [f"{auth.url}/token"]} if named else {}
             async with EdgeServer(cache_doc(tmp_path, reg.url, **extra)) as edge, \
@@ -161,9 +163,10 @@ async def test_a_challenge_after_a_redirect_to_another_host_is_not_answered_with
     async with cdn, Server("127.0.0.1", [web.get("/token", realm.token)]) as auth:
         routes = registry_routes(img, f"{auth.url}/token", realm, redirect_to=cdn.url)
         async with Server("127.0.0.1", routes) as reg:
-            async with EdgeServer(cache_doc(tmp_path, reg.url)) as edge, aiohttp.ClientSession() as s:
+            doc = cache_doc(tmp_path, reg.url, token_realms=[f"{auth.url}/token"])
+            async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
                 st, _ = await get(s, f"{edge.url}/v2/demo/app/blobs/{layer.digest}")
                 assert st == 403          # the upstream denied us (UpstreamDenied): DENIED
         assert [p for p, _ in cdn.seen] and all(a is None for _, a in cdn.seen)   # nothing leaked
         assert cdn_realm.issued == {}        # its challenge was not answered
-        assert any(a == ROBOT for p, a in auth.seen)      # the upstream's own realm: yes
+        assert any(a == ROBOT for p, a in auth.seen)      # the upstream's named realm: yes

@@ -44,7 +44,8 @@ class BlobService:
     fill from the upstream, or the upstream, and never passed on to a sibling.
 
     A blob is answered through a route only when it belongs to it (pull/links.py):
-    linked, being filled through that route, or confirmed by the route's upstream."""
+    linked, being filled through that route, confirmed by the route's upstream, or
+    fetched from that upstream again."""
 
     def __init__(self, store: BlobStore, fills: FillRegistry, upstreams: Upstreams,
                  metrics: Metrics, confirmer: Confirmer | None = None) -> None:
@@ -64,14 +65,24 @@ class BlobService:
         self.store.touch(digest)
         return LocalBlob(digest, self.store.path(digest), size)
 
-    async def _belongs(self, route: Route, digest: Digest) -> None:
-        """Make sure the route may have this digest, which we hold or are filling under
-        another route: the upstream confirms it (then it is linked) or BlobUnknown."""
-        if self.store.linked(digest, owner(route)):
-            return
+    async def _claim(self, route: Route, digest: Digest) -> bool:
+        """Whether the copy held (or being filled) here may be given through the route:
+        True once it is linked (already, or after the upstream said yes to a HEAD);
+        False when only the upstream's own bytes will do (pull/links.py); BlobUnknown
+        when the upstream says the repository has no such blob."""
+        own = owner(route)
+        if self.store.linked(digest, own):
+            return True
+        owners = self.store.links.owners(str(digest))
+        fill = self.fills.get(digest)
+        if fill is not None and fill.link is not None:
+            owners |= {fill.link}           # linked to its route once it lands
+        if not self.confirmer.may_vouch(route, owners):
+            return False
         if not await self.confirmer.confirm(route, "blobs", str(digest)):
-            raise BlobUnknown(f"{route.repo}@{digest}")
-        await self.store.link([digest], owner(route))
+            raise BlobUnknown(str(digest))
+        await self.store.link([digest], own)
+        return True
 
     def _held_elsewhere(self, route: Route, digest: Digest) -> bool:
         """Held or being filled here, but not (yet) known to belong to this route."""
@@ -85,7 +96,7 @@ class BlobService:
     async def head(self, route: Route, digest: Digest) -> int | None:
         """The size of a blob, asking the upstream (HEAD only) when we do not hold it."""
         if self._held_elsewhere(route, digest):
-            await self._belongs(route, digest)
+            await self._claim(route, digest)
         if (b := self.local(route, digest)) is not None:
             self.metrics.hit("blob")
             return b.size
@@ -111,7 +122,9 @@ class BlobService:
             return "filling", fill.size
         return None
 
-    def _start(self, route: Route, digest: Digest, *, siblings: bool) -> Fill:
+    def _start(self, route: Route, digest: Digest, *, siblings: bool, shared: bool = True) -> Fill:
+        """The fill of this digest through this route (joining one under way unless
+        `shared` is False: then only the upstream's own bytes, for this request)."""
         client = self.upstreams.get(route.upstream)
 
         def upstream(offset: int = 0):
@@ -132,7 +145,21 @@ class BlobService:
             return fill
         return self.fills.start(digest, upstream, expected_size=None,
                                 source_name=f"upstream {route.upstream}", origin=route,
-                                kind="upstream", link=owner(route))
+                                kind="upstream", link=owner(route), shared=shared)
+
+    async def _fill(self, route: Route, digest: Digest, siblings: bool,
+                    own_bytes: bool) -> LocalBlob | Fill:
+        """Join or start the fill for this request. Whether the route may have what is
+        held or under way here is decided again right before joining, with no await
+        after it: while this request waited, another route may have started a fill of
+        this digest (a private one) that it must not join."""
+        if not own_bytes and self._held_elsewhere(route, digest):
+            own_bytes = not await self._claim(route, digest)
+        if own_bytes:
+            return self._start(route, digest, siblings=False, shared=False)
+        if (b := self.local(route, digest)) is not None:
+            return b                        # it landed while we waited
+        return self._start(route, digest, siblings=siblings)
 
     async def _joinable_by_hop(self, digest: Digest) -> None:
         """A sibling may join our fill only if it comes from the upstream: joining one
@@ -149,18 +176,22 @@ class BlobService:
             raise HopRefused(f"{digest} is on its way here from a sibling")
 
     async def get(self, route: Route, digest: Digest, *, hop: bool = False) -> LocalBlob | Fill:
+        own_bytes = False                   # only the upstream's own bytes will do
         if self._held_elsewhere(route, digest):
-            await self._belongs(route, digest)
-        if (b := self.local(route, digest)) is not None:
+            own_bytes = not await self._claim(route, digest)
+        if not own_bytes and (b := self.local(route, digest)) is not None:
             self.metrics.hit("blob")
             return b
         self.metrics.miss("blob")
         if hop:
             await self._joinable_by_hop(digest)
-        siblings = await self._siblings_for(route, digest, hop)
-        joined = self.fills.get(digest) is not None
-        fill = self._start(route, digest, siblings=siblings)
-        if joined:
+        siblings = not own_bytes and await self._siblings_for(route, digest, hop)
+        existing = self.fills.get(digest)
+        target = await self._fill(route, digest, siblings, own_bytes)
+        if isinstance(target, LocalBlob):
+            return target
+        fill = target
+        if fill is existing:
             self.metrics.coalesced()
         try:
             await fill.wait_headers()
@@ -171,7 +202,10 @@ class BlobService:
                 raise
             # The fill we joined came from another repository or upstream, and that one
             # failed: ours may well have the blob. Try it ourselves, once.
-            fill = self._start(route, digest, siblings=siblings)
+            target = await self._fill(route, digest, siblings, own_bytes)
+            if isinstance(target, LocalBlob):
+                return target
+            fill = target
             try:
                 await fill.wait_headers()
             except UpstreamNotFound:
@@ -187,10 +221,10 @@ class BlobService:
             return False
         if siblings.trusted or self.fills.get(digest) is not None:
             return True          # trusted, or joining a fill: nothing new is asked
-        if not await self.confirmer.confirm(route, "blobs", str(digest)):
-            return False
-        await self.store.link([digest], owner(route))
-        return True
+        # Not held here (else _claim decided): the upstream's yes lets the bytes come
+        # from a sibling (checked against the digest). It links nothing by itself: a
+        # yes for a digest not held is only a claim (pull/links.py).
+        return await self.confirmer.confirm(route, "blobs", str(digest))
 
     async def ensure(self, route: Route, digest: Digest, on_fill=None) -> int:
         """Have the blob in the store for this route (fetching it if need be); returns
@@ -199,11 +233,17 @@ class BlobService:
         on_fill(fill) is told of the fill, for progress; clients asking for the same
         digest meanwhile share it.
         """
+        own_bytes = False
         if self._held_elsewhere(route, digest):
-            await self._belongs(route, digest)
-        if (size := self.store.size(digest)) is not None:
+            own_bytes = not await self._claim(route, digest)
+        if not own_bytes and self.store.linked(digest, owner(route)) and \
+                (size := self.store.size(digest)) is not None:
             return size
-        fill = self._start(route, digest, siblings=await self._siblings_for(route, digest, False))
+        siblings = not own_bytes and await self._siblings_for(route, digest, False)
+        target = await self._fill(route, digest, siblings, own_bytes)
+        if isinstance(target, LocalBlob):
+            return target.size
+        fill = target
         if on_fill is not None:
             on_fill(fill)
         assert fill.task is not None

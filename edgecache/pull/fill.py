@@ -471,11 +471,13 @@ class Fill:
 
 
 class FillRegistry:
-    """Single flight: at most one Fill per digest, across every repository and upstream."""
+    """Single flight: at most one shared Fill per digest, across every repository and
+    upstream (a request that may not have the shared one's bytes gets one of its own)."""
 
     def __init__(self, store: BlobStore) -> None:
         self.store = store
         self._fills: dict[str, Fill] = {}
+        self._own: set[Fill] = set()   # fills no other request joins
         self.coalesced = 0          # requests that joined a fill another request started
         self.on_finish: Callable[[Fill], None] | None = None
 
@@ -485,15 +487,18 @@ class FillRegistry:
     def start(self, digest: Digest, open_source: SourceFactory, *, expected_size: int | None,
               source_name: str, origin: object = None,
               fallback: FallbackFactory | None = None, kind: str | None = None,
-              link: tuple[str, str] | None = None) -> Fill:
+              link: tuple[str, str] | None = None, shared: bool = True) -> Fill:
         key = str(digest)
         existing = self._fills.get(key)
-        if existing is not None and existing.error is None and not existing.memory_mode:
+        if shared and existing is not None and existing.error is None and not existing.memory_mode:
             self.coalesced += 1
             return existing
         fill = Fill(digest, self.store, open_source, expected_size, source_name, origin, fallback,
                     kind, link)
-        self._fills[key] = fill
+        if shared:
+            self._fills[key] = fill
+        else:
+            self._own.add(fill)
         fill.start()
         assert fill.task is not None
         fill.task.add_done_callback(lambda _t: self._finished(key, fill))
@@ -502,14 +507,15 @@ class FillRegistry:
     def _finished(self, key: str, fill: Fill) -> None:
         if self._fills.get(key) is fill:
             del self._fills[key]
+        self._own.discard(fill)
         if self.on_finish:
             self.on_finish(fill)
 
     def active(self) -> list[Fill]:
-        return list(self._fills.values())
+        return [*self._fills.values(), *self._own]
 
     async def close(self) -> None:
-        tasks = [f.task for f in self._fills.values() if f.task]
+        tasks = [f.task for f in self.active() if f.task]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -8,6 +8,14 @@ held but not linked is confirmed with the upstream: one HEAD for that repository
 with that upstream's credentials, shared by every concurrent asker; a yes links
 it (no body crosses the WAN), a no is remembered for a little while, so a client
 asking again and again costs the upstream nothing more.
+
+A HEAD is only a claim. It is taken where a lie would give nothing away: through
+a private route (its clients may use every private upstream anyway), or for a
+digest already linked to a public upstream or to the route's own upstream. Held
+only under private upstreams and asked through a public one, the digest must come
+from that upstream in full and match (a fill, or a manifest GET): a public
+upstream that lies, or one a LAN attacker impersonates over plain http, learns
+nothing and unlocks nothing.
 """
 from __future__ import annotations
 
@@ -35,8 +43,9 @@ def owner(route: Route) -> Owner:
 
 
 def children(body: bytes) -> list[str]:
-    """The digests a manifest names: an index its manifests, a manifest its config,
-    layers and subject, a schema 1 manifest its layers. Nothing for what does not parse."""
+    """The digests a manifest names: an index its manifests, a manifest its config and
+    layers, a schema 1 manifest its layers. Nothing for what does not parse. Not its
+    `subject`: a referrer may name any manifest as its subject, in any repository."""
     try:
         doc = json.loads(body)
     except ValueError:
@@ -55,7 +64,6 @@ def children(body: bytes) -> list[str]:
             for d in items:
                 take(d)
     take(doc.get("config"))
-    take(doc.get("subject"))
     layers = doc.get("fsLayers")
     if isinstance(layers, list):
         found += [x["blobSum"] for x in layers
@@ -73,6 +81,17 @@ class Confirmer:
         self._no: OrderedDict[tuple[Route, str, str], float] = OrderedDict()
         # HEADs sent, by (upstream, "yes" | "no" | "unanswered"): for /metrics.
         self.results: Counter[tuple[str, str]] = Counter()
+
+    def _public(self, upstream: str) -> bool:
+        client = self.upstreams.clients.get(upstream)
+        return client is not None and client.cfg.public
+
+    def may_vouch(self, route: Route, owners: frozenset[Owner]) -> bool:
+        """Whether the route's upstream's HEAD is enough to link a held digest with
+        these owners to the route (see above)."""
+        if not self._public(route.upstream):
+            return True
+        return any(u == route.upstream or self._public(u) for u, _ in owners)
 
     async def confirm(self, route: Route, kind: str, digest: str) -> bool:
         """True when the upstream has `digest` as a blob or manifest (`kind`) of the

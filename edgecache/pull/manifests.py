@@ -15,6 +15,7 @@ served, marked stale. Requests from siblings (`hop`) go nowhere but upstream.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -122,10 +123,14 @@ class ManifestService:
                          hop: bool = False) -> ManifestAnswer:
         local = await self._local(str(d))
         if local is not None and not self.store.linked(d, owner(route)):
-            # Held, but not known to belong to this repository: its upstream says.
-            if not await self.confirmer.confirm(route, "manifests", str(d)):
+            # Held, but not known to belong to this repository: its upstream says with a
+            # HEAD where a lie gives nothing away; elsewhere only its own bytes will do.
+            if not self.confirmer.may_vouch(route, self.store.links.owners(str(d))):
+                local = None
+            elif await self.confirmer.confirm(route, "manifests", str(d)):
+                await self._link(route, str(d), local.body)
+            else:
                 raise ManifestUnknown(f"{route.repo}@{d}")
-            await self._link(route, str(d), local.body)
         if local is not None:
             if not accept.accepts(local.media_type):
                 raise ManifestUnknown(f"{d} is a {local.media_type}, which the client did not accept")
@@ -205,6 +210,9 @@ class ManifestService:
         head = await client.head_manifest(route.repo, tag, accept.for_upstream())
         if head.digest:
             known = await self._local(head.digest)
+            if known is not None and not self.store.linked(known.digest, owner(route)) and \
+                    not self.confirmer.may_vouch(route, self.store.links.owners(known.digest)):
+                known = None     # the tag names content held only under private upstreams
             if known is not None:
                 # Unchanged (or known from elsewhere): one HEAD and nothing else. The
                 # upstream just said the tag names it: it belongs to this repository.
@@ -292,38 +300,43 @@ class ManifestService:
     async def _keep(self, route: Route, digest: Digest, media_type: str, body: bytes) -> None:
         """A verified manifest that came for a route into the store, its record, its
         links and the body cache."""
-        await self.store.put_bytes(digest, body, link=owner(route))
+        # Linked first (with what it names that is held here), then committed: a blob
+        # record never reaches the disk before its link.
+        await self._link(route, str(digest), body)
+        await self.store.put_bytes(digest, body)
         self.meta.put_manifest(ManifestRecord(str(digest), media_type, len(body)))
         self._remember(str(digest), body)
-        # Every route the manifest already belonged to (an index named it) now has
-        # what it names too.
-        for o in self.store.links.owners(str(digest)):
-            await self._link(Route(*o), str(digest), body)
 
     async def _link(self, route: Route, digest: str, body: bytes) -> None:
         """Link a manifest to a route, with what it names (recursively) that is held
         here and already belongs to the same upstream. Content held only under other
         upstreams is not linked by naming: anyone can write a manifest naming any
         digest, so across upstreams only the upstream's own answer (a fill, a HEAD)
-        links it."""
+        links it. Once per (route, manifest): a manifest already linked was walked."""
         own = owner(route)
-        todo, seen = [(digest, body)], set()
+        if self.store.linked(digest, own):
+            return
+        todo, seen, found = [(digest, body)], set(), []
         while todo and len(seen) < MAX_LINKED_TREE:
             d, b = todo.pop()
             if d in seen:
                 continue
             seen.add(d)
-            await self.store.link([d], own)
-            for child in children(b):
-                if child in seen or not self.store.links.owners(child) or not any(
+            found.append(d)
+            # Parsing an index of a few MiB takes milliseconds: not on the loop.
+            named = children(b) if len(b) < 64 * 1024 else await asyncio.to_thread(children, b)
+            for child in named:
+                if child in seen or self.store.linked(child, own) or not any(
                         u == route.upstream for u, _ in self.store.links.owners(child)):
                     continue
                 if self.meta.manifest(child) is not None:
-                    found = await self._local(child)
-                    if found is not None:
-                        todo.append((child, found.body))
+                    got = await self._local(child)
+                    if got is not None:
+                        todo.append((child, got.body))
                         continue
-                await self.store.link([child], own)
+                seen.add(child)
+                found.append(child)
+        await self.store.link(found, own)       # one write for the whole tree
 
     async def _local(self, digest: str) -> ManifestAnswer | None:
         rec = self.meta.manifest(digest)

@@ -122,7 +122,7 @@ class BlobStore:
         clean = self.index.load()
         self.links.load()
         if not len(self.index):
-            self.links.upgraded_from = None     # a new data_dir: nothing to upgrade
+            self.links.mark_current()           # a new data_dir: nothing to upgrade
         if not clean:
             self._reconcile()
         # Links to digests that are not here (never arrived, or lost in a crash) are

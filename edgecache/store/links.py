@@ -29,12 +29,16 @@ _VERSION_KEY = ("state", "version")
 # Dangling links (to digests not stored) are pruned when there are more of them
 # than this many, or than the stored digests.
 PRUNE_FLOOR = 20_000
+# Routes one digest is linked to at most (a base layer asked under many repositories);
+# the oldest link goes first, and costs one HEAD when it is asked for again.
+MAX_OWNERS = 64
 
 
 class Links:
     def __init__(self, directory: Path) -> None:
         self._disk = DiskMap(directory)
-        self._by_digest: dict[str, set[Owner]] = {}
+        # Insertion-ordered, so the oldest link of a digest is the one to drop.
+        self._by_digest: dict[str, dict[Owner, None]] = {}
         self.count = 0
         self.upgraded_from: int | None = None     # the version found at load, when older
 
@@ -50,6 +54,11 @@ class Links:
                 self._add_in_memory(digest, (upstream, repo))
         if version < VERSION:
             self.upgraded_from = version
+
+    def mark_current(self) -> None:
+        """Record that the links are complete for this version (after an upgrade has
+        derived them, or for a new data_dir); written with the next flush."""
+        self.upgraded_from = None
         self._disk.put(_VERSION_KEY, VERSION)
 
     def flush(self) -> None:
@@ -77,6 +86,12 @@ class Links:
         if not self._add_in_memory(digest, owner):
             return False
         self._disk.put(("link", owner[0], owner[1], digest), True)
+        owners = self._by_digest[digest]
+        while len(owners) > MAX_OWNERS:
+            upstream, repo = oldest = next(iter(owners))
+            del owners[oldest]
+            self.count -= 1
+            self._disk.delete(("link", upstream, repo, digest))
         return True
 
     def add_many(self, digests: Iterable[str], owner: Owner) -> int:
@@ -104,10 +119,10 @@ class Links:
     def _add_in_memory(self, digest: str, owner: Owner) -> bool:
         owners = self._by_digest.get(digest)
         if owners is None:
-            self._by_digest[digest] = {owner}
+            self._by_digest[digest] = {owner: None}
         elif owner in owners:
             return False
         else:
-            owners.add(owner)
+            owners[owner] = None
         self.count += 1
         return True

@@ -221,8 +221,8 @@ class UpstreamClient:
         return url.origin() == URL(self.cfg.url).origin()
 
     def _realm_may_see_credentials(self, realm: URL) -> bool:
-        """The upstream's own host, or a token service its configuration names."""
-        if realm.host == URL(self.cfg.url).host and realm.scheme == URL(self.cfg.url).scheme:
+        """The upstream's own origin, or a token service its configuration names."""
+        if realm.origin() == URL(self.cfg.url).origin():
             return True
         plain = str(realm.with_query(None).with_fragment(None)).rstrip("/")
         return any(plain == r or plain.startswith(r + "/") for r in self.cfg.token_realms)
