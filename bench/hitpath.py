@@ -93,17 +93,19 @@ def run(work: Path, tree: Path, args: argparse.Namespace) -> int:
         gbps: dict[str, list[float]] = {n: [] for n in edges}
         for r in range(args.rounds):
             log(f"round {r + 1} of {args.rounds}")
+            # Each goes first every other round: no order effect (a warmer CPU) on either.
+            order = list(edges.items()) if r % 2 == 0 else list(reversed(edges.items()))
             for kind, path in paths.items():
-                for name, e in edges.items():
+                for name, e in order:
                     res = measure.wrk(e.url + path, args.seconds, ACCEPT)
                     if res.non2xx or res.socket_errors != "none":
                         raise RuntimeError(f"{name} {kind}: {res.non2xx} non-2xx, "
                                            f"{res.socket_errors} socket errors")
                     rps.setdefault((kind, name), []).append(res.rps)
-            for name, e in edges.items():
+            for name, e in order:
                 gbps[name] += measure.throughput(e.url + blob_path, BLOB_SIZE, 8, 1)
         lines = [f"# Hit path: {args.before[:12]} (before) and this tree (after), one run",
-                 "", f"{args.rounds} interleaved rounds; wrk -t2 -c32 -d{args.seconds}s; "
+                 "", f"{args.rounds} interleaved rounds (each version first every other round); wrk -t2 -c32 -d{args.seconds}s; "
                  "8 parallel curl of one warm 128 MiB blob; access logs on (to files).", "",
                  "| measure | before | after | after/before |", "|---|---|---|---|"]
         for kind in paths:
