@@ -68,6 +68,14 @@ async def req(session, url, method="GET", **headers):
         return r.status, r.headers, await r.read()
 
 
+async def cut_short_ok(session, url, **headers) -> bytes | None:
+    """The body, or None when the cache aborted the response (a fill that failed)."""
+    try:
+        return (await req(session, url, **headers))[2]
+    except aiohttp.ClientPayloadError:
+        return None
+
+
 def code_of(body: bytes) -> str | None:
     try:
         return json.loads(body)["errors"][0]["code"]
@@ -352,52 +360,105 @@ async def test_a_request_that_waited_does_not_join_a_private_fill_started_meanwh
             assert evil.counts["get"] == 0
 
 
-async def test_a_lying_public_upstream_unlocks_nothing(tmp_path):
-    """A public upstream (hostile, or impersonated over plain http) that says yes to
-    every HEAD and points its tags at whatever digest it likes: content held only under
-    the private upstream must come from it in full, which it cannot send."""
-    from aiohttp import web
-    img = make_image(111, layers=2, layer_size=64 * 1024)
-    claimed = {"tag": img.digest}
-    seen = []
+class LyingRegistry:
+    """A public upstream that says yes to every HEAD (echoing the digest, or pointing
+    every tag at `claimed`), answers GETs with 404, except blobs named in `trickle`,
+    which it sends half of, slowly, and then breaks off."""
 
-    async def lie(request):
-        seen.append((request.method, request.path))
+    def __init__(self, claimed: str, trickle: dict[str, bytes] | None = None) -> None:
+        from aiohttp import web
+        self.claimed, self.trickle = claimed, trickle or {}
+        self.seen: list[tuple[str, str]] = []
+        self.app = web.Application()
+        self.app.router.add_get("/v2/", self._base)
+        self.app.router.add_route("*", "/v2/{name:.+}/{kind:manifests|blobs}/{ref}", self._lie)
+        self._runner = None
+
+    async def _base(self, request):
+        from aiohttp import web
+        return web.json_response({})
+
+    async def _lie(self, request):
+        from aiohttp import web
+        self.seen.append((request.method, request.path))
         ref = request.match_info["ref"]
-        digest = ref if ref.startswith("sha256:") else claimed["tag"]
+        digest = ref if ref.startswith("sha256:") else self.claimed
         if request.method == "HEAD":
             return web.Response(headers={"Docker-Content-Digest": digest,
                                          "Content-Type": "application/vnd.oci.image.manifest.v1+json",
                                          "Content-Length": "1000"})
+        if ref in self.trickle:
+            data = self.trickle[ref]
+            resp = web.StreamResponse(headers={"Content-Length": str(len(data))})
+            await resp.prepare(request)
+            for i in range(0, len(data) // 2, 4096):
+                await resp.write(data[i:i + 4096])
+                await asyncio.sleep(0.02)
+            request.transport.close()
+            return resp
         return web.json_response({"errors": [{"code": "BLOB_UNKNOWN", "message": "no"}]}, status=404)
 
-    async def base(request):
-        return web.json_response({})
+    async def __aenter__(self):
+        from aiohttp import web
+        from tests.support.ports import free_port
+        self.port = free_port()
+        self._runner = web.AppRunner(self.app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self
 
-    app = web.Application()
-    app.router.add_get("/v2/", base)
-    app.router.add_route("*", "/v2/{name:.+}/{kind:manifests|blobs}/{ref}", lie)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    from tests.support.ports import free_port
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with FaultyUpstream({"team/secret:v1": img}) as priv:
-            doc = cache_doc(tmp_path, priv.url, f"http://127.0.0.1:{port}")
-            async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
-                await pull_all(s, edge.url, "team/secret", img, "?ns=private.example", ALICE)
-                for kind, d in [("manifests", img.digest)] + [("blobs", b.digest) for b in img.blobs]:
-                    for method in ("GET", "HEAD"):
-                        st, _, body = await req(s, f"{edge.url}/v2/x/y/{kind}/{d}?ns=public.example", method)
-                        if method == "GET":
-                            assert st == 404 and body != img.manifest_blob().data, (kind, d)
-                st, _, body = await req(s, f"{edge.url}/v2/x/y/manifests/latest?ns=public.example")
-                assert st != 200 and img.manifest_blob().data not in body
-                # Once more: nothing was linked by the lies.
-                for b in img.blobs:
-                    st, _, _ = await req(s, f"{edge.url}/v2/x/y/blobs/{b.digest}?ns=public.example")
-                    assert st == 404
-        assert any(m == "GET" for m, _ in seen)        # it was asked for the bytes themselves
-    finally:
-        await runner.cleanup()
+    async def __aexit__(self, *exc):
+        await self._runner.cleanup()
+
+
+async def test_a_lying_public_upstream_unlocks_nothing(tmp_path):
+    """A public upstream (hostile, or impersonated over plain http) that says yes to
+    every HEAD and points its tags at whatever digest it likes: content held only under
+    the private upstream must come from it in full, which it cannot send."""
+    img = make_image(111, layers=2, layer_size=64 * 1024)
+    async with FaultyUpstream({"team/secret:v1": img}) as priv, LyingRegistry(img.digest) as liar:
+        doc = cache_doc(tmp_path, priv.url, liar.url)
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
+            await pull_all(s, edge.url, "team/secret", img, "?ns=private.example", ALICE)
+            for kind, d in [("manifests", img.digest)] + [("blobs", b.digest) for b in img.blobs]:
+                for method in ("GET", "HEAD"):
+                    st, _, body = await req(s, f"{edge.url}/v2/x/y/{kind}/{d}?ns=public.example", method)
+                    if method == "GET":
+                        assert st == 404 and body != img.manifest_blob().data, (kind, d)
+            st, _, body = await req(s, f"{edge.url}/v2/x/y/manifests/latest?ns=public.example")
+            assert st != 200 and img.manifest_blob().data not in body
+            # Once more: nothing was linked by the lies.
+            for b in img.blobs:
+                st, _, _ = await req(s, f"{edge.url}/v2/x/y/blobs/{b.digest}?ns=public.example")
+                assert st == 404
+    assert any(m == "GET" for m, _ in liar.seen)        # it was asked for the bytes themselves
+
+
+async def test_a_lie_told_while_a_fill_is_under_way_links_nothing(tmp_path):
+    """The liar starts a fill of a private layer under one of its repositories (it
+    trickles, then breaks off) and, meanwhile, says yes for another: that request may
+    join the liar's own fill, but no link is made, so once the private upstream has
+    brought the layer, the liar's routes still get none of it."""
+    img = make_image(112, layers=1, layer_size=256 * 1024)
+    layer = img.layers[0]
+    async with FaultyUpstream({"team/secret:v1": img}) as priv, \
+            LyingRegistry(img.digest, trickle={layer.digest: layer.data}) as liar:
+        doc = cache_doc(tmp_path, priv.url, liar.url)
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
+            first = asyncio.ensure_future(
+                cut_short_ok(s, f"{edge.url}/v2/slow/repo/blobs/{layer.digest}?ns=public.example"))
+            assert await _until(lambda: edge.services.blobs.fills.get(parse_digest(layer.digest)))
+            body = await cut_short_ok(s, f"{edge.url}/v2/x/y/blobs/{layer.digest}?ns=public.example")
+            assert body != layer.data
+            assert (await first) != layer.data
+            st, _, body = await req(s, f"{edge.url}/v2/team/secret/blobs/{layer.digest}?ns=private.example",
+                                    Authorization=ALICE)
+            assert st == 200 and body == layer.data
+            assert await edge.stored(layer.digest)
+            # Held now, but only under the private upstream: through the liar's routes the
+            # liar's own bytes are wanted (it trickles and breaks off again), never ours.
+            for repo in ("x/y", "slow/repo"):
+                body = await cut_short_ok(s, f"{edge.url}/v2/{repo}/blobs/{layer.digest}?ns=public.example")
+                assert body != layer.data, repo
+            assert edge.services.store.links.owners(layer.digest) == {("private.example", "team/secret")}

@@ -65,38 +65,30 @@ class BlobService:
         self.store.touch(digest)
         return LocalBlob(digest, self.store.path(digest), size)
 
-    async def _claim(self, route: Route, digest: Digest) -> bool:
-        """Whether the copy held (or being filled) here may be given through the route:
-        True once it is linked (already, or after the upstream said yes to a HEAD);
-        False when only the upstream's own bytes will do (pull/links.py); BlobUnknown
-        when the upstream says the repository has no such blob."""
-        own = owner(route)
-        if self.store.linked(digest, own):
-            return True
-        owners = self.store.links.owners(str(digest))
-        fill = self.fills.get(digest)
-        if fill is not None and fill.link is not None:
-            owners |= {fill.link}           # linked to its route once it lands
+    async def _vouched(self, route: Route, digest: Digest, owners: frozenset) -> bool:
+        """Whether the route's upstream vouches that its repository has this digest,
+        which is held or under way here for `owners`: True after a yes to a HEAD; False
+        where a HEAD would be a mere claim (pull/links.py): only the upstream's own
+        bytes will do; BlobUnknown when it says no (or cannot be asked)."""
         if not self.confirmer.may_vouch(route, owners):
             return False
         if not await self.confirmer.confirm(route, "blobs", str(digest)):
             raise BlobUnknown(str(digest))
-        await self.store.link([digest], own)
         return True
 
-    def _held_elsewhere(self, route: Route, digest: Digest) -> bool:
-        """Held or being filled here, but not (yet) known to belong to this route."""
-        if self.store.linked(digest, owner(route)):
+    async def _linked_or_own_bytes(self, route: Route, digest: Digest) -> bool:
+        """For a digest held here: link it to the route if its upstream vouches; True
+        when only the upstream's own bytes will do for this request."""
+        if not self.store.has(digest) or self.store.linked(digest, owner(route)):
             return False
-        if self.store.has(digest):
-            return True
-        fill = self.fills.get(digest)
-        return fill is not None and fill.origin != route
+        if await self._vouched(route, digest, self.store.links.owners(str(digest))):
+            await self.store.link([digest], owner(route))
+            return False
+        return True
 
     async def head(self, route: Route, digest: Digest) -> int | None:
         """The size of a blob, asking the upstream (HEAD only) when we do not hold it."""
-        if self._held_elsewhere(route, digest):
-            await self._claim(route, digest)
+        await self._linked_or_own_bytes(route, digest)
         if (b := self.local(route, digest)) is not None:
             self.metrics.hit("blob")
             return b.size
@@ -147,19 +139,42 @@ class BlobService:
                                 source_name=f"upstream {route.upstream}", origin=route,
                                 kind="upstream", link=owner(route), shared=shared)
 
-    async def _fill(self, route: Route, digest: Digest, siblings: bool,
-                    own_bytes: bool) -> LocalBlob | Fill:
-        """Join or start the fill for this request. Whether the route may have what is
-        held or under way here is decided again right before joining, with no await
-        after it: while this request waited, another route may have started a fill of
-        this digest (a private one) that it must not join."""
-        if not own_bytes and self._held_elsewhere(route, digest):
-            own_bytes = not await self._claim(route, digest)
-        if own_bytes:
-            return self._start(route, digest, siblings=False, shared=False)
-        if (b := self.local(route, digest)) is not None:
-            return b                        # it landed while we waited
-        return self._start(route, digest, siblings=siblings)
+    async def _target(self, route: Route, digest: Digest, *,
+                      hop: bool) -> tuple[LocalBlob | Fill, bool]:
+        """What answers this request: the blob held for this route, or a fill through
+        it (ours, or one under way that the route may have); and whether it is a hit.
+
+        Whether the route may have what is held or under way here is decided right
+        before it is handed out, with no await after the decision: while this request
+        waited, another route may have started a fill of this digest (a private one)
+        that it must not join, or the blob may have landed under another route."""
+        own_bytes = await self._linked_or_own_bytes(route, digest)
+        if not own_bytes and (b := self.local(route, digest)) is not None:
+            return b, True
+        if hop:
+            await self._joinable_by_hop(digest)
+        siblings = not own_bytes and await self._siblings_for(route, digest, hop)
+        for _ in range(2):
+            if own_bytes:
+                break
+            if (b := self.local(route, digest)) is not None:
+                return b, False                        # it landed while we waited
+            if self.store.has(digest):
+                own_bytes = await self._linked_or_own_bytes(route, digest)
+                continue                               # landed under another route
+            fill = self.fills.get(digest)
+            if fill is None or fill.origin == route:
+                return self._start(route, digest, siblings=siblings), False
+            # Another route's fill: joined only if this route's upstream vouches. The
+            # yes links this route to what *that* fill brings, once its bytes verify
+            # (then its upstream had them), never to the digest as such.
+            if not await self._vouched(route, digest, frozenset({fill.link} if fill.link else ())):
+                own_bytes = True
+            elif self.fills.get(digest) is fill and not self.store.has(digest) and fill.error is None:
+                fill.joined_by.add(owner(route))
+                return self._start(route, digest, siblings=siblings), False   # joins it
+        # Only this upstream's own bytes, for this request alone.
+        return self._start(route, digest, siblings=False, shared=False), False
 
     async def _joinable_by_hop(self, digest: Digest) -> None:
         """A sibling may join our fill only if it comes from the upstream: joining one
@@ -176,18 +191,9 @@ class BlobService:
             raise HopRefused(f"{digest} is on its way here from a sibling")
 
     async def get(self, route: Route, digest: Digest, *, hop: bool = False) -> LocalBlob | Fill:
-        own_bytes = False                   # only the upstream's own bytes will do
-        if self._held_elsewhere(route, digest):
-            own_bytes = not await self._claim(route, digest)
-        if not own_bytes and (b := self.local(route, digest)) is not None:
-            self.metrics.hit("blob")
-            return b
-        self.metrics.miss("blob")
-        if hop:
-            await self._joinable_by_hop(digest)
-        siblings = not own_bytes and await self._siblings_for(route, digest, hop)
         existing = self.fills.get(digest)
-        target = await self._fill(route, digest, siblings, own_bytes)
+        target, hit = await self._target(route, digest, hop=hop)
+        (self.metrics.hit if hit else self.metrics.miss)("blob")
         if isinstance(target, LocalBlob):
             return target
         fill = target
@@ -202,7 +208,7 @@ class BlobService:
                 raise
             # The fill we joined came from another repository or upstream, and that one
             # failed: ours may well have the blob. Try it ourselves, once.
-            target = await self._fill(route, digest, siblings, own_bytes)
+            target, _ = await self._target(route, digest, hop=hop)
             if isinstance(target, LocalBlob):
                 return target
             fill = target
@@ -221,7 +227,7 @@ class BlobService:
             return False
         if siblings.trusted or self.fills.get(digest) is not None:
             return True          # trusted, or joining a fill: nothing new is asked
-        # Not held here (else _claim decided): the upstream's yes lets the bytes come
+        # Not held here (else it was decided above): the upstream's yes lets the bytes come
         # from a sibling (checked against the digest). It links nothing by itself: a
         # yes for a digest not held is only a claim (pull/links.py).
         return await self.confirmer.confirm(route, "blobs", str(digest))
@@ -233,14 +239,7 @@ class BlobService:
         on_fill(fill) is told of the fill, for progress; clients asking for the same
         digest meanwhile share it.
         """
-        own_bytes = False
-        if self._held_elsewhere(route, digest):
-            own_bytes = not await self._claim(route, digest)
-        if not own_bytes and self.store.linked(digest, owner(route)) and \
-                (size := self.store.size(digest)) is not None:
-            return size
-        siblings = not own_bytes and await self._siblings_for(route, digest, False)
-        target = await self._fill(route, digest, siblings, own_bytes)
+        target, _ = await self._target(route, digest, hop=False)
         if isinstance(target, LocalBlob):
             return target.size
         fill = target

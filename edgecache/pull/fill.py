@@ -84,6 +84,9 @@ class Fill:
                  link: tuple[str, str] | None = None) -> None:
         self.digest = digest
         self.link = link                # the (upstream, repository) the blob is linked to when stored
+        # Routes whose upstream vouched for this digest while it was under way: linked
+        # too once *these* bytes are verified (they came from `link`'s upstream).
+        self.joined_by: set[tuple[str, str]] = set()
         self.store = store
         self.source_name = source_name
         self._default_name = source_name
@@ -174,7 +177,7 @@ class Fill:
                 # Shielded: a shutdown must not leave a renamed blob the index never heard of.
                 commit = asyncio.ensure_future(self.store.commit(
                     self.tmp, self.digest, size=self.size, computed=computed, written=self.written,
-                    link=self.link))
+                    links=[*([self.link] if self.link else []), *self.joined_by]))
                 try:
                     await asyncio.shield(commit)
                 except asyncio.CancelledError:

@@ -229,7 +229,7 @@ class BlobStore:
         return layout.tmp_path(self.data_dir, secrets.token_hex(12))
 
     async def commit(self, tmp: Path, digest: Digest, *, size: int, computed: str,
-                     written: int, link: Owner | None = None) -> None:
+                     written: int, links: Iterable[Owner] = ()) -> None:
         """Move a fully written, hashed temp file into place and link it to the
         (upstream, repository) it came through; raises and deletes it if wrong.
         Validate, move, link, clean up, as Distribution's blob writer does."""
@@ -242,8 +242,8 @@ class BlobStore:
         except BaseException:
             await asyncio.to_thread(tmp.unlink, True)
             raise
-        if link is not None:
-            self.links.add(str(digest), link)
+        for owner in links:
+            self.links.add(str(digest), owner)
         self.index.add(str(digest), size)
         if self.links.needs_prune(len(self.index)):
             self.links.prune(lambda d: d in self.index, self.index.is_pinned)
@@ -286,7 +286,7 @@ class BlobStore:
             await asyncio.to_thread(tmp.unlink, True)
             raise _translate_oserror(e) from e
         await self.commit(tmp, digest, size=len(data), computed=h.hexdigest(), written=len(data),
-                          link=link)
+                          links=[link] if link else [])
 
     async def delete(self, digest: Digest) -> None:
         self._forget(str(digest))
