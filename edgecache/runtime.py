@@ -9,7 +9,7 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from edgecache.config import Config
 from edgecache.metrics import Metrics
@@ -81,11 +81,14 @@ class open_runtime:
     """`async with open_runtime(cfg) as rt:` opens everything, closes it on exit.
 
     `siblings=False` for a one-off process (`edgecache sync` without a daemon): it
-    neither advertises itself nor asks the siblings.
+    neither advertises itself nor asks the siblings. `public` says which upstreams are
+    public now (after a reload too); default: as configured.
     """
 
-    def __init__(self, cfg: Config, *, siblings: bool = True) -> None:
+    def __init__(self, cfg: Config, *, siblings: bool = True,
+                 public: Callable[[str], bool] | None = None) -> None:
         self.cfg = cfg
+        self.public = public       # which upstreams are public now (the server's access rules)
         self.with_siblings = siblings and cfg.siblings.enabled
         self._stack = AsyncExitStack()
 
@@ -116,7 +119,7 @@ class open_runtime:
 
             fills = FillRegistry(store)
             stack.push_async_callback(fills.close)
-            confirmer = Confirmer(upstreams)
+            confirmer = Confirmer(upstreams, public=self.public)
             blobs = BlobService(store, fills, upstreams, metrics, confirmer)
             manifests = ManifestService(store, meta, upstreams, metrics, cfg.tag_ttl,
                                         confirmer=confirmer)

@@ -130,15 +130,18 @@ async def test_only_a_data_dir_with_blobs_and_no_links_is_upgraded(tmp_path):
     await s.close()
 
 
-async def test_a_digest_keeps_its_newest_routes(tmp_path):
+async def test_a_digest_keeps_its_newest_vouched_routes_and_every_firm_one(tmp_path):
+    """Links made on an upstream's word alone are capped per digest (the oldest goes);
+    the link made when the content itself came (a private image's) never is."""
     s = await opened(tmp_path)
     d = digest_of(b"base layer")
-    await s.put_bytes(d, b"base layer", link=("docker.io", "r0"))
-    for i in range(1, links_mod.MAX_OWNERS + 6):
-        await s.link([d], ("docker.io", f"r{i}"))
-    assert len(s.links.owners(str(d))) == links_mod.MAX_OWNERS == s.links.count
-    assert not s.linked(d, ("docker.io", "r0")) and s.linked(d, ("docker.io", f"r{links_mod.MAX_OWNERS + 5}"))
+    await s.put_bytes(d, b"base layer", link=PRIV)
+    for i in range(links_mod.MAX_VOUCHED + 5):
+        await s.link([d], ("docker.io", f"r{i}"), vouched=True)
+    assert len(s.links.owners(str(d))) == links_mod.MAX_VOUCHED + 1 == s.links.count
+    assert s.linked(d, PRIV) and not s.linked(d, ("docker.io", "r0"))
+    assert s.linked(d, ("docker.io", f"r{links_mod.MAX_VOUCHED + 4}"))
     await s.close()
     s = await opened(tmp_path)
-    assert len(s.links.owners(str(d))) == links_mod.MAX_OWNERS      # the dropped ones are gone on disk too
+    assert len(s.links.owners(str(d))) == links_mod.MAX_VOUCHED + 1 and s.linked(d, PRIV)
     await s.close()

@@ -437,13 +437,14 @@ async def test_a_lying_public_upstream_unlocks_nothing(tmp_path):
 
 async def test_a_lie_told_while_a_fill_is_under_way_links_nothing(tmp_path):
     """The liar starts a fill of a private layer under one of its repositories (it
-    trickles, then breaks off) and, meanwhile, says yes for another: that request may
+    trickles zeros, not having the layer, then breaks off) and, meanwhile, says yes for
+    another: that request may
     join the liar's own fill, but no link is made, so once the private upstream has
     brought the layer, the liar's routes still get none of it."""
     img = make_image(112, layers=1, layer_size=256 * 1024)
     layer = img.layers[0]
     async with FaultyUpstream({"team/secret:v1": img}) as priv, \
-            LyingRegistry(img.digest, trickle={layer.digest: layer.data}) as liar:
+            LyingRegistry(img.digest, trickle={layer.digest: bytes(len(layer.data))}) as liar:
         doc = cache_doc(tmp_path, priv.url, liar.url)
         async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
             first = asyncio.ensure_future(
@@ -462,3 +463,53 @@ async def test_a_lie_told_while_a_fill_is_under_way_links_nothing(tmp_path):
                 body = await cut_short_ok(s, f"{edge.url}/v2/{repo}/blobs/{layer.digest}?ns=public.example")
                 assert body != layer.data, repo
             assert edge.services.store.links.owners(layer.digest) == {("private.example", "team/secret")}
+
+
+def _with_layers(base, layers):
+    """base's config with other layers (a private image built on a public base)."""
+    from tests.support.images import Image, _canonical
+    manifest = _canonical({"schemaVersion": 2, "mediaType": base.media_type,
+                           "config": base.config.descriptor(),
+                           "layers": [b.descriptor() for b in layers]})
+    return Image(base.config, tuple(layers), manifest, base.media_type, base.platform)
+
+
+async def test_a_public_base_layer_first_pulled_through_a_private_image_costs_a_slice(tmp_path, registries):
+    """A private image built on a public base is pulled first: the base layer is held
+    under the private upstream only. A public client of the base then gets it from
+    disk once the public registry has proved it holds the layer with a random 64 KiB
+    slice (a HEAD alone would be a mere claim): not the whole layer again."""
+    priv, pub, _, _, _ = registries
+    base = make_image(113, layers=1, layer_size=1024 * 1024)
+    layer = base.layers[0]
+    mine = _with_layers(make_image(114, layers=1, layer_size=1024), [layer, make_image(115).layers[0]])
+    push(pub.url, "library/base", "v1", base)
+    push(priv.url, "team/app", "v1", mine, auth=ROBOT)
+    async with EdgeServer(cache_doc(tmp_path, priv.url, pub.url)) as edge, \
+            aiohttp.ClientSession() as s:
+        await pull_all(s, edge.url, "team/app", mine, "?ns=private.example", ALICE)
+        assert await edge.stored(layer.digest)
+        before = pub.bytes_sent(rf"/v2/library/base/blobs/{layer.digest}")
+        for _ in range(3):
+            st, _, body = await req(s, f"{edge.url}/v2/library/base/blobs/{layer.digest}")
+            assert st == 200 and body == layer.data
+        sent = pub.bytes_sent(rf"/v2/library/base/blobs/{layer.digest}") - before
+        assert 0 < sent <= 64 * 1024, sent                  # one slice, then from the links
+        assert layer.size > 10 * 64 * 1024
+
+
+async def test_the_slice_proof_works_with_an_upstream_that_ignores_range(tmp_path):
+    base = make_image(116, layers=1, layer_size=512 * 1024)
+    layer = base.layers[0]
+    mine = _with_layers(make_image(117, layers=1, layer_size=1024), [layer])
+    async with FaultyUpstream({"team/app:v1": mine}) as priv, \
+            FaultyUpstream({"library/base:v1": base}) as pub:          # no Range support
+        async with EdgeServer(cache_doc(tmp_path, priv.url, pub.url)) as edge, \
+                aiohttp.ClientSession() as s:
+            await pull_all(s, edge.url, "team/app", mine, "?ns=private.example", ALICE)
+            assert await edge.stored(layer.digest)
+            for _ in range(2):
+                st, _, body = await req(s, f"{edge.url}/v2/library/base/blobs/{layer.digest}")
+                assert st == 200 and body == layer.data
+            assert pub.count("GET", rf"/v2/library/base/blobs/{layer.digest}") == 1, pub.log
+            assert edge.services.store.linked(layer.digest, ("public.example", "library/base"))

@@ -77,14 +77,24 @@ class BlobService:
         return True
 
     async def _linked_or_own_bytes(self, route: Route, digest: Digest) -> bool:
-        """For a digest held here: link it to the route if its upstream vouches; True
-        when only the upstream's own bytes will do for this request."""
+        """For a digest held here but not linked to the route: link it if the route's
+        upstream vouches (a HEAD) or proves it has the content (a random slice: see
+        pull/links.py); True when it could not be asked now, and only its own bytes
+        will do; BlobUnknown when it says no."""
         if not self.store.has(digest) or self.store.linked(digest, owner(route)):
             return False
-        if await self._vouched(route, digest, self.store.links.owners(str(digest))):
-            await self.store.link([digest], owner(route))
-            return False
-        return True
+        if not await self._vouched(route, digest, self.store.links.owners(str(digest))):
+            size = self.store.size(digest)
+            if size is None:
+                return False                    # evicted meanwhile: a miss like any other
+            answer = await self.confirmer.prove(
+                route, str(digest), size, lambda at, n: self.store.read_range(digest, at, n))
+            if answer == "no":
+                raise BlobUnknown(str(digest))
+            if answer == "unanswered":
+                return True
+        await self.store.link([digest], owner(route), vouched=True)
+        return False
 
     async def head(self, route: Route, digest: Digest) -> int | None:
         """The size of a blob, asking the upstream (HEAD only) when we do not hold it."""
@@ -153,8 +163,7 @@ class BlobService:
             return b, True
         if hop:
             await self._joinable_by_hop(digest)
-        siblings = not own_bytes and await self._siblings_for(route, digest, hop)
-        for _ in range(2):
+        for _ in range(4):       # each await below may change what is here; then again
             if own_bytes:
                 break
             if (b := self.local(route, digest)) is not None:
@@ -163,17 +172,26 @@ class BlobService:
                 own_bytes = await self._linked_or_own_bytes(route, digest)
                 continue                               # landed under another route
             fill = self.fills.get(digest)
-            if fill is None or fill.origin == route:
-                return self._start(route, digest, siblings=siblings), False
-            # Another route's fill: joined only if this route's upstream vouches. The
-            # yes links this route to what *that* fill brings, once its bytes verify
-            # (then its upstream had them), never to the digest as such.
-            if not await self._vouched(route, digest, frozenset({fill.link} if fill.link else ())):
-                own_bytes = True
-            elif self.fills.get(digest) is fill and not self.store.has(digest) and fill.error is None:
-                fill.joined_by.add(owner(route))
-                return self._start(route, digest, siblings=siblings), False   # joins it
-        # Only this upstream's own bytes, for this request alone.
+            if fill is not None and fill.error is None and fill.origin == route:
+                return self._start(route, digest, siblings=False), False   # joins it
+            if fill is not None and fill.error is None:
+                # Another route's fill: joined only if this route's upstream vouches.
+                # The yes links this route to what *that* fill brings, once its bytes
+                # verify (then its upstream had them), never to the digest as such.
+                if not await self._vouched(route, digest,
+                                           frozenset({fill.link} if fill.link else ())):
+                    own_bytes = True
+                elif self.fills.get(digest) is fill and not self.store.has(digest):
+                    fill.joined_by.add(owner(route))
+                    return self._start(route, digest, siblings=False), False   # joins it
+                continue
+            siblings = await self._siblings_for(route, digest, hop)
+            if self.store.has(digest) or self.fills.get(digest) not in (None, fill):
+                continue                               # changed while we asked
+            return self._start(route, digest, siblings=siblings), False
+        if not own_bytes and (b := self.local(route, digest)) is not None:
+            return b, False
+        # Only this upstream's own bytes (shared by requests through this same route).
         return self._start(route, digest, siblings=False, shared=False), False
 
     async def _joinable_by_hop(self, digest: Digest) -> None:
@@ -225,8 +243,8 @@ class BlobService:
         siblings = None if hop else self.siblings
         if siblings is None or not siblings.live():
             return False
-        if siblings.trusted or self.fills.get(digest) is not None:
-            return True          # trusted, or joining a fill: nothing new is asked
+        if siblings.trusted:
+            return True
         # Not held here (else it was decided above): the upstream's yes lets the bytes come
         # from a sibling (checked against the digest). It links nothing by itself: a
         # yes for a digest not held is only a claim (pull/links.py).

@@ -175,15 +175,18 @@ class Fill:
                 return
             try:
                 # Shielded: a shutdown must not leave a renamed blob the index never heard of.
+                links = {*([self.link] if self.link else []), *self.joined_by}
                 commit = asyncio.ensure_future(self.store.commit(
                     self.tmp, self.digest, size=self.size, computed=computed, written=self.written,
-                    links=[*([self.link] if self.link else []), *self.joined_by]))
+                    links=links))
                 try:
                     await asyncio.shield(commit)
                 except asyncio.CancelledError:
                     await asyncio.wait([commit])
                     raise
                 self.stored = True
+                for late in self.joined_by - links:     # joined while the commit ran
+                    await self.store.link([self.digest], late)
             except Exception as e:   # noqa: BLE001 - the clients still get their verified bytes
                 self.commit_error = e
                 if isinstance(e, StoreFull):
@@ -480,7 +483,9 @@ class FillRegistry:
     def __init__(self, store: BlobStore) -> None:
         self.store = store
         self._fills: dict[str, Fill] = {}
-        self._own: set[Fill] = set()   # fills no other request joins
+        # Fills of a digest for one route alone (its upstream's own bytes were wanted):
+        # joined only by requests through that same route.
+        self._own: dict[tuple[str, object], Fill] = {}
         self.coalesced = 0          # requests that joined a fill another request started
         self.on_finish: Callable[[Fill], None] | None = None
 
@@ -492,8 +497,8 @@ class FillRegistry:
               fallback: FallbackFactory | None = None, kind: str | None = None,
               link: tuple[str, str] | None = None, shared: bool = True) -> Fill:
         key = str(digest)
-        existing = self._fills.get(key)
-        if shared and existing is not None and existing.error is None and not existing.memory_mode:
+        existing = self._fills.get(key) if shared else self._own.get((key, origin))
+        if existing is not None and existing.error is None and not existing.memory_mode:
             self.coalesced += 1
             return existing
         fill = Fill(digest, self.store, open_source, expected_size, source_name, origin, fallback,
@@ -501,7 +506,7 @@ class FillRegistry:
         if shared:
             self._fills[key] = fill
         else:
-            self._own.add(fill)
+            self._own[(key, origin)] = fill
         fill.start()
         assert fill.task is not None
         fill.task.add_done_callback(lambda _t: self._finished(key, fill))
@@ -510,12 +515,13 @@ class FillRegistry:
     def _finished(self, key: str, fill: Fill) -> None:
         if self._fills.get(key) is fill:
             del self._fills[key]
-        self._own.discard(fill)
+        if self._own.get((key, fill.origin)) is fill:
+            del self._own[(key, fill.origin)]
         if self.on_finish:
             self.on_finish(fill)
 
     def active(self) -> list[Fill]:
-        return [*self._fills.values(), *self._own]
+        return [*self._fills.values(), *self._own.values()]
 
     async def close(self) -> None:
         tasks = [f.task for f in self.active() if f.task]

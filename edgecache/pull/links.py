@@ -12,17 +12,20 @@ asking again and again costs the upstream nothing more.
 A HEAD is only a claim. It is taken where a lie would give nothing away: through
 a private route (its clients may use every private upstream anyway), or for a
 digest already linked to a public upstream or to the route's own upstream. Held
-only under private upstreams and asked through a public one, the digest must come
-from that upstream in full and match (a fill, or a manifest GET): a public
-upstream that lies, or one a LAN attacker impersonates over plain http, learns
-nothing and unlocks nothing.
+only under private upstreams and asked through a public one, a blob must be
+proved: that upstream sends a slice of it at an offset chosen at random (64 KiB,
+one ranged GET), which must equal our copy's bytes there; only an upstream that
+has the content can. A manifest is fetched whole (it is small). A public upstream
+that lies, or one a LAN attacker impersonates over plain http, learns nothing and
+unlocks nothing.
 """
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections import Counter, OrderedDict
-from typing import Callable
+from typing import Awaitable, Callable
 
 from edgecache.errors import UpstreamError, UpstreamNotFound, UpstreamDenied
 from edgecache.mediatypes import PREFERENCE
@@ -32,6 +35,7 @@ from edgecache.store.links import Owner
 from edgecache.upstream.client import UpstreamClient, Upstreams
 
 NEGATIVE_TTL = 10.0          # seconds a "no" from the upstream is remembered
+PROOF_BYTES = 64 * 1024      # the slice an upstream sends to prove it has a blob
 NEGATIVE_MAX = 4096          # ... for at most this many (route, digest) pairs
 # Every manifest type we know, and anything else: a HEAD by digest must not be
 # refused for its Accept list.
@@ -74,17 +78,17 @@ def children(body: bytes) -> list[str]:
 class Confirmer:
     """Asks an upstream whether a repository has a digest we hold under another route."""
 
-    def __init__(self, upstreams: Upstreams, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, upstreams: Upstreams, public: Callable[[str], bool] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.upstreams = upstreams
+        # Which upstreams are public now (access decides, and a reload may change it).
+        self._public = public or (lambda u: u in upstreams.clients and
+                                  upstreams.clients[u].cfg.public)
         self.clock = clock
         self._flight = SingleFlight()
         self._no: OrderedDict[tuple[Route, str, str], float] = OrderedDict()
-        # HEADs sent, by (upstream, "yes" | "no" | "unanswered"): for /metrics.
+        # Questions asked, by (upstream, "yes" | "no" | "unanswered"): for /metrics.
         self.results: Counter[tuple[str, str]] = Counter()
-
-    def _public(self, upstream: str) -> bool:
-        client = self.upstreams.clients.get(upstream)
-        return client is not None and client.cfg.public
 
     def may_vouch(self, route: Route, owners: frozenset[Owner]) -> bool:
         """Whether the route's upstream's HEAD is enough to link a held digest with
@@ -103,6 +107,39 @@ class Confirmer:
                 return False
             del self._no[key]
         return await self._flight.do(key, lambda: self._ask(route, kind, digest))
+
+    async def prove(self, route: Route, digest: str, size: int,
+                    ours: Callable[[int, int], Awaitable[bytes]]) -> str:
+        """"yes" when the route's upstream sends the same bytes as our copy at a random
+        offset, "no" when it cannot (not found, or other bytes), "unanswered" when it
+        cannot be asked now. `ours(offset, n)` reads our copy."""
+        key = (route, "proof", digest)
+        until = self._no.get(key)
+        if until is not None and until > self.clock():
+            return "no"
+        return await self._flight.do(key, lambda: self._prove(route, digest, size, ours))
+
+    async def _prove(self, route: Route, digest: str, size: int,
+                     ours: Callable[[int, int], Awaitable[bytes]]) -> str:
+        client = self.upstreams.clients.get(route.upstream)
+        if client is None:
+            return "no"
+        n = min(size, PROOF_BYTES)
+        offset = secrets.randbelow(size - n + 1)
+        answer = "yes"
+        try:
+            if await client.blob_slice(route.repo, digest, offset, n) != await ours(offset, n):
+                answer = "no"
+        except (UpstreamNotFound, UpstreamDenied):
+            answer = "no"
+        except UpstreamError:
+            answer = "unanswered"
+        except OSError:
+            answer = "unanswered"    # our copy went away meanwhile (evicted)
+        self.results[(route.upstream, answer)] += 1
+        if answer == "no":
+            self._remember_no(route, "proof", digest)
+        return answer
 
     async def _ask(self, route: Route, kind: str, digest: str) -> bool:
         client = self.upstreams.clients.get(route.upstream)

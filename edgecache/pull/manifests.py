@@ -128,7 +128,7 @@ class ManifestService:
             if not self.confirmer.may_vouch(route, self.store.links.owners(str(d))):
                 local = None
             elif await self.confirmer.confirm(route, "manifests", str(d)):
-                await self._link(route, str(d), local.body)
+                await self._link(route, str(d), local.body, vouched=True)
             else:
                 raise ManifestUnknown(f"{route.repo}@{d}")
         if local is not None:
@@ -216,7 +216,7 @@ class ManifestService:
             if known is not None:
                 # Unchanged (or known from elsewhere): one HEAD and nothing else. The
                 # upstream just said the tag names it: it belongs to this repository.
-                await self._link(route, known.digest, known.body)
+                await self._link(route, known.digest, known.body, vouched=True)
                 if accept.accepts(known.media_type):
                     self.meta.put_tag(key, accept.key(), TagRecord(
                         known.digest, known.media_type, len(known.body), self.clock()))
@@ -300,21 +300,22 @@ class ManifestService:
     async def _keep(self, route: Route, digest: Digest, media_type: str, body: bytes) -> None:
         """A verified manifest that came for a route into the store, its record, its
         links and the body cache."""
-        # Linked first (with what it names that is held here), then committed: a blob
-        # record never reaches the disk before its link.
-        await self._link(route, str(digest), body)
-        await self.store.put_bytes(digest, body)
+        await self.store.put_bytes(digest, body, link=owner(route))   # committed with its link
         self.meta.put_manifest(ManifestRecord(str(digest), media_type, len(body)))
         self._remember(str(digest), body)
+        await self._link(route, str(digest), body, new=True)          # and what it names
 
-    async def _link(self, route: Route, digest: str, body: bytes) -> None:
+    async def _link(self, route: Route, digest: str, body: bytes, *, new: bool = False,
+                    vouched: bool = False) -> None:
         """Link a manifest to a route, with what it names (recursively) that is held
         here and already belongs to the same upstream. Content held only under other
         upstreams is not linked by naming: anyone can write a manifest naming any
         digest, so across upstreams only the upstream's own answer (a fill, a HEAD)
-        links it. Once per (route, manifest): a manifest already linked was walked."""
+        links it. Once per (route, manifest): a manifest already linked was walked
+        (`new`: just stored with its link, not walked yet). `vouched`: on the
+        upstream's word alone (store/links.py)."""
         own = owner(route)
-        if self.store.linked(digest, own):
+        if not new and self.store.linked(digest, own):
             return
         todo, seen, found = [(digest, body)], set(), []
         while todo and len(seen) < MAX_LINKED_TREE:
@@ -336,7 +337,7 @@ class ManifestService:
                         continue
                 seen.add(child)
                 found.append(child)
-        await self.store.link(found, own)       # one write for the whole tree
+        await self.store.link(found, own, vouched=vouched)       # one write for the whole tree
 
     async def _local(self, digest: str) -> ManifestAnswer | None:
         rec = self.meta.manifest(digest)

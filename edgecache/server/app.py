@@ -33,8 +33,8 @@ BACKGROUND_SYNC = web.AppKey("background_sync", bool)   # False in tests that dr
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
-    app[ACCESS] = await asyncio.to_thread(Access, cfg.access, cfg.upstreams)
-    async with open_runtime(cfg) as rt:
+    access = app[ACCESS] = await asyncio.to_thread(Access, cfg.access, cfg.upstreams)
+    async with open_runtime(cfg, public=lambda u: u not in access.private) as rt:
         sender = BlobSender()
         svc = Services(config=rt.config, store=rt.store, blobs=rt.blobs, manifests=rt.manifests,
                        tags=rt.tags, sender=sender, metrics=rt.metrics, syncer=rt.syncer,

@@ -250,11 +250,24 @@ class BlobStore:
         await self.flush()
         self._maybe_evict()
 
-    async def link(self, digests: Iterable[Digest | str], owner: Owner) -> None:
-        """Record that digests belong to (upstream, repository); written with the next
-        flush of the index (a new link is flushed at once)."""
-        if self.links.add_many((str(d) for d in digests), owner):
-            await self.flush()
+    async def link(self, digests: Iterable[Digest | str], owner: Owner, *,
+                   vouched: bool = False) -> None:
+        """Record that digests belong to (upstream, repository), flushed at once with
+        the index; on a full disk the change stays queued for the next flush.
+        `vouched`: on the upstream's word alone (store/links.py, MAX_VOUCHED)."""
+        if sum(self.links.add(str(d), owner, vouched=vouched) for d in digests):
+            try:
+                await self.flush()
+            except StoreFull:
+                self.note_disk_full(time.time())
+
+    async def read_range(self, digest: Digest, offset: int, n: int) -> bytes:
+        """n bytes of a stored blob from offset (off the loop)."""
+        def read() -> bytes:
+            with open(self.path(digest), "rb") as f:
+                f.seek(offset)
+                return f.read(n)
+        return await asyncio.to_thread(read)
 
     @staticmethod
     def _move_into_place(tmp: Path, final: Path) -> None:

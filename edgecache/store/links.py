@@ -29,16 +29,18 @@ _VERSION_KEY = ("state", "version")
 # Dangling links (to digests not stored) are pruned when there are more of them
 # than this many, or than the stored digests.
 PRUNE_FLOOR = 20_000
-# Routes one digest is linked to at most (a base layer asked under many repositories);
-# the oldest link goes first, and costs one HEAD when it is asked for again.
-MAX_OWNERS = 64
+# Links an upstream's word alone made (a HEAD or a proof: a base layer asked under
+# many repositories) that one digest keeps at most; the oldest goes first and costs
+# a question when asked again. Links made by the content itself arriving (a fill, a
+# manifest, the sync) are never dropped for them.
+MAX_VOUCHED = 64
 
 
 class Links:
     def __init__(self, directory: Path) -> None:
         self._disk = DiskMap(directory)
-        # Insertion-ordered, so the oldest link of a digest is the one to drop.
-        self._by_digest: dict[str, dict[Owner, None]] = {}
+        # owner -> made by an upstream's word alone; insertion-ordered (oldest first).
+        self._by_digest: dict[str, dict[Owner, bool]] = {}
         self.count = 0
         self.upgraded_from: int | None = None     # the version found at load, when older
 
@@ -51,7 +53,7 @@ class Links:
                 version = int(value)
             elif key[0] == "link":
                 _, upstream, repo, digest = key
-                self._add_in_memory(digest, (upstream, repo))
+                self._add_in_memory(digest, (upstream, repo), value == "vouched")
         if version < VERSION:
             self.upgraded_from = version
 
@@ -81,14 +83,15 @@ class Links:
 
     # -- changes -----------------------------------------------------------------
 
-    def add(self, digest: str, owner: Owner) -> bool:
-        """Link a digest to (upstream, repository); True when the link is new."""
-        if not self._add_in_memory(digest, owner):
+    def add(self, digest: str, owner: Owner, *, vouched: bool = False) -> bool:
+        """Link a digest to (upstream, repository); True when the link is new.
+        `vouched`: made by the upstream's word alone (see MAX_VOUCHED)."""
+        if not self._add_in_memory(digest, owner, vouched):
             return False
-        self._disk.put(("link", owner[0], owner[1], digest), True)
+        self._disk.put(("link", owner[0], owner[1], digest), "vouched" if vouched else True)
         owners = self._by_digest[digest]
-        while len(owners) > MAX_OWNERS:
-            upstream, repo = oldest = next(iter(owners))
+        if vouched and sum(owners.values()) > MAX_VOUCHED:
+            upstream, repo = oldest = next(o for o, v in owners.items() if v)
             del owners[oldest]
             self.count -= 1
             self._disk.delete(("link", upstream, repo, digest))
@@ -116,13 +119,16 @@ class Links:
     def needs_prune(self, stored_count: int) -> bool:
         return len(self._by_digest) > max(PRUNE_FLOOR, 2 * stored_count)
 
-    def _add_in_memory(self, digest: str, owner: Owner) -> bool:
+    def _add_in_memory(self, digest: str, owner: Owner, vouched: bool) -> bool:
         owners = self._by_digest.get(digest)
         if owners is None:
-            self._by_digest[digest] = {owner: None}
+            self._by_digest[digest] = {owner: vouched}
         elif owner in owners:
+            if owners[owner] and not vouched:
+                owners[owner] = False       # the content itself came: a firm link now
+                self._disk.put(("link", owner[0], owner[1], digest), True)
             return False
         else:
-            owners[owner] = None
+            owners[owner] = vouched
         self.count += 1
         return True

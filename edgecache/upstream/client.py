@@ -324,6 +324,25 @@ class UpstreamClient:
                                           f"{r.headers.get('Content-Range')!r} for bytes={offset}-")
             yield BlobStream(self, r, offset)
 
+    async def blob_slice(self, repo: str, digest: str, offset: int, n: int) -> bytes:
+        """n bytes of a blob from offset (fewer at its end): a bounded Range, or, from a
+        registry that ignores Range, the body read up to there."""
+        headers = {"Range": f"bytes={offset}-{offset + n - 1}"}
+        async with self._request("GET", f"/v2/{repo}/blobs/{digest}", scope=self.scope(repo),
+                                 headers=headers) as r:
+            m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", r.headers.get("Content-Range", "").strip())
+            if r.status == 206 and (not m or int(m[1]) != offset):
+                raise UpstreamBadResponse(self.name, 206, f"Content-Range "
+                                          f"{r.headers.get('Content-Range')!r} for bytes={offset}-")
+            skip = 0 if r.status == 206 else offset
+            got = bytearray()
+            try:
+                while len(got) < skip + n and (chunk := await r.content.read(1 << 16)):
+                    got += chunk
+            except Exception as e:   # noqa: BLE001
+                raise self.translate(e, mid_body=True) from e
+            return bytes(got[skip:skip + n])
+
     async def tags_list(self, repo: str, params: Mapping[str, str]) -> tuple[bytes, str | None]:
         """The body and the Link header (pagination) of a tag list."""
         async with self._request("GET", f"/v2/{repo}/tags/list", scope=self.scope(repo),
