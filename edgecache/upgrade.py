@@ -10,8 +10,8 @@ configs and layers) held here is linked to that route.
 A digest found under a public and a private upstream alike is linked to the
 private ones only: the earlier version did not know where it came from, and a
 manifest anyone wrote on a public registry can name a private layer. A client
-of the public route then costs the upstream one 64 KiB slice (pull/links.py),
-which links it back.
+of the public route then costs the upstream two 64 KiB windows (pull/links.py),
+which link it back.
 """
 from __future__ import annotations
 

@@ -145,3 +145,15 @@ async def test_a_digest_keeps_its_newest_vouched_routes_and_every_firm_one(tmp_p
     s = await opened(tmp_path)
     assert len(s.links.owners(str(d))) == links_mod.MAX_VOUCHED + 1 and s.linked(d, PRIV)
     await s.close()
+
+
+async def test_one_upstreams_links_never_push_out_anothers(tmp_path):
+    s = await opened(tmp_path)
+    d = digest_of(b"shared base")
+    await s.put_bytes(d, b"shared base", link=PUB)
+    await s.link([d], PRIV, vouched=True)             # the private image's, on its HEAD
+    for i in range(links_mod.MAX_VOUCHED + 10):       # anyone, through public repositories
+        await s.link([d], ("pub.example", f"r{i}"), vouched=True)
+    assert s.linked(d, PRIV) and s.linked(d, PUB)
+    assert sum(1 for u, _ in s.links.owners(str(d)) if u == "pub.example") == links_mod.MAX_VOUCHED + 1
+    await s.close()

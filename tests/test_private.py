@@ -474,11 +474,11 @@ def _with_layers(base, layers):
     return Image(base.config, tuple(layers), manifest, base.media_type, base.platform)
 
 
-async def test_a_public_base_layer_first_pulled_through_a_private_image_costs_a_slice(tmp_path, registries):
+async def test_a_public_base_layer_first_pulled_through_a_private_image_costs_two_windows(tmp_path, registries):
     """A private image built on a public base is pulled first: the base layer is held
     under the private upstream only. A public client of the base then gets it from
-    disk once the public registry has proved it holds the layer with a random 64 KiB
-    slice (a HEAD alone would be a mere claim): not the whole layer again."""
+    disk once the public registry has proved it holds the layer with two 64 KiB
+    windows (a HEAD alone would be a mere claim): not the whole layer again."""
     priv, pub, _, _, _ = registries
     base = make_image(113, layers=1, layer_size=1024 * 1024)
     layer = base.layers[0]
@@ -494,7 +494,7 @@ async def test_a_public_base_layer_first_pulled_through_a_private_image_costs_a_
             st, _, body = await req(s, f"{edge.url}/v2/library/base/blobs/{layer.digest}")
             assert st == 200 and body == layer.data
         sent = pub.bytes_sent(rf"/v2/library/base/blobs/{layer.digest}") - before
-        assert 0 < sent <= 64 * 1024, sent                  # one slice, then from the links
+        assert 0 < sent <= 2 * 64 * 1024, sent              # two windows, then from the links
         assert layer.size > 10 * 64 * 1024
 
 
@@ -513,3 +513,52 @@ async def test_the_slice_proof_works_with_an_upstream_that_ignores_range(tmp_pat
                 assert st == 200 and body == layer.data
             assert pub.count("GET", rf"/v2/library/base/blobs/{layer.digest}") == 1, pub.log
             assert edge.services.store.linked(layer.digest, ("public.example", "library/base"))
+
+
+async def test_an_upstream_that_knows_part_of_a_private_layer_cannot_prove_it_by_retrying(tmp_path):
+    """A public upstream with the first half of a private layer (a gzip layer can share
+    a prefix with a public one) answers the windows it can and fails the others: asked
+    again and again, it is asked the same windows, so it never gets the layer served."""
+    from aiohttp import web
+    img = make_image(118, layers=1, layer_size=1024 * 1024)
+    layer = img.layers[0]
+    half = len(layer.data) // 2
+    asked = []
+
+    async def blob(request):
+        rng = request.headers.get("Range", "")
+        asked.append(rng)
+        if request.method == "HEAD":
+            return web.Response(headers={"Content-Length": str(len(layer.data))})
+        a, _, b = rng.removeprefix("bytes=").partition("-")
+        if rng and int(b) < half:
+            return web.Response(status=206, body=layer.data[int(a):int(b) + 1], headers={
+                "Content-Range": f"bytes {a}-{b}/{len(layer.data)}"})
+        return web.json_response({"errors": [{"code": "UNAVAILABLE", "message": "x"}]}, status=503)
+
+    async def base(request):
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/v2/", base)
+    app.router.add_route("*", "/v2/{name:.+}/blobs/{ref}", blob)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    from tests.support.ports import free_port
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with FaultyUpstream({"team/secret:v1": img}) as priv:
+            doc = cache_doc(tmp_path, priv.url, f"http://127.0.0.1:{port}")
+            doc["breaker"] = {"failures": 1000}
+            async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
+                await pull_all(s, edge.url, "team/secret", img, "?ns=private.example", ALICE)
+                assert await edge.stored(layer.digest)
+                for i in range(8):
+                    body = await cut_short_ok(s, f"{edge.url}/v2/r{i}/blobs/{layer.digest}?ns=public.example")
+                    assert body != layer.data, i
+                windows = {r for r in asked if r}
+                assert len(windows) <= 2, windows        # the same windows every time
+                assert not edge.services.store.linked(layer.digest, ("public.example", "r0"))
+    finally:
+        await runner.cleanup()

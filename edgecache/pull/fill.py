@@ -175,18 +175,20 @@ class Fill:
                 return
             try:
                 # Shielded: a shutdown must not leave a renamed blob the index never heard of.
-                links = {*([self.link] if self.link else []), *self.joined_by}
+                # Its own route firmly; routes that joined on their upstream's word as
+                # such (store/links.py caps those).
+                joined = set(self.joined_by)
                 commit = asyncio.ensure_future(self.store.commit(
                     self.tmp, self.digest, size=self.size, computed=computed, written=self.written,
-                    links=links))
+                    links=[self.link] if self.link else [], vouched=joined))
                 try:
                     await asyncio.shield(commit)
                 except asyncio.CancelledError:
                     await asyncio.wait([commit])
                     raise
                 self.stored = True
-                for late in self.joined_by - links:     # joined while the commit ran
-                    await self.store.link([self.digest], late)
+                for late in self.joined_by - joined:    # joined while the commit ran
+                    await self.store.link([self.digest], late, vouched=True)
             except Exception as e:   # noqa: BLE001 - the clients still get their verified bytes
                 self.commit_error = e
                 if isinstance(e, StoreFull):

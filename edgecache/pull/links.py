@@ -13,21 +13,24 @@ A HEAD is only a claim. It is taken where a lie would give nothing away: through
 a private route (its clients may use every private upstream anyway), or for a
 digest already linked to a public upstream or to the route's own upstream. Held
 only under private upstreams and asked through a public one, a blob must be
-proved: that upstream sends a slice of it at an offset chosen at random (64 KiB,
-one ranged GET), which must equal our copy's bytes there; only an upstream that
-has the content can. A manifest is fetched whole (it is small). A public upstream
+proved: that upstream sends two 64 KiB windows of it (bounded Range GETs), at an
+offset only this process knows and at the end, which must equal our copy there;
+a registry that ignores Range sends the whole body, which must hash to the
+digest. A manifest is fetched whole (it is small). A public upstream
 that lies, or one a LAN attacker impersonates over plain http, learns nothing and
 unlocks nothing.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import secrets
 import time
 from collections import Counter, OrderedDict
 from typing import Awaitable, Callable
 
-from edgecache.errors import UpstreamError, UpstreamNotFound, UpstreamDenied
+from edgecache.errors import UpstreamBadResponse, UpstreamDenied, UpstreamError, UpstreamNotFound
 from edgecache.mediatypes import PREFERENCE
 from edgecache.pull.routing import Route
 from edgecache.pull.singleflight import SingleFlight
@@ -86,6 +89,7 @@ class Confirmer:
                                   upstreams.clients[u].cfg.public)
         self.clock = clock
         self._flight = SingleFlight()
+        self._key = secrets.token_bytes(32)      # where proofs look (see windows)
         self._no: OrderedDict[tuple[Route, str, str], float] = OrderedDict()
         # Questions asked, by (upstream, "yes" | "no" | "unanswered"): for /metrics.
         self.results: Counter[tuple[str, str]] = Counter()
@@ -110,8 +114,8 @@ class Confirmer:
 
     async def prove(self, route: Route, digest: str, size: int,
                     ours: Callable[[int, int], Awaitable[bytes]]) -> str:
-        """"yes" when the route's upstream sends the same bytes as our copy at a random
-        offset, "no" when it cannot (not found, or other bytes), "unanswered" when it
+        """"yes" when the route's upstream sends the same bytes as our copy in the
+        windows asked, "no" when it cannot (not found, other bytes), "unanswered" when it
         cannot be asked now. `ours(offset, n)` reads our copy."""
         key = (route, "proof", digest)
         until = self._no.get(key)
@@ -119,27 +123,50 @@ class Confirmer:
             return "no"
         return await self._flight.do(key, lambda: self._prove(route, digest, size, ours))
 
+    def windows(self, digest: str, size: int) -> list[tuple[int, int]]:
+        """Where a proof looks: one window at an offset only this process knows (the
+        same for every try, so asking again and again wins nothing) and the last one (a
+        gzip layer's trailer depends on all of it); the whole of a small blob."""
+        n = min(size, PROOF_BYTES)
+        if size <= 2 * PROOF_BYTES:
+            return [(0, size)] if size <= PROOF_BYTES else [(0, n), (size - n, n)]
+        mac = hmac.new(self._key, digest.encode(), hashlib.sha256).digest()
+        at = int.from_bytes(mac[:8], "big") % (size - 2 * n + 1)
+        return [(at, n), (size - n, n)]
+
     async def _prove(self, route: Route, digest: str, size: int,
                      ours: Callable[[int, int], Awaitable[bytes]]) -> str:
         client = self.upstreams.clients.get(route.upstream)
         if client is None:
             return "no"
-        n = min(size, PROOF_BYTES)
-        offset = secrets.randbelow(size - n + 1)
-        answer = "yes"
-        try:
-            if await client.blob_slice(route.repo, digest, offset, n) != await ours(offset, n):
-                answer = "no"
-        except (UpstreamNotFound, UpstreamDenied):
-            answer = "no"
-        except UpstreamError:
-            answer = "unanswered"
-        except OSError:
-            answer = "unanswered"    # our copy went away meanwhile (evicted)
+        if size == 0:
+            answer = await self._head(client, route, "blobs", digest)   # nothing to prove
+        else:
+            answer = await self._windows_match(client, route, digest, size, ours)
         self.results[(route.upstream, answer)] += 1
         if answer == "no":
             self._remember_no(route, "proof", digest)
         return answer
+
+    async def _windows_match(self, client: UpstreamClient, route: Route, digest: str, size: int,
+                             ours: Callable[[int, int], Awaitable[bytes]]) -> str:
+        try:
+            for at, n in self.windows(digest, size):
+                theirs = await client.blob_window(route.repo, digest, at, n)
+                if isinstance(theirs, bool):
+                    # The registry ignores Range: its whole body came, and was hashed.
+                    return "yes" if theirs else "no"
+                if theirs != await ours(at, n):
+                    return "no"
+        except (UpstreamNotFound, UpstreamDenied):
+            return "no"
+        except UpstreamBadResponse:
+            return "no"              # a malformed answer proves nothing
+        except UpstreamError:
+            return "unanswered"
+        except OSError:
+            return "unanswered"      # our copy went away meanwhile (evicted)
+        return "yes"
 
     async def _ask(self, route: Route, kind: str, digest: str) -> bool:
         client = self.upstreams.clients.get(route.upstream)

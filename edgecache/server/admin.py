@@ -122,8 +122,8 @@ def state_collector(svc: Services) -> Iterable:
         yield gauge("edgecache_links", "Repository links: (upstream, repository) pairs of held digests",
                     samples=[([], svc.store.links.count)])
         yield labelled_counter(
-            "edgecache_link_checks", "Questions to an upstream (a HEAD, or a 64 KiB slice to "
-            "prove it) whether a repository has a digest held under another route, by answer "
+            "edgecache_link_checks", "Questions to an upstream (a HEAD, or two 64 KiB windows "
+            "to prove it) whether a repository has a digest held under another route, by answer "
             "(yes links it)", ["upstream", "answer"],
             [([u, a], n) for (u, a), n in sorted(svc.blobs.confirmer.results.items())])
         yield gauge("edgecache_fills_in_progress", "Blob fills under way",

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import logging
 import os
 import secrets
 import shutil
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -26,6 +28,8 @@ from edgecache.reference import Digest, parse_digest
 from edgecache.store import layout
 from edgecache.store.index import BlobIndex
 from edgecache.store.links import Links, Owner
+
+log = logging.getLogger("edgecache.store")
 
 
 @dataclass
@@ -229,7 +233,8 @@ class BlobStore:
         return layout.tmp_path(self.data_dir, secrets.token_hex(12))
 
     async def commit(self, tmp: Path, digest: Digest, *, size: int, computed: str,
-                     written: int, links: Iterable[Owner] = ()) -> None:
+                     written: int, links: Iterable[Owner] = (),
+                     vouched: Iterable[Owner] = ()) -> None:
         """Move a fully written, hashed temp file into place and link it to the
         (upstream, repository) it came through; raises and deletes it if wrong.
         Validate, move, link, clean up, as Distribution's blob writer does."""
@@ -244,6 +249,8 @@ class BlobStore:
             raise
         for owner in links:
             self.links.add(str(digest), owner)
+        for owner in vouched:
+            self.links.add(str(digest), owner, vouched=True)
         self.index.add(str(digest), size)
         if self.links.needs_prune(len(self.index)):
             self.links.prune(lambda d: d in self.index, self.index.is_pinned)
@@ -258,8 +265,11 @@ class BlobStore:
         if sum(self.links.add(str(d), owner, vouched=vouched) for d in digests):
             try:
                 await self.flush()
-            except StoreFull:
-                self.note_disk_full(time.time())
+            except (StoreFull, sqlite3.Error) as e:
+                # Kept in memory and queued: written by the next flush that succeeds.
+                if isinstance(e, StoreFull):
+                    self.note_disk_full(time.time())
+                log.warning("links not written yet: %s", e)
 
     async def read_range(self, digest: Digest, offset: int, n: int) -> bytes:
         """n bytes of a stored blob from offset (off the loop)."""

@@ -29,11 +29,14 @@ _VERSION_KEY = ("state", "version")
 # Dangling links (to digests not stored) are pruned when there are more of them
 # than this many, or than the stored digests.
 PRUNE_FLOOR = 20_000
-# Links an upstream's word alone made (a HEAD or a proof: a base layer asked under
-# many repositories) that one digest keeps at most; the oldest goes first and costs
-# a question when asked again. Links made by the content itself arriving (a fill, a
-# manifest, the sync) are never dropped for them.
+# Links an upstream's word alone made (a HEAD: a base layer asked under many
+# repositories) that one digest keeps at most per upstream; the oldest of that
+# upstream goes first and costs a question when asked again. One upstream's links
+# never push out another's, nor links made by the content itself arriving.
 MAX_VOUCHED = 64
+# A safety valve for the rest, per digest and upstream (an upstream that serves one
+# manifest under any repository name it is asked for).
+MAX_FIRM = 1024
 
 
 class Links:
@@ -90,8 +93,9 @@ class Links:
             return False
         self._disk.put(("link", owner[0], owner[1], digest), "vouched" if vouched else True)
         owners = self._by_digest[digest]
-        if vouched and sum(owners.values()) > MAX_VOUCHED:
-            upstream, repo = oldest = next(o for o, v in owners.items() if v)
+        same = [o for o, v in owners.items() if v == vouched and o[0] == owner[0]]
+        if len(same) > (MAX_VOUCHED if vouched else MAX_FIRM):
+            upstream, repo = oldest = same[0]
             del owners[oldest]
             self.count -= 1
             self._disk.delete(("link", upstream, repo, digest))
