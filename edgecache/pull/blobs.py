@@ -78,7 +78,7 @@ class BlobService:
 
     async def _linked_or_own_bytes(self, route: Route, digest: Digest) -> bool:
         """For a digest held here but not linked to the route: link it if the route's
-        upstream vouches (a HEAD) or proves it has the content (a random slice: see
+        upstream vouches (a HEAD) or proves it has the content (two windows of it: see
         pull/links.py); True when it could not be asked now, and only its own bytes
         will do; BlobUnknown when it says no."""
         if not self.store.has(digest) or self.store.linked(digest, owner(route)):

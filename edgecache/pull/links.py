@@ -38,7 +38,7 @@ from edgecache.store.links import Owner
 from edgecache.upstream.client import UpstreamClient, Upstreams
 
 NEGATIVE_TTL = 10.0          # seconds a "no" from the upstream is remembered
-PROOF_BYTES = 64 * 1024      # the slice an upstream sends to prove it has a blob
+PROOF_BYTES = 64 * 1024      # each window an upstream sends to prove it has a blob
 NEGATIVE_MAX = 4096          # ... for at most this many (route, digest) pairs
 # Every manifest type we know, and anything else: a HEAD by digest must not be
 # refused for its Accept list.
