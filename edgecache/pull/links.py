@@ -38,8 +38,8 @@ from edgecache.store.links import Owner
 from edgecache.upstream.client import UpstreamClient, Upstreams
 
 NEGATIVE_TTL = 10.0          # seconds a "no" from the upstream is remembered
-PROOF_BYTES = 64 * 1024      # each window an upstream sends to prove it has a blob
 NEGATIVE_MAX = 4096          # ... for at most this many (route, digest) pairs
+PROOF_BYTES = 64 * 1024      # each window an upstream sends to prove it has a blob
 # Every manifest type we know, and anything else: a HEAD by digest must not be
 # refused for its Accept list.
 _ACCEPT_ALL = [*PREFERENCE, "*/*"]
@@ -104,24 +104,41 @@ class Confirmer:
     async def confirm(self, route: Route, kind: str, digest: str) -> bool:
         """True when the upstream has `digest` as a blob or manifest (`kind`) of the
         route's repository; False when it says no, or cannot be asked."""
-        key = (route, kind, digest)
-        until = self._no.get(key)
-        if until is not None:
-            if until > self.clock():
-                return False
-            del self._no[key]
-        return await self._flight.do(key, lambda: self._ask(route, kind, digest))
+        return await self._answer(route, kind, digest,
+                                  lambda c: self._head(c, route, kind, digest)) == "yes"
 
     async def prove(self, route: Route, digest: str, size: int,
                     ours: Callable[[int, int], Awaitable[bytes]]) -> str:
         """"yes" when the route's upstream sends the same bytes as our copy in the
         windows asked, "no" when it cannot (not found, other bytes), "unanswered" when it
         cannot be asked now. `ours(offset, n)` reads our copy."""
-        key = (route, "proof", digest)
+        if size == 0:       # the empty blob: nothing to prove, a HEAD says it all
+            return await self._answer(route, "proof", digest,
+                                      lambda c: self._head(c, route, "blobs", digest))
+        return await self._answer(route, "proof", digest,
+                                  lambda c: self._windows_match(c, route, digest, size, ours))
+
+    async def _answer(self, route: Route, kind: str, digest: str,
+                      ask: Callable[[UpstreamClient], Awaitable[str]]) -> str:
+        """One question at a time per (route, kind, digest), shared by every asker; a
+        "no" remembered for NEGATIVE_TTL; every answer counted."""
+        key = (route, kind, digest)
         until = self._no.get(key)
-        if until is not None and until > self.clock():
-            return "no"
-        return await self._flight.do(key, lambda: self._prove(route, digest, size, ours))
+        if until is not None:
+            if until > self.clock():
+                return "no"
+            del self._no[key]
+
+        async def asked() -> str:
+            client = self.upstreams.clients.get(route.upstream)
+            answer = "no" if client is None else await ask(client)
+            self.results[(route.upstream, answer)] += 1
+            if answer == "no":
+                self._no[key] = self.clock() + NEGATIVE_TTL
+                while len(self._no) > NEGATIVE_MAX:
+                    self._no.popitem(last=False)
+            return answer
+        return await self._flight.do(key, asked)
 
     def windows(self, digest: str, size: int) -> list[tuple[int, int]]:
         """Where a proof looks: one window at an offset only this process knows (the
@@ -134,20 +151,6 @@ class Confirmer:
         at = int.from_bytes(mac[:8], "big") % (size - 2 * n + 1)
         return [(at, n), (size - n, n)]
 
-    async def _prove(self, route: Route, digest: str, size: int,
-                     ours: Callable[[int, int], Awaitable[bytes]]) -> str:
-        client = self.upstreams.clients.get(route.upstream)
-        if client is None:
-            return "no"
-        if size == 0:
-            answer = await self._head(client, route, "blobs", digest)   # nothing to prove
-        else:
-            answer = await self._windows_match(client, route, digest, size, ours)
-        self.results[(route.upstream, answer)] += 1
-        if answer == "no":
-            self._remember_no(route, "proof", digest)
-        return answer
-
     async def _windows_match(self, client: UpstreamClient, route: Route, digest: str, size: int,
                              ours: Callable[[int, int], Awaitable[bytes]]) -> str:
         try:
@@ -158,25 +161,11 @@ class Confirmer:
                     return "yes" if theirs else "no"
                 if theirs != await ours(at, n):
                     return "no"
-        except (UpstreamNotFound, UpstreamDenied):
-            return "no"
-        except UpstreamBadResponse:
-            return "no"              # a malformed answer proves nothing
-        except UpstreamError:
-            return "unanswered"
-        except OSError:
-            return "unanswered"      # our copy went away meanwhile (evicted)
+        except (UpstreamNotFound, UpstreamDenied, UpstreamBadResponse):
+            return "no"              # not there, not for us, or an answer that proves nothing
+        except (UpstreamError, OSError):
+            return "unanswered"      # cannot be asked now, or our copy went away meanwhile
         return "yes"
-
-    async def _ask(self, route: Route, kind: str, digest: str) -> bool:
-        client = self.upstreams.clients.get(route.upstream)
-        if client is None:
-            return False
-        answer = await self._head(client, route, kind, digest)
-        self.results[(route.upstream, answer)] += 1
-        if answer == "no":
-            self._remember_no(route, kind, digest)
-        return answer == "yes"
 
     @staticmethod
     async def _head(client: UpstreamClient, route: Route, kind: str, digest: str) -> str:
@@ -194,8 +183,3 @@ class Confirmer:
             # next one quick); not remembered, so the link is made once it is back.
             return "unanswered"
         return "yes"
-
-    def _remember_no(self, route: Route, kind: str, digest: str) -> None:
-        self._no[(route, kind, digest)] = self.clock() + NEGATIVE_TTL
-        while len(self._no) > NEGATIVE_MAX:
-            self._no.popitem(last=False)
