@@ -77,9 +77,14 @@ class BlobStream:
             raise self._client.translate(e, mid_body=True) from e
 
 
+def _content_range(header: str | None) -> re.Match[str] | None:
+    """A 206's Content-Range, "bytes START-END/TOTAL" (TOTAL may be "*")."""
+    return re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (header or "").strip())
+
+
 def _range_starts_at(content_range: str | None, offset: int) -> bool:
-    """Whether a 206's Content-Range ("bytes START-END/TOTAL") runs from offset to the end."""
-    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (content_range or "").strip())
+    """Whether a 206's Content-Range runs from offset to the end."""
+    m = _content_range(content_range)
     if not m or int(m[1]) != offset:
         return False
     return m[3] == "*" or int(m[2]) + 1 == int(m[3])
@@ -92,6 +97,7 @@ class UpstreamClient:
         self.timeouts = timeouts
         self.breaker = Breaker(breaker.failures, breaker.backoff, breaker.max_backoff)
         self.tokens = TokenCache()
+        self._origin = URL(cfg.url).origin()      # where its credentials may always go
         self._basic = basic_header(cfg.username, cfg.password) if cfg.username and cfg.password else None
         self._use_basic = False
         self._session: aiohttp.ClientSession | None = None
@@ -199,6 +205,17 @@ class UpstreamClient:
         finally:
             resp.release()
 
+    async def _read_upto(self, resp: aiohttp.ClientResponse, limit: int) -> bytes:
+        """The body, to its end or `limit` bytes, whichever comes first (read(n) gives
+        what has arrived: keep reading)."""
+        body = bytearray()
+        try:
+            while len(body) < limit and (more := await resp.content.read(limit - len(body))):
+                body += more
+        except Exception as e:   # noqa: BLE001
+            raise self.translate(e, mid_body=True) from e
+        return bytes(body)
+
     def _status_error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
         s = resp.status
         if s == 404:
@@ -219,11 +236,11 @@ class UpstreamClient:
         return None
 
     def _own_origin(self, url: URL) -> bool:
-        return url.origin() == URL(self.cfg.url).origin()
+        return url.origin() == self._origin
 
     def _realm_may_see_credentials(self, realm: URL) -> bool:
         """The upstream's own origin, or a token service its configuration names."""
-        if realm.origin() == URL(self.cfg.url).origin():
+        if self._own_origin(realm):
             return True
         plain = str(realm.with_query(None).with_fragment(None)).rstrip("/")
         return any(plain == r or plain.startswith(r + "/") for r in self.cfg.token_realms)
@@ -257,7 +274,7 @@ class UpstreamClient:
             raise UpstreamBadResponse(self.name, 401, "the challenge's realm is not a URL") from None
         if realm.scheme not in ("http", "https") or not realm.host:
             raise UpstreamBadResponse(self.name, 401, f"token realm {params['realm'][:200]!r} refused")
-        if URL(self.cfg.url).scheme == "https" and realm.scheme != "https":
+        if self._origin.scheme == "https" and realm.scheme != "https":
             raise UpstreamBadResponse(self.name, 401, f"token realm {realm.with_query(None)} is "
                                       "plain http for an https upstream: refused")
         q = {k: v for k, v in (("service", params.get("service")), ("scope", scope)) if v}
@@ -298,13 +315,7 @@ class UpstreamClient:
                                  headers={"Accept": ", ".join(accept)}) as r:
             if r.content_length is not None and r.content_length > max_size:
                 raise ManifestTooLarge(f"{repo}:{ref} is over {max_size} bytes")
-            try:
-                body = await r.content.read(max_size + 1)
-                # read(n) returns what has arrived; keep reading to the end or the cap.
-                while len(body) <= max_size and (more := await r.content.read(max_size + 1 - len(body))):
-                    body += more
-            except Exception as e:   # noqa: BLE001
-                raise self.translate(e, mid_body=True) from e
+            body = await self._read_upto(r, max_size + 1)
             if len(body) > max_size:
                 raise ManifestTooLarge(f"{repo}:{ref} is over {max_size} bytes")
             return Manifest(body, r.headers.get("Docker-Content-Digest"),
@@ -341,18 +352,12 @@ class UpstreamClient:
                 except Exception as e:   # noqa: BLE001
                     raise self.translate(e, mid_body=True) from e
                 return h.hexdigest() == d.hex
-            m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", r.headers.get("Content-Range", "").strip())
+            m = _content_range(r.headers.get("Content-Range"))
             if not m or int(m[1]) != offset:
                 raise UpstreamBadResponse(self.name, 206, f"Content-Range "
                                           f"{r.headers.get('Content-Range')!r} for bytes={offset}-")
-            got = bytearray()
-            try:
-                # Up to one byte more than asked: a longer answer then compares unequal.
-                while len(got) <= n and (chunk := await r.content.read(n + 1 - len(got))):
-                    got += chunk
-            except Exception as e:   # noqa: BLE001
-                raise self.translate(e, mid_body=True) from e
-            return bytes(got)
+            # Up to one byte more than asked: a longer answer then compares unequal.
+            return await self._read_upto(r, n + 1)
 
     async def tags_list(self, repo: str, params: Mapping[str, str]) -> tuple[bytes, str | None]:
         """The body and the Link header (pagination) of a tag list."""
