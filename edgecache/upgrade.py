@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Collection, Mapping
 
 from edgecache.config import UpstreamConfig
 from edgecache.pull.links import children
@@ -27,6 +27,7 @@ from edgecache.reference import parse_digest
 from edgecache.store.blobs import BlobStore
 from edgecache.store.links import Owner
 from edgecache.store.meta import MetaStore
+from edgecache.sync.lists import parse_ref
 
 log = logging.getLogger("edgecache.upgrade")
 
@@ -40,7 +41,7 @@ async def derive_links(store: BlobStore, meta: MetaStore, sync_state: Path,
     for (upstream, repo, _tag), records in meta.all_tags():
         for rec in records.values():
             roots.setdefault((upstream, repo), set()).add(rec.digest)
-    for upstream, repo, digests in await asyncio.to_thread(_synced, sync_state):
+    for upstream, repo, digests in await asyncio.to_thread(_synced, sync_state, upstreams.keys()):
         roots.setdefault((upstream, repo), set()).update(digests)
 
     trees: dict[Owner, set[str]] = {}
@@ -88,7 +89,7 @@ async def _tree(store: BlobStore, meta: MetaStore, roots: set[str]) -> set[str]:
     return found
 
 
-def _synced(path: Path) -> list[tuple[str, str, list[str]]]:
+def _synced(path: Path, upstreams: Collection[str]) -> list[tuple[str, str, list[str]]]:
     """(upstream, repository, digests) of each image the syncer recorded, including
     the replaced ones it still retains (their owner names the entry)."""
     try:
@@ -105,18 +106,11 @@ def _synced(path: Path) -> list[tuple[str, str, list[str]]]:
             # A retained image: its owner is "pinned:<ref>|<platforms>@<digest>".
             owner = rec.get("owner")
             ref = owner.partition(":")[2].partition("|")[0] if isinstance(owner, str) else None
-        route = _route_of(ref) if ref else None
-        if route is not None:
-            out.append((*route, [d for d in rec.get("digests", []) if isinstance(d, str)]))
+        try:
+            image = parse_ref(ref, upstreams) if ref else None
+        except ValueError:
+            image = None            # damaged, or an upstream no longer configured
+        if image is not None:
+            out.append((image.upstream, image.repo,
+                        [d for d in rec.get("digests", []) if isinstance(d, str)]))
     return out
-
-
-def _route_of(ref: str) -> tuple[str, str] | None:
-    """("upstream", "repo") of "upstream/repo:tag" or "upstream/repo@digest"."""
-    upstream, sep, rest = ref.partition("/")
-    if not sep or not rest:
-        return None
-    repo = rest.split("@")[0]
-    if ":" in repo.rsplit("/", 1)[-1]:
-        repo = repo.rpartition(":")[0]
-    return upstream, repo
