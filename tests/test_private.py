@@ -25,6 +25,7 @@ from edgecache.store import layout
 from tests.conftest import require_binaries
 from tests.support.edge import EdgeProcess, EdgeServer, make_config
 from tests.support.faulty import FaultyUpstream
+from tests.support.httpserver import HttpServer
 from tests.support.images import make_image, push
 from tests.support.registry import Registry
 
@@ -362,7 +363,7 @@ async def test_a_request_that_waited_does_not_join_a_private_fill_started_meanwh
             assert evil.counts["get"] == 0
 
 
-class LyingRegistry:
+class LyingRegistry(HttpServer):
     """A public upstream that says yes to every HEAD (echoing the digest, or pointing
     every tag at `claimed`), answers GETs with 404, except blobs named in `trickle`,
     which it sends half of, slowly, and then breaks off."""
@@ -370,11 +371,8 @@ class LyingRegistry:
     def __init__(self, claimed: str, trickle: dict[str, bytes] | None = None) -> None:
         from aiohttp import web
         self.claimed, self.trickle = claimed, trickle or {}
-        self.seen: list[tuple[str, str]] = []
-        self.app = web.Application()
-        self.app.router.add_get("/v2/", self._base)
-        self.app.router.add_route("*", "/v2/{name:.+}/{kind:manifests|blobs}/{ref}", self._lie)
-        self._runner = None
+        super().__init__([web.get("/v2/", self._base),
+                          web.route("*", "/v2/{name:.+}/{kind:manifests|blobs}/{ref}", self._lie)])
 
     async def _base(self, request):
         from aiohttp import web
@@ -382,7 +380,6 @@ class LyingRegistry:
 
     async def _lie(self, request):
         from aiohttp import web
-        self.seen.append((request.method, request.path))
         ref = request.match_info["ref"]
         digest = ref if ref.startswith("sha256:") else self.claimed
         if request.method == "HEAD":
@@ -399,19 +396,6 @@ class LyingRegistry:
             request.transport.close()
             return resp
         return web.json_response({"errors": [{"code": "BLOB_UNKNOWN", "message": "no"}]}, status=404)
-
-    async def __aenter__(self):
-        from aiohttp import web
-        from tests.support.ports import free_port
-        self.port = free_port()
-        self._runner = web.AppRunner(self.app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        self.url = f"http://127.0.0.1:{self.port}"
-        return self
-
-    async def __aexit__(self, *exc):
-        await self._runner.cleanup()
 
 
 async def test_a_lying_public_upstream_unlocks_nothing(tmp_path):
@@ -434,7 +418,7 @@ async def test_a_lying_public_upstream_unlocks_nothing(tmp_path):
             for b in img.blobs:
                 st, _, _ = await req(s, f"{edge.url}/v2/x/y/blobs/{b.digest}?ns=public.example")
                 assert st == 404
-    assert any(m == "GET" for m, _ in liar.seen)        # it was asked for the bytes themselves
+    assert any(m == "GET" for m, _, _ in liar.seen)     # it was asked for the bytes themselves
 
 
 async def test_a_lie_told_while_a_fill_is_under_way_links_nothing(tmp_path):
@@ -541,17 +525,10 @@ async def test_an_upstream_that_knows_part_of_a_private_layer_cannot_prove_it_by
     async def base(request):
         return web.json_response({})
 
-    app = web.Application()
-    app.router.add_get("/v2/", base)
-    app.router.add_route("*", "/v2/{name:.+}/blobs/{ref}", blob)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    from tests.support.ports import free_port
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    routes = [web.get("/v2/", base), web.route("*", "/v2/{name:.+}/blobs/{ref}", blob)]
+    async with HttpServer(routes) as liar:
         async with FaultyUpstream({"team/secret:v1": img}) as priv:
-            doc = cache_doc(tmp_path, priv.url, f"http://127.0.0.1:{port}")
+            doc = cache_doc(tmp_path, priv.url, liar.url)
             doc["breaker"] = {"failures": 1000}
             async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
                 await pull_all(s, edge.url, "team/secret", img, "?ns=private.example", ALICE)
@@ -562,5 +539,3 @@ async def test_an_upstream_that_knows_part_of_a_private_layer_cannot_prove_it_by
                 windows = {r for r in asked if r}
                 assert len(windows) <= 2, windows        # the same windows every time
                 assert not edge.services.store.linked(layer.digest, ("public.example", "r0"))
-    finally:
-        await runner.cleanup()

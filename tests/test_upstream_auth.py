@@ -18,40 +18,9 @@ from aiohttp import web
 from tests.support.certs import make_certs
 from tests.support.edge import EdgeServer, make_config
 from tests.support.images import make_image
-from tests.support.ports import free_port
+from tests.support.httpserver import HttpServer
 
 ROBOT = "Basic " + base64.b64encode(b"robot:robot-pw").decode()
-
-
-class Server:
-    """One aiohttp app on host:port; `seen` holds (path, Authorization) of each request."""
-
-    def __init__(self, host: str, routes, ssl_ctx: ssl.SSLContext | None = None) -> None:
-        self.host, self.port = host, free_port()
-        self.ssl = ssl_ctx
-        self.seen: list[tuple[str, str | None]] = []
-        self.app = web.Application(middlewares=[self._record])
-        self.app.add_routes(routes)
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.ssl else 'http'}://{self.host}:{self.port}"
-
-    @web.middleware
-    async def _record(self, request, handler):
-        self.seen.append((request.path, request.headers.get("Authorization")))
-        return await handler(request)
-
-    async def __aenter__(self) -> "Server":
-        self._runner = web.AppRunner(self.app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl).start()
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
 
 
 class Realm:
@@ -122,14 +91,14 @@ async def test_a_realm_on_another_origin_gets_the_credentials_only_when_named(tm
     """Another host, or another port of the upstream's host: not the upstream's origin."""
     img = make_image(120, layers=1, layer_size=1024)
     realm = Realm()
-    async with Server(host, [web.get("/token", realm.token)]) as auth:
-        async with Server("127.0.0.1", registry_routes(img, f"{auth.url}/token", realm)) as reg:
+    async with HttpServer([web.get("/token", realm.token)], host) as auth:
+        async with HttpServer(registry_routes(img, f"{auth.url}/token", realm), "127.0.0.1") as reg:
             extra = {"token_realms": [f"{auth.url}/token"]} if named else {}
             async with EdgeServer(cache_doc(tmp_path, reg.url, **extra)) as edge, \
                     aiohttp.ClientSession() as s:
                 st, body = await get(s, f"{edge.url}/v2/demo/app/manifests/v1")
                 assert st == 200 and body == img.manifest_blob().data
-        sent = [a for p, a in auth.seen if p == "/token"]
+        sent = [a for _, p, a in auth.seen if p == "/token"]
         assert sent, "the realm was asked for a token"
         assert all(a == ROBOT for a in sent) if named else all(a is None for a in sent)
 
@@ -140,8 +109,8 @@ async def test_a_plain_http_realm_for_an_https_upstream_is_refused(tmp_path):
     ctx.load_cert_chain(str(certs.server_cert), str(certs.server_key))
     img = make_image(121, layers=1, layer_size=1024)
     realm = Realm()
-    async with Server("127.0.0.1", [web.get("/token", realm.token)]) as auth:   # same host, http
-        async with Server("127.0.0.1", registry_routes(img, f"{auth.url}/token", realm), ctx) as reg:
+    async with HttpServer([web.get("/token", realm.token)], "127.0.0.1") as auth:   # same host, http
+        async with HttpServer(registry_routes(img, f"{auth.url}/token", realm), "127.0.0.1", ctx) as reg:
             doc = cache_doc(tmp_path, reg.url, tls={"ca_file": str(certs.ca)},
                             token_realms=[f"{auth.url}/token"])
             async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
@@ -159,14 +128,14 @@ async def test_a_challenge_after_a_redirect_to_another_host_is_not_answered_with
         # The CDN wants credentials of its own, from a realm on its host.
         return web.json_response({"errors": [{"code": "UNAUTHORIZED", "message": "x"}]}, status=401,
                                  headers={"WWW-Authenticate": f'Bearer realm="http://127.0.0.2:{cdn.port}/token"'})
-    cdn = Server("127.0.0.2", [web.get("/cdn/{digest}", cdn_blob), web.get("/token", cdn_realm.token)])
-    async with cdn, Server("127.0.0.1", [web.get("/token", realm.token)]) as auth:
+    cdn = HttpServer([web.get("/cdn/{digest}", cdn_blob), web.get("/token", cdn_realm.token)], "127.0.0.2")
+    async with cdn, HttpServer([web.get("/token", realm.token)], "127.0.0.1") as auth:
         routes = registry_routes(img, f"{auth.url}/token", realm, redirect_to=cdn.url)
-        async with Server("127.0.0.1", routes) as reg:
+        async with HttpServer(routes, "127.0.0.1") as reg:
             doc = cache_doc(tmp_path, reg.url, token_realms=[f"{auth.url}/token"])
             async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
                 st, _ = await get(s, f"{edge.url}/v2/demo/app/blobs/{layer.digest}")
                 assert st == 403          # the upstream denied us (UpstreamDenied): DENIED
-        assert [p for p, _ in cdn.seen] and all(a is None for _, a in cdn.seen)   # nothing leaked
+        assert cdn.seen and all(a is None for _, _, a in cdn.seen)   # nothing leaked
         assert cdn_realm.issued == {}        # its challenge was not answered
-        assert any(a == ROBOT for p, a in auth.seen)      # the upstream's named realm: yes
+        assert any(a == ROBOT for _, _, a in auth.seen)      # the upstream's named realm: yes
