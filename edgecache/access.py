@@ -15,17 +15,17 @@ import hmac
 import ipaddress
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping
 
-import bcrypt
-
 from edgecache.config import AccessConfig, UpstreamConfig
+from edgecache.credentials import read_htpasswd, read_tokens
 from edgecache.errors import Forbidden, Unauthorized
+from edgecache.passwords import PasswordChecker, dummy_hash
 
-# bcrypt is slow on purpose (~0.1 s): a verified Basic header is remembered a while,
-# so a client that sends it on every request pays once.
+# bcrypt is slow on purpose (~0.3 s at cost 12): a verified Basic header is remembered
+# a while, so a client that sends it on every request pays once.
 VERIFIED_TTL = 300.0
+VERIFIED_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -34,52 +34,38 @@ class Identity:
     method: str          # basic | token | cert | sibling
 
 
-def _read_htpasswd(path: Path) -> dict[str, bytes]:
-    users = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or ":" not in line:
-            continue
-        user, _, hashed = line.partition(":")
-        if hashed.startswith(("$2y$", "$2b$", "$2a$")):
-            users[user] = hashed.encode()
-    return users
-
-
-def _read_tokens(path: Path) -> dict[str, str]:
-    """token -> name; lines are NAME:TOKEN or just TOKEN."""
-    tokens = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, token = line.rpartition(":")
-        tokens[token] = name if sep else f"token{n}"
-    return tokens
-
-
 class Access:
     def __init__(self, cfg: AccessConfig, upstreams: Mapping[str, UpstreamConfig]) -> None:
+        """Blocking (reads the files): build it off the event loop. `close()` ends
+        the bcrypt threads."""
         self.denied = 0
         self._verified: dict[bytes, tuple[Identity, float]] = {}
+        self.passwords = PasswordChecker(cfg.password_checks)
         self._apply(*self.read(cfg, upstreams))
+
+    def close(self) -> None:
+        self.passwords.close()
 
     @staticmethod
     def read(cfg: AccessConfig, upstreams: Mapping[str, UpstreamConfig]) -> tuple:
         """Everything the rules are made of, files read (blocking: off the event loop)."""
-        return (cfg, [ipaddress.ip_network(n, strict=False) for n in cfg.networks],
-                _read_htpasswd(cfg.htpasswd) if cfg.htpasswd else {},
-                _read_tokens(cfg.tokens_file) if cfg.tokens_file else {},
-                {name for name, u in upstreams.items() if not u.public})
+        users = read_htpasswd(cfg.htpasswd) if cfg.htpasswd else {}
+        return (cfg, [ipaddress.ip_network(n, strict=False) for n in cfg.networks], users,
+                read_tokens(cfg.tokens_file) if cfg.tokens_file else {},
+                {name for name, u in upstreams.items() if not u.public},
+                dummy_hash(users) if users else b"")
 
-    def _apply(self, cfg: AccessConfig, networks, users, tokens, private) -> None:
+    def _apply(self, cfg: AccessConfig, networks, users, tokens, private, dummy) -> None:
         self.networks = networks
         self.users = users
         self.tokens = tokens
         self.private = private
+        self._dummy = dummy
         self.admins = frozenset(cfg.admin)
-        # A revoked user's remembered verification must not outlive the reload.
+        # A revoked user's remembered verification must not outlive the reload, nor
+        # a remembered failure a password just set.
         self._verified.clear()
+        self.passwords.forget_failures()
 
     async def reload(self, cfg: AccessConfig, upstreams: Mapping[str, UpstreamConfig]) -> None:
         """Re-read the rules (SIGHUP): a revoked user or token is refused from now on."""
@@ -122,7 +108,8 @@ class Access:
             self.denied += 1
             raise Forbidden(f"client {addr} is outside access.networks")
 
-    async def identify(self, authorization: str | None, cert_subject: str | None) -> Identity | None:
+    async def identify(self, authorization: str | None, cert_subject: str | None,
+                       client: str | None = None) -> Identity | None:
         """Who the client is, or None if anonymous; wrong credentials raise Unauthorized."""
         if authorization:
             scheme, _, value = authorization.partition(" ")
@@ -134,14 +121,14 @@ class Access:
                 self.denied += 1
                 raise Unauthorized("unknown bearer token")
             if scheme == "basic":
-                return await self._basic(value.strip())
+                return await self._basic(value.strip(), client or "")
             self.denied += 1
             raise Unauthorized(f"unsupported authorization scheme {scheme!r}")
         if cert_subject:
             return Identity(cert_subject, "cert")
         return None
 
-    async def _basic(self, value: str) -> Identity | None:
+    async def _basic(self, value: str, client: str) -> Identity | None:
         key = hashlib.sha256(value.encode()).digest()
         hit = self._verified.get(key)
         now = time.monotonic()
@@ -155,12 +142,15 @@ class Access:
         if not user and not password:
             return None      # empty credentials (skopeo sends them when it has none): anonymous
         hashed = self.users.get(user)
-        ok = hashed is not None and await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed)
-        if not ok:
+        # An unknown user is hashed too (against the dummy): the same time as a wrong
+        # password, so names cannot be told apart. Bounded threads, fair per client.
+        ok = bool(self.users) and await self.passwords.check(
+            client, key, password.encode(), hashed or self._dummy)
+        if not ok or hashed is None:
             self.denied += 1
             raise Unauthorized("wrong user name or password")
         ident = Identity(user, "basic")
-        if len(self._verified) > 10_000:
+        if len(self._verified) >= VERIFIED_MAX:
             self._verified.clear()
         self._verified[key] = (ident, now + VERIFIED_TTL)
         return ident

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from edgecache.credentials import read_tokens
 from edgecache.cron import Cron
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgecache/config.yaml")
@@ -127,6 +128,26 @@ class CacheConfig:
     low_watermark: float = 0.85   # ... and stop below this one
     scrub_interval: float = 24 * 3600.0   # re-hash every blob this often (0: never)
     scrub_rate: int = 64 * 1024**2        # bytes per second the scrub may read
+    evict_interval: float = 30.0          # how often the budget is checked besides commits
+    abandon_after: float = 10.0           # a fill nobody waits for is cancelled after this...
+    finish_fraction: float = 0.5          # ... unless it is this far along (or sync work)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Caps on what an upstream (or a client through it) can make the cache hold."""
+
+    manifest_bytes: int = 4 * 1024**2
+    tag_list_bytes: int = 1024**2          # one tag list page from the upstream
+    tag_list_tags: int = 10_000            # tags in one page (the `n` asked of the upstream)
+    tag_lists_kept_bytes: int = 16 * 1024**2   # last full lists kept for offline answers
+    token_bytes: int = 64 * 1024           # a token service's answer
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    header_timeout: float = 10.0      # a request head must arrive whole within this
+    idle_timeout: float = 75.0        # an idle keep-alive connection is closed after this
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,7 @@ class AccessConfig:
     tokens_file: Path | None = None     # static bearer tokens, one per line (NAME:TOKEN or TOKEN)
     admin: tuple[str, ...] = ()         # who may POST gc/verify/sync; empty: anyone authenticated
     cli_credentials_file: Path | None = None   # USER:PASSWORD or a TOKEN the CLI sends the daemon
+    password_checks: int = 2            # bcrypt checks run at once (their own threads)
 
 
 @dataclass(frozen=True)
@@ -208,6 +230,8 @@ class Config:
     access: AccessConfig = AccessConfig()
     tls: ListenerTLS | None = None
     siblings: SiblingsConfig = SiblingsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    server: ServerConfig = ServerConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration, secrets masked (for check-config)."""
@@ -218,7 +242,12 @@ class Config:
                       "high_watermark": self.cache.high_watermark,
                       "low_watermark": self.cache.low_watermark,
                       "scrub_interval": self.cache.scrub_interval,
-                      "scrub_rate": self.cache.scrub_rate},
+                      "scrub_rate": self.cache.scrub_rate,
+                      "evict_interval": self.cache.evict_interval,
+                      "abandon_after": self.cache.abandon_after,
+                      "finish_fraction": self.cache.finish_fraction},
+            "limits": dict(self.limits.__dict__),
+            "server": dict(self.server.__dict__),
             "upstreams": {
                 k: {"url": u.url, "username": u.username,
                     "password": "***" if u.password else None,
@@ -238,6 +267,7 @@ class Config:
                      "concurrency": self.sync.concurrency, "retention": self.sync.retention},
             "access": {"networks": list(self.access.networks),
                        "admin": list(self.access.admin),
+                       "password_checks": self.access.password_checks,
                        "cli_credentials_file": str(self.access.cli_credentials_file)
                        if self.access.cli_credentials_file else None,
                        "htpasswd": str(self.access.htpasswd) if self.access.htpasswd else None,
@@ -355,16 +385,19 @@ def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
     raw = _mapping("(top level)", raw)
     _reject_unknown("", raw, {"listen", "data_dir", "cache", "upstreams", "default_upstream",
                               "tag_ttl", "upstream_timeout", "breaker", "pinned", "prefetch",
-                              "sync", "access", "tls", "siblings"})
+                              "sync", "access", "tls", "siblings", "limits", "server"})
     host, port = _listen(raw.get("listen", "0.0.0.0:5000"))
     data_dir = Path(raw["data_dir"]) if raw.get("data_dir") else default_data_dir(env, uid)
 
     cache_raw = _mapping("cache", raw.get("cache"))
     _reject_unknown("cache", cache_raw, {"max_size", "high_watermark", "low_watermark",
-                                         "scrub_interval", "scrub_rate"})
+                                         "scrub_interval", "scrub_rate", "evict_interval",
+                                         "abandon_after", "finish_fraction"})
     hw = cache_raw.get("high_watermark", 0.95)
     lw = cache_raw.get("low_watermark", 0.85)
-    for k, v in (("cache.high_watermark", hw), ("cache.low_watermark", lw)):
+    ff = cache_raw.get("finish_fraction", 0.5)
+    for k, v in (("cache.high_watermark", hw), ("cache.low_watermark", lw),
+                 ("cache.finish_fraction", ff)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
             raise ConfigError(k, v, "expected a fraction in (0, 1]")
     if lw > hw:
@@ -373,7 +406,12 @@ def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
                         high_watermark=float(hw), low_watermark=float(lw),
                         scrub_interval=parse_duration("cache.scrub_interval",
                                                       cache_raw.get("scrub_interval", "24h")),
-                        scrub_rate=parse_size("cache.scrub_rate", cache_raw.get("scrub_rate", "64MiB")))
+                        scrub_rate=parse_size("cache.scrub_rate", cache_raw.get("scrub_rate", "64MiB")),
+                        evict_interval=_positive("cache.evict_interval",
+                                                 cache_raw.get("evict_interval", "30s")),
+                        abandon_after=parse_duration("cache.abandon_after",
+                                                     cache_raw.get("abandon_after", "10s")),
+                        finish_fraction=float(ff))
 
     ups_raw = _mapping("upstreams", raw.get("upstreams"))
     upstreams: dict[str, UpstreamConfig] = {}
@@ -430,7 +468,36 @@ def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
                   pinned=lists["pinned"], prefetch=lists["prefetch"],
                   sync=_sync(raw.get("sync")), access=_access(raw.get("access"), base),
                   tls=_listener_tls(raw.get("tls"), base),
-                  siblings=_siblings(raw.get("siblings"), base))
+                  siblings=_siblings(raw.get("siblings"), base),
+                  limits=_limits(raw.get("limits")), server=_server(raw.get("server")))
+
+
+def _positive(key: str, value: Any) -> float:
+    secs = parse_duration(key, value)
+    if secs <= 0:
+        raise ConfigError(key, value, "must be positive")
+    return secs
+
+
+def _limits(value: Any) -> LimitsConfig:
+    raw = _mapping("limits", value)
+    _reject_unknown("limits", raw, {"manifest_bytes", "tag_list_bytes", "tag_list_tags",
+                                    "tag_lists_kept_bytes", "token_bytes"})
+    return LimitsConfig(
+        manifest_bytes=parse_size("limits.manifest_bytes", raw.get("manifest_bytes", "4MiB")),
+        tag_list_bytes=parse_size("limits.tag_list_bytes", raw.get("tag_list_bytes", "1MiB")),
+        tag_list_tags=_count("limits.tag_list_tags", raw.get("tag_list_tags", 10_000), 1, 1_000_000),
+        tag_lists_kept_bytes=parse_size("limits.tag_lists_kept_bytes",
+                                        raw.get("tag_lists_kept_bytes", "16MiB")),
+        token_bytes=parse_size("limits.token_bytes", raw.get("token_bytes", "64KiB")))
+
+
+def _server(value: Any) -> ServerConfig:
+    raw = _mapping("server", value)
+    _reject_unknown("server", raw, {"header_timeout", "idle_timeout"})
+    return ServerConfig(
+        header_timeout=_positive("server.header_timeout", raw.get("header_timeout", "10s")),
+        idle_timeout=_positive("server.idle_timeout", raw.get("idle_timeout", "75s")))
 
 
 def _file(key: str, value: Any, base: Path) -> Path:
@@ -445,7 +512,7 @@ def _file(key: str, value: Any, base: Path) -> Path:
 def _access(value: Any, base: Path) -> AccessConfig:
     raw = _mapping("access", value)
     _reject_unknown("access", raw, {"networks", "htpasswd", "tokens_file", "admin",
-                                    "cli_credentials_file"})
+                                    "cli_credentials_file", "password_checks"})
     nets = raw.get("networks") or []
     if not isinstance(nets, list):
         raise ConfigError("access.networks", nets, "expected a list of CIDRs")
@@ -458,11 +525,18 @@ def _access(value: Any, base: Path) -> AccessConfig:
     if not isinstance(admin, list) or not all(isinstance(a, str) and a for a in admin):
         raise ConfigError("access.admin", admin, "expected a list of user or token names")
     cli = raw.get("cli_credentials_file")
+    tokens = _file("access.tokens_file", raw["tokens_file"], base) if raw.get("tokens_file") else None
+    if tokens is not None:
+        try:
+            read_tokens(tokens)
+        except ValueError as e:
+            raise ConfigError("access.tokens_file", raw["tokens_file"], str(e)) from None
     return AccessConfig(
         networks=tuple(str(n) for n in nets), admin=tuple(admin),
+        password_checks=_count("access.password_checks", raw.get("password_checks", 2), 1, 64),
         cli_credentials_file=_file("access.cli_credentials_file", cli, base) if cli else None,
         htpasswd=_file("access.htpasswd", raw["htpasswd"], base) if raw.get("htpasswd") else None,
-        tokens_file=_file("access.tokens_file", raw["tokens_file"], base) if raw.get("tokens_file") else None)
+        tokens_file=tokens)
 
 
 def _listener_tls(value: Any, base: Path) -> ListenerTLS | None:

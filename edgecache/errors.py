@@ -88,6 +88,10 @@ class UpstreamDown(UpstreamError):
 
     kind = "breaker_open"
 
+    def __init__(self, upstream: str, retry_in: float) -> None:
+        self.retry_in = retry_in
+        super().__init__(upstream, f"marked down, retry in {retry_in:.1f}s")
+
 
 class UpstreamRateLimited(UpstreamError):
     kind = "rate_limited"
@@ -130,6 +134,14 @@ class NameUnknown(EdgecacheError, LookupError):
 
 class Unauthorized(EdgecacheError):
     """No credentials, or wrong ones, for something that needs them (401)."""
+
+
+class TooManyRequests(EdgecacheError):
+    """This client asks for more than its share (credential checks): 429."""
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        self.retry_after = retry_after
+        super().__init__(detail)
 
 
 class Forbidden(EdgecacheError):

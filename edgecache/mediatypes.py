@@ -11,6 +11,10 @@ DOCKER_SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 # the upstream would have chosen for a client that accepts them all.
 PREFERENCE = (OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST, DOCKER_SCHEMA1)
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
+OCI_ARTIFACT = "application/vnd.oci.artifact.manifest.v1+json"   # OCI 1.1-rc, still served by some
+# The manifest types a registry chooses among: its answer depends on these alone, so
+# the rest of a client's Accept neither reaches the upstream nor keys a record.
+KNOWN = frozenset({*PREFERENCE, OCI_ARTIFACT})
 
 
 class Accept:
@@ -36,10 +40,15 @@ class Accept:
         return self.any_type or media_type.lower() in self.types
 
     def for_upstream(self) -> list[str]:
-        """The list to send upstream: the client's, or every known type for "anything"."""
+        """The list to send upstream: the manifest types the client accepts (in its
+        order), or every usual one for "anything"."""
+        known = [t for t in self.types if t in KNOWN]
         if self.any_type:
-            return list(dict.fromkeys([*self.types, *PREFERENCE[:4]]))
-        return list(self.types)
+            return list(dict.fromkeys([*known, *PREFERENCE[:4]]))
+        return known
 
     def key(self) -> str:
-        return "*" if self.any_type else ",".join(sorted(self.types))
+        """What the upstream's answer depends on: the set of manifest types accepted.
+        Whatever else a client sends (order, parameters, other types), one tag has at
+        most 2**len(KNOWN) records, and tag_ttl holds for all of them."""
+        return "*" if self.any_type else ",".join(sorted(t for t in self.types if t in KNOWN))

@@ -117,3 +117,28 @@ def test_load_without_a_file_uses_the_embedded_default(monkeypatch):
     import edgecache.config as c
     monkeypatch.setattr(c, "DEFAULT_CONFIG_PATH", Path("/nonexistent/config.yaml"))
     assert load(None, env={}, uid=0).source == "<embedded default>"
+
+
+@pytest.mark.parametrize("text,line", [("node-1:\n", 1), ("# c\nok-token\nnode-2:   \n", 3)])
+def test_an_empty_token_in_tokens_file_is_a_config_error(tmp_path, text, line):
+    (tmp_path / "tokens").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        build({"upstreams": {"a.example": {"url": "http://127.0.0.1:1"}},
+               "access": {"tokens_file": "tokens"}}, source="t", env={}, uid=1000, base=tmp_path)
+    assert e.value.key == "access.tokens_file" and f"line {line}" in str(e.value)
+
+
+@pytest.mark.parametrize("doc,key", [
+    ({"limits": {"tag_list_bytes": 0}}, "limits.tag_list_bytes"),
+    ({"limits": {"tag_list_tags": -1}}, "limits.tag_list_tags"),
+    ({"limits": {"nope": 1}}, "limits.nope"),
+    ({"server": {"header_timeout": "0s"}}, "server.header_timeout"),
+    ({"cache": {"finish_fraction": 1.5}}, "cache.finish_fraction"),
+    ({"cache": {"evict_interval": 0}}, "cache.evict_interval"),
+    ({"access": {"password_checks": 0}}, "access.password_checks"),
+])
+def test_bounds_keys_are_validated(doc, key):
+    with pytest.raises(ConfigError) as e:
+        build({"upstreams": {"a.example": {"url": "http://127.0.0.1:1"}}, **doc},
+              source="t", env={}, uid=1000)
+    assert e.value.key == key

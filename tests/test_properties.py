@@ -16,7 +16,7 @@ from tests.support.faulty import FaultyUpstream
 from tests.support.images import make_image
 
 OCI_CODES = {"BLOB_UNKNOWN", "DIGEST_INVALID", "MANIFEST_UNKNOWN", "MANIFEST_INVALID", "NAME_INVALID",
-             "NAME_UNKNOWN", "UNAUTHORIZED", "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS", "UNAVAILABLE",
+             "NAME_UNKNOWN", "UNAUTHORIZED", "DENIED", "UNSUPPORTED", "TOOMANYREQUESTS", "UNKNOWN",
              "RANGE_INVALID"}
 IMG = make_image(81, layer_size=4096)
 FAKE_UPSTREAM = None        # the module's fault upstream, for tests that add to it

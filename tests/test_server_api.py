@@ -47,7 +47,10 @@ async def test_push_methods_are_unsupported(world, method, path):
 @pytest.mark.parametrize("path,status,oci", [
     ("/v2/Demo/App/manifests/v1", 400, "NAME_INVALID"),
     ("/v2/demo/%2e%2e/manifests/v1", 400, "NAME_INVALID"),
-    ("/v2/demo/app/manifests/-bad-tag", 400, "NAME_INVALID"),
+    # A malformed tag is a manifest that is not there, as Distribution answers (the
+    # conformance suite's nonexistent manifest is ".INVALID_MANIFEST_NAME").
+    ("/v2/demo/app/manifests/-bad-tag", 404, "MANIFEST_UNKNOWN"),
+    ("/v2/demo/app/manifests/.INVALID_MANIFEST_NAME", 404, "MANIFEST_UNKNOWN"),
     ("/v2/demo/app/blobs/sha256:zz", 400, "DIGEST_INVALID"),
     ("/v2/demo/app/blobs/md5:" + "a" * 32, 400, "DIGEST_INVALID"),
     ("/v2/demo/app/manifests/sha256:" + "a" * 63, 400, "DIGEST_INVALID"),
@@ -62,15 +65,61 @@ async def test_bad_requests_get_oci_errors_and_touch_nothing(world, path, status
     before = sorted(os.listdir(edge.config.data_dir))
     s, _, body = await req(edge, session, "GET", path)
     assert (s, code(body)) == (status, oci)
-    if status == 400:
+    if status == 400 or "INVALID_MANIFEST_NAME" in path or "-bad-tag" in path:
         assert sum(up.counts.values()) == 0
     assert sorted(os.listdir(edge.config.data_dir)) == before
 
 
-async def test_head_errors_have_no_body(world):
+async def test_head_errors_have_no_body_but_say_its_length(world):
     up, edge, img, session = world
-    status, _, body = await req(edge, session, "HEAD", "/v2/demo/app/manifests/nope")
+    status, h, body = await req(edge, session, "HEAD", "/v2/demo/app/manifests/nope")
     assert status == 404 and body == b""
+    _, gh, gbody = await req(edge, session, "GET", "/v2/demo/app/manifests/nope")
+    assert int(h["Content-Length"]) == len(gbody) > 0
+    for headers in (h, gh):
+        assert headers["Docker-Distribution-API-Version"] == "registry/2.0"
+        assert headers["Content-Type"].startswith("application/json")
+
+
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/v2/demo/app/manifests/v1"), ("GET", "/_edgecache/nowhere"), ("GET", "/nowhere"),
+    ("POST", "/_edgecache/status")])
+async def test_every_error_is_an_oci_json_body(world, method, path):
+    up, edge, img, session = world
+    await up.stop()                       # the upstream gone too: still JSON
+    try:
+        status, h, body = await req(edge, session, method, path)
+    finally:
+        await up.start()
+    assert status >= 400 and h["Content-Type"].startswith("application/json"), (status, body)
+    assert code(body) in {"NAME_UNKNOWN", "UNSUPPORTED", "UNKNOWN", "MANIFEST_UNKNOWN"}
+
+
+async def test_an_unexpected_exception_is_a_json_500_with_a_request_id(world, caplog):
+    up, edge, img, session = world
+
+    async def broken(*_a, **_k):
+        raise RuntimeError("a bug")
+    edge.services.tags.get = broken        # a bug in a service: what the client sees
+    with caplog.at_level("ERROR", logger="edgecache.server"):
+        status, h, body = await req(edge, session, "GET", "/v2/demo/app/tags/list")
+    err = json.loads(body)["errors"][0]
+    assert status == 500 and err["code"] == "UNKNOWN" and "a bug" not in body.decode()
+    assert err["request_id"] and any(err["request_id"] in r.getMessage() and r.exc_info
+                                     for r in caplog.records)
+
+
+async def test_an_unreachable_upstream_is_an_oci_code_without_its_address(world):
+    up, edge, img, session = world
+    await up.stop()
+    try:
+        status, h, body = await req(edge, session, "GET", "/v2/demo/app/manifests/v9")
+    finally:
+        await up.start()
+    err = json.loads(body)["errors"][0]
+    assert status == 503 and err["code"] == "UNKNOWN", body
+    assert "127.0.0.1" not in body.decode() and str(up.port) not in body.decode()
+    assert err["detail"] == {"upstream": "central.example", "reason": "unreachable"}
 
 
 async def test_status_and_metrics_report_what_happened(world):

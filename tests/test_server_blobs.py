@@ -206,7 +206,7 @@ async def test_upstream_500_on_a_blob_is_a_5xx(world):
     up, edge, img, session = world
     up.fault("status", digest=img.layers[0].digest, status=500, times=1)
     status, _, body = await edge.get(session, blob_path(img))
-    assert status == 503 and b"UNAVAILABLE" in body
+    assert status == 503 and b"UNKNOWN" in body
     assert (await edge.get(session, blob_path(img)))[0] == 200
 
 

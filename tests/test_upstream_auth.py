@@ -103,7 +103,7 @@ async def test_a_realm_on_another_origin_gets_the_credentials_only_when_named(tm
         assert all(a == ROBOT for a in sent) if named else all(a is None for a in sent)
 
 
-async def test_a_plain_http_realm_for_an_https_upstream_is_refused(tmp_path):
+async def test_a_plain_http_realm_for_an_https_upstream_is_refused(tmp_path, caplog):
     certs = make_certs(tmp_path / "certs")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(certs.server_cert), str(certs.server_key))
@@ -114,8 +114,12 @@ async def test_a_plain_http_realm_for_an_https_upstream_is_refused(tmp_path):
             doc = cache_doc(tmp_path, reg.url, tls={"ca_file": str(certs.ca)},
                             token_realms=[f"{auth.url}/token"])
             async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
-                st, body = await get(s, f"{edge.url}/v2/demo/app/manifests/v1")
-                assert st >= 500 and "plain http" in json.loads(body)["errors"][0]["detail"]
+                with caplog.at_level("WARNING", logger="edgecache.server"):
+                    st, body = await get(s, f"{edge.url}/v2/demo/app/manifests/v1")
+                # The client hears which upstream failed and how; the log says why.
+                assert st >= 500 and json.loads(body)["errors"][0]["detail"] == {
+                    "upstream": "reg.example", "reason": "bad_response"}
+                assert any("plain http" in r.getMessage() for r in caplog.records)
         assert auth.seen == []                # never asked, with or without credentials
 
 

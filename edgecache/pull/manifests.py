@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-from edgecache.errors import (DigestMismatch, ManifestUnknown, UpstreamError,
+from edgecache.errors import (DigestMismatch, InvalidName, ManifestUnknown, UpstreamError,
                               UpstreamNotFound, UpstreamDenied, is_unavailable)
 from edgecache.mediatypes import DOCKER_SCHEMA1, OCI_INDEX, OCI_MANIFEST, PREFERENCE, Accept
 from edgecache.metrics import Metrics
@@ -68,6 +68,15 @@ def media_type_of(body: bytes) -> str:
     return OCI_INDEX if "manifests" in doc else OCI_MANIFEST
 
 
+def _tag(reference: str) -> str:
+    """A tag, or MANIFEST_UNKNOWN as Distribution answers for a malformed one (the
+    conformance suite asks for `.INVALID_MANIFEST_NAME` as a manifest that is not there)."""
+    try:
+        return validate_tag(reference)
+    except InvalidName:
+        raise ManifestUnknown(f"no manifest {reference[:200]!r}: not a valid tag") from None
+
+
 def _acceptable(answer: ManifestAnswer, accept: Accept) -> ManifestAnswer:
     """Like Distribution: a manifest of a type the client did not accept is "unknown" to it."""
     if not accept.accepts(answer.media_type):
@@ -100,7 +109,7 @@ class ManifestService:
                   hop: bool = False) -> ManifestAnswer:
         if is_digest(reference):
             return await self._by_digest(route, parse_digest(reference), accept, hop)
-        return await self._by_tag(route, validate_tag(reference), accept, hop)
+        return await self._by_tag(route, _tag(reference), accept, hop)
 
     async def local(self, route: Route, digest: str) -> ManifestAnswer | None:
         """A manifest this node holds for a route (a sibling's probe)."""
@@ -112,7 +121,7 @@ class ManifestService:
                          accept: Accept) -> tuple[ManifestAnswer, float]:
         """This node's last known answer for a tag and when it was confirmed (for a
         sibling whose upstream is unreachable); never asks anyone."""
-        found = await self._last_known((route.upstream, route.repo, validate_tag(tag)), accept)
+        found = await self._last_known((route.upstream, route.repo, _tag(tag)), accept)
         if found is None:
             raise ManifestUnknown(f"{route.repo}:{tag} is not known here")
         return found

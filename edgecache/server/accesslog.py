@@ -16,6 +16,7 @@ SOURCE = web.RequestKey("ec_source", str)       # local | upstream
 BYTES = web.RequestKey("ec_bytes", int)         # body bytes actually sent
 STALE = web.RequestKey("ec_stale", bool)
 ERROR = web.RequestKey("ec_error", str)
+REQUEST_ID = web.RequestKey("ec_request_id", str)   # given to errors only (oci_errors.py)
 
 
 @web.middleware
@@ -41,6 +42,8 @@ class JsonAccessLogger(AbstractAccessLogger):
             line["stale"] = True
         if ERROR in request:
             line["error"] = request[ERROR]
+        if REQUEST_ID in request:
+            line["request_id"] = request[REQUEST_ID]
         self.logger.info(json.dumps(line, separators=(",", ":")))
 
     @property

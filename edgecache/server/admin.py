@@ -27,7 +27,7 @@ async def sibling(request: web.Request) -> web.Response:
     if svc.siblings is None:
         raise OciError("NAME_UNKNOWN", "siblings are not enabled on this node", message="not found")
     if not svc.store.healthy():
-        raise OciError("UNAVAILABLE", "the store is not healthy")
+        raise OciError("UNKNOWN", "the store is not healthy", status=503, message="unavailable")
     doc = {"node_id": svc.siblings.node_id, "version": __version__}
     challenge = request.query.get("challenge", "")
     who = identity(request)

@@ -34,22 +34,25 @@ BACKGROUND_SYNC = web.AppKey("background_sync", bool)   # False in tests that dr
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     access = app[ACCESS] = await asyncio.to_thread(Access, cfg.access, cfg.upstreams)
-    async with open_runtime(cfg, public=lambda u: u not in access.private) as rt:
-        sender = BlobSender()
-        svc = Services(config=rt.config, store=rt.store, blobs=rt.blobs, manifests=rt.manifests,
-                       tags=rt.tags, sender=sender, metrics=rt.metrics, syncer=rt.syncer,
-                       access=app[ACCESS], siblings=rt.siblings,
-                       default_upstream=cfg.default_upstream)
-        rt.metrics.add_state(admin.state_collector(svc))
-        if rt.siblings is not None and rt.siblings.verifier is not None:
-            app[HOPS] = rt.siblings.verifier
-        app[SERVICES] = svc
-        if app.get(BACKGROUND_SYNC, True):
-            rt.syncer.start_background()
-        try:
-            yield
-        finally:
-            sender.close()
+    try:
+        async with open_runtime(cfg, public=lambda u: u not in access.private) as rt:
+            sender = BlobSender()
+            svc = Services(config=rt.config, store=rt.store, blobs=rt.blobs,
+                           manifests=rt.manifests, tags=rt.tags, sender=sender,
+                           metrics=rt.metrics, syncer=rt.syncer, access=access,
+                           siblings=rt.siblings, default_upstream=cfg.default_upstream)
+            rt.metrics.add_state(admin.state_collector(svc))
+            if rt.siblings is not None and rt.siblings.verifier is not None:
+                app[HOPS] = rt.siblings.verifier
+            app[SERVICES] = svc
+            if app.get(BACKGROUND_SYNC, True):
+                rt.syncer.start_background()
+            try:
+                yield
+            finally:
+                sender.close()
+    finally:
+        access.close()
 
 
 def build_app(cfg: Config) -> web.Application:

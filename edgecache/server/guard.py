@@ -73,7 +73,8 @@ async def access_middleware(request: web.Request, handler) -> web.StreamResponse
             return await handler(request)
         # No secret: an ordinary client, for every check below.
     access.check_network(request.remote)
-    who = await access.identify(request.headers.get("Authorization"), _cert_subject(request))
+    who = await access.identify(request.headers.get("Authorization"), _cert_subject(request),
+                                request.remote)
     request[IDENTITY] = who
     path = request.path
     if path.startswith("/_edgecache/") or path == "/metrics":

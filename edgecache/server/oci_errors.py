@@ -2,15 +2,17 @@
 turns domain errors into OCI error bodies. Handlers raise domain errors only."""
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from edgecache.server.accesslog import ERROR
-
 from edgecache import errors as e
+from edgecache.server.accesslog import ERROR, REQUEST_ID
+from edgecache.server.guard import IDENTITY
 
 log = logging.getLogger("edgecache.server")
 
@@ -22,7 +24,8 @@ class OciCode:
     message: str
 
 
-# distribution-spec "Error Codes", plus Distribution's UNAVAILABLE and TOOMANYREQUESTS.
+# distribution-spec "Error Codes", plus Distribution's UNKNOWN (errcode.ErrorCodeUnknown):
+# a client knows every code it can get from us.
 CODES = {c.code: c for c in (
     OciCode("BLOB_UNKNOWN", 404, "blob unknown to registry"),
     OciCode("DIGEST_INVALID", 400, "provided digest did not match uploaded content"),
@@ -34,9 +37,13 @@ CODES = {c.code: c for c in (
     OciCode("DENIED", 403, "requested access to the resource is denied"),
     OciCode("UNSUPPORTED", 405, "the operation is unsupported"),
     OciCode("TOOMANYREQUESTS", 429, "too many requests"),
-    OciCode("UNAVAILABLE", 503, "service unavailable"),
     OciCode("RANGE_INVALID", 416, "requested range not satisfiable"),
+    OciCode("UNKNOWN", 500, "unknown error"),
 )}
+API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+# Error ids: this process's prefix and a counter, so a client's report finds the log line.
+_ids = itertools.count(1)
+_PREFIX = f"{os.getpid():x}"
 
 
 class OciError(Exception):
@@ -80,48 +87,100 @@ def to_oci(err: BaseException) -> OciError | None:
         return OciError("DENIED", str(err))
     if isinstance(err, e.UpstreamDenied):
         return OciError("DENIED", str(err), message="the upstream registry denied access")
+    if isinstance(err, e.TooManyRequests):
+        return OciError("TOOMANYREQUESTS", str(err), headers={"Retry-After": str(err.retry_after)})
     if isinstance(err, e.UpstreamDown):
-        return OciError("UNAVAILABLE", str(err), message="upstream registry is down",
-                        headers={"Retry-After": "5"})
+        return OciError("UNKNOWN", str(err), status=503, message="upstream registry is down",
+                        headers={"Retry-After": str(max(1, round(err.retry_in)))})
     if isinstance(err, (e.UpstreamError, e.DigestMismatch, e.SizeMismatch)):
-        return OciError("UNAVAILABLE", str(err), status=502 if not e.is_unavailable(err) else 503,
+        return OciError("UNKNOWN", str(err), status=503 if e.is_unavailable(err) else 502,
                         message="upstream registry failed")
     if isinstance(err, e.HopRefused):
-        return OciError("UNAVAILABLE", str(err), status=409, message="not the fetcher of this blob")
+        return OciError("UNKNOWN", str(err), status=409, message="not the fetcher of this blob")
     if isinstance(err, e.StoreFull):
-        return OciError("UNAVAILABLE", str(err), status=507, message="cache disk is full")
+        return OciError("UNKNOWN", str(err), status=507, message="cache disk is full")
     return None
 
 
-def error_response(err: OciError, method: str) -> web.Response:
-    body = b"" if method == "HEAD" else json.dumps({"errors": [
-        {"code": err.oci.code, "message": err.message, "detail": err.detail}]}).encode()
-    resp = web.Response(status=err.status, body=body, content_type="application/json",
-                        headers=err.headers)
-    return resp
+def _public_detail(err: BaseException, oci: OciError) -> object:
+    """What an anonymous client is told: an upstream's failure names the upstream and
+    the kind of failure, never its address or its words (they are in the log)."""
+    if isinstance(err, e.UpstreamError):
+        return {"upstream": err.upstream, "reason": err.kind}
+    if isinstance(err, (e.DigestMismatch, e.SizeMismatch)):
+        return {"reason": "wrong bytes from the source"}
+    if isinstance(err, e.StoreFull):
+        return None
+    return oci.detail
+
+
+def error_response(err: OciError, request_id: str | None = None) -> web.Response:
+    """The OCI error body (also its length on HEAD, as for any other answer)."""
+    doc: dict = {"code": err.oci.code, "message": err.message, "detail": err.detail}
+    if request_id:
+        doc["request_id"] = request_id
+    body = json.dumps({"errors": [doc]}).encode()
+    headers = {**API_VERSION, **err.headers}
+    # On HEAD aiohttp sends the headers only, Content-Length that of the body GET gets.
+    return web.Response(status=err.status, body=body, content_type="application/json",
+                        headers=headers)
+
+
+def _http_error(exc: web.HTTPException) -> OciError:
+    """aiohttp's own answers (no route, wrong method, body too large) in OCI terms."""
+    if exc.status == 405:
+        return OciError("UNSUPPORTED", "method not supported by this mirror")
+    if exc.status == 404:
+        return OciError("NAME_UNKNOWN", "no such endpoint", message="not found")
+    if exc.status == 413:
+        return OciError("UNSUPPORTED", "request body too large", status=413)
+    if exc.status == 401:
+        return OciError("UNAUTHORIZED", exc.reason)
+    if exc.status == 403:
+        return OciError("DENIED", exc.reason)
+    if exc.status == 429:
+        return OciError("TOOMANYREQUESTS", exc.reason)
+    return OciError("UNKNOWN", exc.reason, status=exc.status, message=exc.reason.lower())
+
+
+def new_request_id(request: web.Request) -> str:
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        rid = request[REQUEST_ID] = f"{_PREFIX}-{next(_ids)}"
+    return rid
 
 
 @web.middleware
 async def oci_error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Every error is an OCI JSON body; anything unexpected is a 500 UNKNOWN whose
+    request id is in the body and on the log line with the traceback."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if not request.path.startswith("/v2"):
-            raise
-        if exc.status == 405:
-            return error_response(OciError("UNSUPPORTED", f"{request.method} is not supported by this mirror"), request.method)
-        if exc.status == 404:
-            return error_response(OciError("NAME_UNKNOWN", "no such endpoint", message="not found"), request.method)
+        if exc.status < 400:
+            raise                     # redirects and the like are answers, not errors
+        oci = _http_error(exc)
+    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+        # The client went away before its answer: nobody to tell, one line to log.
+        request[ERROR] = "client gone"
+        log.info("%s %s: client gone before the answer (%s)", request.method,
+                 request.path[:200], exc or type(exc).__name__)
         raise
     except Exception as exc:   # noqa: BLE001 - the translation boundary
         oci = to_oci(exc)
         if oci is None:
-            raise
-        request[ERROR] = oci.oci.code
-        if oci.status in (401, 403):
-            log.warning("denied %s %s from %s: %s", request.method, request.path[:200],
-                        request.remote, exc)
-        elif oci.status >= 500:
-            log.warning("%s %s -> %d %s: %s", request.method, request.path, oci.status,
-                        oci.oci.code, exc)
-        return error_response(oci, request.method)
+            rid = new_request_id(request)
+            log.exception("%s %s -> 500 [%s]", request.method, request.path[:200], rid)
+            oci = OciError("UNKNOWN", None, message="internal error")
+        else:
+            if oci.status in (401, 403, 429):
+                log.warning("denied %s %s from %s: %s", request.method, request.path[:200],
+                            request.remote, exc)
+            elif oci.status >= 500:
+                rid = new_request_id(request)
+                log.warning("%s %s -> %d %s [%s]: %s", request.method, request.path[:200],
+                            oci.status, oci.oci.code, rid, exc)
+            if request.get(IDENTITY) is None:
+                oci.detail = _public_detail(exc, oci)
+    request[ERROR] = oci.oci.code
+    return error_response(oci, request.get(REQUEST_ID))

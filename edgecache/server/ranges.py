@@ -5,7 +5,9 @@ import re
 
 from edgecache.errors import RangeNotSatisfiable
 
-_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*")
+# ASCII digits only: Python's \d (and int()) would take other scripts' digits too.
+_RANGE = re.compile(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*")
+_HUGE = 19          # digits past which a position is beyond any blob (and int() never slow)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -20,15 +22,16 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not m or (not m.group(1) and not m.group(2)):
         return None
     first, last = m.group(1), m.group(2)
-    if len(first) > 20 or len(last) > 20:
-        return None
     if not first:                                # suffix: the last N bytes
-        n = int(last)
+        n = int(last) if len(last) <= _HUGE else size
         if n == 0:
             raise RangeNotSatisfiable(size)
         return max(0, size - n), size
+    if len(first) > _HUGE:
+        raise RangeNotSatisfiable(size)          # starts past the end of anything
     start = int(first)
-    end = size if not last else int(last) + 1
+    # A last-byte past the end means "to the end" (RFC 9110 14.1.1), however long.
+    end = size if not last or len(last) > _HUGE else int(last) + 1
     if last and end <= start:
         return None                              # invalid: last < first, ignore it
     if start >= size:

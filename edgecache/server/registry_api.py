@@ -26,13 +26,12 @@ from edgecache.server.guard import hop_from, identity
 from edgecache.siblings import hopauth
 from edgecache.siblings.client import CHECKED, HAVE
 from edgecache.siblings.service import Siblings
-from edgecache.server.oci_errors import OciError
+from edgecache.server.oci_errors import API_VERSION, OciError
 from edgecache.server.ranges import parse_range
 from edgecache.store.blobs import BlobStore
 from edgecache.metrics import Metrics
 from edgecache.sync.syncer import Syncer
 
-API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 
 
 @dataclass

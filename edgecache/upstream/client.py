@@ -171,7 +171,7 @@ class UpstreamClient:
         if self._session is None:
             raise UpstreamUnreachable(self.name, "client not started")
         if not self.breaker.allow():
-            raise UpstreamDown(self.name, f"marked down, retry in {self.breaker.retry_in():.1f}s")
+            raise UpstreamDown(self.name, self.breaker.retry_in())
         hdrs = dict(headers or {})
         resp: aiohttp.ClientResponse | None = None
         try:
