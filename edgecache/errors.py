@@ -61,6 +61,18 @@ class SizeMismatch(EdgecacheError):
         super().__init__(f"{source} sent {got} bytes, expected {expected}")
 
 
+class BlobTooLarge(EdgecacheError):
+    """A blob larger than the whole cache budget: it could never be kept."""
+
+    def __init__(self, size: int, budget: int, source: str = "upstream") -> None:
+        self.size, self.budget, self.source = size, budget, source
+        super().__init__(f"{source} sent a blob of {size}+ bytes, over the cache's {budget}")
+
+
+class FillAbandoned(EdgecacheError):
+    """A fill nobody waited for any more was cancelled (cache.abandon_after)."""
+
+
 class StoreFull(EdgecacheError, OSError):
     """The disk under data_dir is full."""
 

@@ -50,7 +50,8 @@ class Runtime:
 async def open_store(cfg: Config) -> AsyncIterator[BlobStore]:
     """The store alone (for gc and verify without a daemon), opened and closed."""
     store = BlobStore(cfg.data_dir, cfg.cache.max_size, high_watermark=cfg.cache.high_watermark,
-                      low_watermark=cfg.cache.low_watermark)
+                      low_watermark=cfg.cache.low_watermark,
+                      evict_interval=cfg.cache.evict_interval)
     await store.open()
     try:
         yield store
@@ -117,7 +118,8 @@ class open_runtime:
             if store.links.upgraded_from is not None:
                 await derive_links(store, meta, state_path(cfg.data_dir), cfg.upstreams)
 
-            fills = FillRegistry(store)
+            fills = FillRegistry(store, abandon_after=cfg.cache.abandon_after,
+                                 finish_fraction=cfg.cache.finish_fraction)
             stack.push_async_callback(fills.close)
             confirmer = Confirmer(upstreams, public=self.public)
             blobs = BlobService(store, fills, upstreams, metrics, confirmer)

@@ -5,8 +5,8 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgecache.errors import (BlobUnknown, DigestMismatch, HopRefused, SizeMismatch, StoreFull,
-                              UpstreamError, UpstreamNotFound)
+from edgecache.errors import (BlobUnknown, DigestMismatch, FillAbandoned, HopRefused,
+                              SizeMismatch, StoreFull, UpstreamError, UpstreamNotFound)
 from edgecache.metrics import Metrics
 from edgecache.pull.fill import Fill, FillRegistry
 from edgecache.pull.links import Confirmer, owner
@@ -34,6 +34,8 @@ def failure_reason(err: BaseException) -> str:
         return "size_mismatch"
     if isinstance(err, StoreFull):
         return "disk_full"
+    if isinstance(err, FillAbandoned):
+        return "abandoned"
     if isinstance(err, UpstreamError):
         return err.kind
     return type(err).__name__.lower()
@@ -219,6 +221,13 @@ class BlobService:
             self.metrics.coalesced()
         try:
             await fill.wait_headers()
+        except FillAbandoned:
+            # Cancelled for want of readers just as this request joined: a fill of its own.
+            target, _ = await self._target(route, digest, hop=hop)
+            if isinstance(target, LocalBlob):
+                return target
+            fill = target
+            await fill.wait_headers()
         except UpstreamError as e:
             if fill.origin == route:
                 if isinstance(e, UpstreamNotFound):
@@ -261,6 +270,7 @@ class BlobService:
         if isinstance(target, LocalBlob):
             return target.size
         fill = target
+        fill.keep = True                 # sync work: finished even if every client leaves
         if on_fill is not None:
             on_fill(fill)
         assert fill.task is not None

@@ -32,7 +32,8 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import AsyncIterator, Callable, Protocol
 
-from edgecache.errors import DigestMismatch, SiblingError, SizeMismatch, StoreFull
+from edgecache.errors import (BlobTooLarge, DigestMismatch, FillAbandoned, SiblingError,
+                              SizeMismatch, StoreFull)
 from edgecache.reference import Digest
 from edgecache.store.blobs import BlobStore, _translate_oserror
 
@@ -120,6 +121,12 @@ class Fill:
         self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._headers_known = asyncio.Event()    # size known (or failure): readers can answer
         self.task: asyncio.Task[None] | None = None
+        # Who still wants it: readers and waiters now; since when nobody (loop time).
+        self.keep = False                        # sync work: finished whoever waits
+        self.abandoned = False
+        self.interest = 0
+        self.idle_since: float | None = asyncio.get_running_loop().time()
+        self.on_idle: Callable[["Fill"], None] | None = None
 
     # -- the writer --------------------------------------------------------------
 
@@ -204,10 +211,12 @@ class Fill:
             if wfd is not None:
                 await asyncio.to_thread(os.close, wfd)
             await asyncio.to_thread(self.tmp.unlink, True)
-            self.error = e
+            self.error = FillAbandoned(f"nobody waited for {self.digest} any more") \
+                if self.abandoned and isinstance(e, asyncio.CancelledError) else e
             if isinstance(e, asyncio.CancelledError):
                 raise
         finally:
+            self.store.release(self)          # stored by now, or gone
             self.done = True
             self.source_known.set()
             self._headers_known.set()
@@ -223,7 +232,7 @@ class Fill:
         (a local write error never: it is not the source's, and the file is suspect)."""
         if isinstance(e, SiblingError):
             return True
-        return self.held and isinstance(e, (DigestMismatch, SizeMismatch, StoreFull))
+        return self.held and isinstance(e, (DigestMismatch, SizeMismatch, StoreFull, BlobTooLarge))
 
     def _check_whole(self, hasher) -> str:
         """Size and digest of everything copied in; the hex digest."""
@@ -252,7 +261,10 @@ class Fill:
                 if src.size is not None:
                     if self.size is not None and src.size != self.size:
                         raise SizeMismatch(self.size, src.size, self.source_name)
+                    if src.size > self.store.max_size:
+                        raise BlobTooLarge(src.size, self.store.max_size, self.source_name)
                     self.size = src.size
+                    self.store.reserve(self, src.size)
                 if trusted:
                     self._headers_known.set()
                 await self._copy_in(src, wfd, hasher, received)
@@ -313,6 +325,11 @@ class Fill:
                 received += len(chunk)
                 if self.size is not None and received > self.size:
                     raise SizeMismatch(self.size, received, self.source_name)
+                if self.size is None and chunk:
+                    # No length announced: what has come counts, up to the whole budget.
+                    if received > self.store.max_size:
+                        raise BlobTooLarge(received, self.store.max_size, self.source_name)
+                    self.store.reserve(self, received)
                 if pending is not None:
                     try:
                         # Shielded: a cancelled fill still waits (in finally) for this write.
@@ -399,21 +416,50 @@ class Fill:
         fut, self._changed = self._changed, asyncio.get_running_loop().create_future()
         fut.set_result(None)
 
+    # -- who still wants it -------------------------------------------------------
+
+    def _want(self) -> None:
+        self.interest += 1
+        self.idle_since = None
+
+    def _unwant(self) -> None:
+        self.interest -= 1
+        if not self.interest:
+            self.idle_since = asyncio.get_running_loop().time()
+            if self.on_idle is not None and not self.done:
+                self.on_idle(self)
+
+    def abandon(self) -> None:
+        """Nobody wants it: stop fetching (its temp file goes, its reservation too)."""
+        if not self.done and self.task is not None:
+            log.info("fill of %s from %s: nobody waits for it any more, cancelled after "
+                     "%d of %s bytes", self.digest, self.source_name, self.written, self.size)
+            self.abandoned = True
+            self.task.cancel()
+
     # -- the readers -----------------------------------------------------------
 
     async def wait_headers(self) -> int | None:
         """The blob's size once known; raises the fill's error if it failed first."""
-        await self._headers_known.wait()
+        self._want()
+        try:
+            await self._headers_known.wait()
+        finally:
+            self._unwant()
         if self.error is not None:
             raise self.error
         return self.size
 
     async def wait_verified(self) -> int:
         """The size, once the whole blob is verified (for answers that need it up front)."""
-        while not self.verified:
-            if self.error is not None:
-                raise self.error
-            await self._changed
+        self._want()
+        try:
+            while not self.verified:
+                if self.error is not None:
+                    raise self.error
+                await self._changed
+        finally:
+            self._unwant()
         assert self.size is not None
         return self.size
 
@@ -443,6 +489,7 @@ class Fill:
         rid = next(_reader_ids)
         pos = start
         self._positions[rid] = pos
+        self._want()
         try:
             while True:
                 self._positions[rid] = pos
@@ -475,6 +522,7 @@ class Fill:
                 await self._changed
         finally:
             del self._positions[rid]
+            self._unwant()
             self._trim()
 
 
@@ -482,8 +530,12 @@ class FillRegistry:
     """Single flight: at most one shared Fill per digest, across every repository and
     upstream (a request that may not have the shared one's bytes gets one of its own)."""
 
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(self, store: BlobStore, *, abandon_after: float = 10.0,
+                 finish_fraction: float = 0.5) -> None:
         self.store = store
+        self.abandon_after = abandon_after
+        self.finish_fraction = finish_fraction
+        self.abandoned = 0          # fills cancelled because nobody waited for them
         self._fills: dict[str, Fill] = {}
         # Fills of a digest for one route alone (its upstream's own bytes were wanted):
         # joined only by requests through that same route.
@@ -492,7 +544,8 @@ class FillRegistry:
         self.on_finish: Callable[[Fill], None] | None = None
 
     def get(self, digest: Digest) -> Fill | None:
-        return self._fills.get(str(digest))
+        fill = self._fills.get(str(digest))
+        return None if fill is None or fill.abandoned else fill
 
     def start(self, digest: Digest, open_source: SourceFactory, *, expected_size: int | None,
               source_name: str, origin: object = None,
@@ -500,11 +553,13 @@ class FillRegistry:
               link: tuple[str, str] | None = None, shared: bool = True) -> Fill:
         key = str(digest)
         existing = self._fills.get(key) if shared else self._own.get((key, origin))
-        if existing is not None and existing.error is None and not existing.memory_mode:
+        if existing is not None and existing.error is None and not existing.memory_mode \
+                and not existing.abandoned:
             self.coalesced += 1
             return existing
         fill = Fill(digest, self.store, open_source, expected_size, source_name, origin, fallback,
                     kind, link)
+        fill.on_idle = self._watch
         if shared:
             self._fills[key] = fill
         else:
@@ -512,7 +567,23 @@ class FillRegistry:
         fill.start()
         assert fill.task is not None
         fill.task.add_done_callback(lambda _t: self._finished(key, fill))
+        self._watch(fill)           # its starter waits for it at once, or nobody does
         return fill
+
+    def _watch(self, fill: Fill) -> None:
+        """Look again when the fill has had nobody for abandon_after."""
+        asyncio.get_running_loop().call_later(self.abandon_after, self._check, fill)
+
+    def _check(self, fill: Fill) -> None:
+        if fill.done or fill.keep or fill.idle_since is None:
+            return
+        idle = asyncio.get_running_loop().time() - fill.idle_since
+        if idle < self.abandon_after:
+            return                  # wanted again meanwhile: its own idle watch comes later
+        if fill.size and fill.written >= self.finish_fraction * fill.size:
+            return                  # nearly there: cheaper to keep than to fetch again
+        self.abandoned += 1
+        fill.abandon()
 
     def _finished(self, key: str, fill: Fill) -> None:
         if self._fills.get(key) is fill:

@@ -21,6 +21,7 @@ from edgecache.server.accesslog import JsonAccessLogger, timing_middleware
 from edgecache.server.blob_response import BlobSender
 from edgecache.server.guard import ACCESS, HOPS, access_middleware, listener_ssl_context
 from edgecache.server.oci_errors import oci_error_middleware
+from edgecache.server.protocol import Runner
 from edgecache.server.registry_api import SERVICES, Services
 from edgecache.server.reload import reload
 from edgecache.systemd import Notifier
@@ -70,9 +71,9 @@ async def serve(cfg: Config, *, notifier: Notifier | None = None) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP reloads; systemd is told when we are ready."""
     notifier = notifier or Notifier()
     app = build_app(cfg)
-    runner = web.AppRunner(app, access_log_class=JsonAccessLogger,
-                           access_log=logging.getLogger("edgecache.access"),
-                           handle_signals=False, shutdown_timeout=10.0)
+    runner = Runner(app, cfg.server, access_log_class=JsonAccessLogger,
+                    access_log=logging.getLogger("edgecache.access"),
+                    handle_signals=False, shutdown_timeout=10.0)
     await runner.setup()            # opens the store: READY comes after it and the listener
     site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port, backlog=1024,
                        reuse_address=True,

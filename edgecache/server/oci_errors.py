@@ -92,6 +92,11 @@ def to_oci(err: BaseException) -> OciError | None:
     if isinstance(err, e.UpstreamDown):
         return OciError("UNKNOWN", str(err), status=503, message="upstream registry is down",
                         headers={"Retry-After": str(max(1, round(err.retry_in)))})
+    if isinstance(err, e.BlobTooLarge):
+        return OciError("UNKNOWN", str(err), status=502, message="blob larger than the cache")
+    if isinstance(err, e.FillAbandoned):
+        return OciError("UNKNOWN", str(err), status=503, message="fetch cancelled, try again",
+                        headers={"Retry-After": "1"})
     if isinstance(err, (e.UpstreamError, e.DigestMismatch, e.SizeMismatch)):
         return OciError("UNKNOWN", str(err), status=503 if e.is_unavailable(err) else 502,
                         message="upstream registry failed")

@@ -1,5 +1,10 @@
 """Content-addressed blob store with an LRU size budget and pins.
 
+The budget covers the unpinned blobs stored and the bytes of fills under way
+(`reserve`): one evictor task, owned by the store, brings them under the low
+watermark whenever they pass the high one: woken by commits and reservations, at
+start, and every `evict_interval` besides.
+
 A blob enters only through `commit`: the writer has already hashed the bytes it
 wrote to a temp file; commit checks size and digest, fsyncs, renames into place,
 then records it in the index (validate -> move -> link -> clean up). A blob on
@@ -43,6 +48,9 @@ class StoreStats:
     last_disk_full: float = 0.0
     last_verify: float = 0.0
     verified_bad: int = 0
+    flush_errors: int = 0               # periodic index flushes that failed (retried)
+    last_flush_error: str | None = None
+    last_flush_error_at: float = 0.0
 
 
 @dataclass
@@ -87,15 +95,21 @@ class BlobStore:
     """Owns data_dir: the blob files, the temp dir and the blob index."""
 
     def __init__(self, data_dir: Path, max_size: int, *, high_watermark: float = 0.95,
-                 low_watermark: float = 0.85) -> None:
+                 low_watermark: float = 0.85, evict_interval: float = 30.0) -> None:
         self.data_dir = data_dir
         self.index = BlobIndex(layout.index_dir(data_dir))
         self.links = Links(layout.links_dir(data_dir))
         self.stats = StoreStats()
         self._in_use: dict[str, int] = {}
+        # Bytes promised to fills under way (by fill), counted against the budget.
+        self._reserved: dict[object, int] = {}
+        self.reserved_bytes = 0
         # One thread for index writes keeps them in order; file work uses the default pool.
         self._index_io = ThreadPoolExecutor(1, thread_name_prefix="edgecache-index")
-        self._evicting: asyncio.Task[None] | None = None
+        self._evictor: asyncio.Task[None] | None = None
+        self._evict_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._evict_interval = evict_interval
         self._flusher: asyncio.Task[None] | None = None
         self.set_budget(max_size, high_watermark, low_watermark)
         self._lock_fd: int | None = None
@@ -105,13 +119,16 @@ class BlobStore:
         self.max_size = max_size
         self.high = int(max_size * high_watermark)
         self.low = int(max_size * low_watermark)
-        self._maybe_evict()          # nothing to do for an empty (not yet opened) index
+        self._maybe_evict()
 
     # -- lifecycle -------------------------------------------------------------
 
     async def open(self, flush_interval: float = 5.0) -> None:
         await asyncio.get_running_loop().run_in_executor(self._index_io, self.open_sync)
-        self._flusher = asyncio.create_task(self._flush_periodically(flush_interval))
+        self._flusher = asyncio.create_task(self._flush_periodically(flush_interval),
+                                            name="store flusher")
+        self._evictor = asyncio.create_task(self._evict_forever(), name="store evictor")
+        self._maybe_evict()              # a store over a (new, smaller) budget at start
 
     def open_sync(self) -> None:
         """Lock data_dir, create the tree, clear stale temp files, load the index, repair."""
@@ -156,11 +173,10 @@ class BlobStore:
                 self.stats.repaired_orphan_files += 1
 
     async def close(self) -> None:
-        if self._flusher:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-        if self._evicting:
-            await asyncio.gather(self._evicting, return_exceptions=True)
+        for task in (self._flusher, self._evictor):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await asyncio.get_running_loop().run_in_executor(self._index_io, self.close_sync)
         self._index_io.shutdown(wait=True)
 
@@ -176,9 +192,19 @@ class BlobStore:
             self._lock_fd = None
 
     async def _flush_periodically(self, interval: float) -> None:
+        """Last-use times reach the disk every interval. A failure (a full disk) is
+        logged and counted, and the changes stay queued for the next try."""
         while True:
             await asyncio.sleep(interval)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as e:   # noqa: BLE001 - this task must outlive any one flush
+                self.stats.flush_errors += 1
+                self.stats.last_flush_error = f"{type(e).__name__}: {e}"
+                self.stats.last_flush_error_at = time.time()
+                if isinstance(e, StoreFull):
+                    self.note_disk_full(time.time())
+                log.warning("index not written (retried in %.0f s): %s", interval, e)
 
     async def flush(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._index_io, self._flush_sync)
@@ -343,27 +369,59 @@ class BlobStore:
     def is_pinned(self, digest: Digest | str) -> bool:
         return self.index.is_pinned(str(digest))
 
-    # -- eviction --------------------------------------------------------------
+    # -- the budget ------------------------------------------------------------
+
+    def reserve(self, owner: object, nbytes: int) -> None:
+        """Count nbytes of a fill under way against the budget (replacing what this
+        owner reserved before); room is made for them before they land."""
+        self.reserved_bytes += nbytes - self._reserved.get(owner, 0)
+        self._reserved[owner] = nbytes
+        self._maybe_evict()
+
+    def release(self, owner: object) -> None:
+        self.reserved_bytes -= self._reserved.pop(owner, 0)
+
+    def budgeted_bytes(self) -> int:
+        """What the budget holds: unpinned blobs stored, and fills under way."""
+        return self.index.unpinned_bytes + self.reserved_bytes
 
     def _maybe_evict(self) -> None:
-        if self.index.unpinned_bytes > self.high and (self._evicting is None or self._evicting.done()):
-            self._evicting = asyncio.create_task(self.evict_to(self.low))
+        if self.budgeted_bytes() > self.high:
+            self._wake.set()
+
+    async def _evict_forever(self) -> None:
+        """The one evictor: whenever the budget is passed, down to the low watermark."""
+        while True:
+            try:
+                async with asyncio.timeout(self._evict_interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self.budgeted_bytes() <= self.high:
+                continue
+            try:
+                await self.evict_to(max(0, self.low - self.reserved_bytes))
+            except Exception as e:   # noqa: BLE001 - tried again at the next wake
+                log.warning("eviction stopped: %s", e)
 
     async def evict_to(self, target: int) -> tuple[int, int]:
         """Evict least recently used unpinned, unleased blobs until unpinned bytes <= target."""
         count = freed = 0
-        for digest, entry in self.index.oldest_first():
-            if self.index.unpinned_bytes <= target:
-                break
-            if digest not in self.index or self.index.is_pinned(digest) or digest in self._in_use:
-                continue
-            self._forget(digest)
-            await asyncio.to_thread(self.path(parse_digest(digest)).unlink, True)
-            count += 1
-            freed += entry.size
-            self.stats.evictions += 1
-            self.stats.evicted_bytes += entry.size
-        await self.flush()
+        async with self._evict_lock:
+            for digest, entry in self.index.oldest_first():
+                if self.index.unpinned_bytes <= target:
+                    break
+                if digest not in self.index or self.index.is_pinned(digest) or digest in self._in_use:
+                    continue
+                self._forget(digest)
+                await asyncio.to_thread(self.path(parse_digest(digest)).unlink, True)
+                count += 1
+                freed += entry.size
+                self.stats.evictions += 1
+                self.stats.evicted_bytes += entry.size
+            if count:
+                await self.flush()
         return count, freed
 
     async def gc(self) -> tuple[int, int]:
@@ -440,4 +498,6 @@ class BlobStore:
             "budget_bytes": self.max_size,
             "blob_count": len(self.index),
             "in_use": len(self._in_use),
+            "reserved_bytes": self.reserved_bytes,
+            "flush_errors": self.stats.flush_errors,
         }

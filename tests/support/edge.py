@@ -19,6 +19,7 @@ from edgecache.config import Config, build
 from edgecache.server.accesslog import JsonAccessLogger
 from edgecache.server.app import build_app
 from edgecache.server.guard import listener_ssl_context
+from edgecache.server.protocol import Runner
 from edgecache.server.registry_api import SERVICES, Services
 
 from .ports import free_port, wait_http
@@ -54,7 +55,7 @@ class EdgeServer:
         return self.app[SERVICES]
 
     async def start(self) -> "EdgeServer":
-        self._runner = web.AppRunner(self.app, access_log_class=JsonAccessLogger)
+        self._runner = Runner(self.app, self.config.server, access_log_class=JsonAccessLogger)
         await self._runner.setup()
         tls = listener_ssl_context(self.config.tls) if self.config.tls else None
         await web.TCPSite(self._runner, "127.0.0.1", self.config.listen_port, ssl_context=tls).start()

@@ -75,6 +75,7 @@ class FaultyUpstream:
         self.counts: Counter[tuple[str, str]] = Counter()  # (method, path without query) -> n
         self.log: list[tuple[str, str]] = []  # (method, path with query), arrival order
         self.token_requests = 0
+        self.sent_bytes = 0  # body bytes handed to the transport, every response
         self._faults: dict[str | None, Fault] = {}
         self._tokens: dict[str, set[str]] = {}  # token -> repos it may pull
         self._runner: web.AppRunner | None = None
@@ -116,6 +117,7 @@ class FaultyUpstream:
         self.counts.clear()
         self.log.clear()
         self.token_requests = 0
+        self.sent_bytes = 0
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
 
@@ -268,6 +270,12 @@ class FaultyUpstream:
         if request.method == "HEAD":
             return resp
         half = len(data) // 2
+        orig_write = resp.write
+
+        async def write(b: bytes) -> None:
+            self.sent_bytes += len(b)
+            await orig_write(b)
+        resp.write = write  # type: ignore[method-assign]
         if f is None or f.kind in ("chunked", "empty", "content_type"):
             await resp.write(data)
         elif f.kind == "wrong_bytes":

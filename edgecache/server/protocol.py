@@ -1,0 +1,79 @@
+"""The HTTP connection: aiohttp's, with a deadline on the request head.
+
+aiohttp closes an idle keep-alive connection after keepalive_timeout, but a client
+that sends a request head a byte at a time (slowloris) keeps its socket and its
+memory as long as it likes. Here a head must arrive whole within header_timeout of
+the connection opening, or of its first byte on a kept-alive connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from edgecache.config import ServerConfig
+
+log = logging.getLogger("edgecache.server")
+
+
+class _HeadDeadline(RequestHandler):
+    __slots__ = ("_head_timer",)
+    head_timeout = 10.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._head_timer: asyncio.TimerHandle | None = None
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:
+            self._disarm()                   # a whole head (or a malformed one: answered)
+        elif data and self._head_timer is None and not self._request_in_progress:
+            self._arm()                      # the first bytes of the next head
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._head_timer = self._loop.call_later(self.head_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _expired(self) -> None:
+        self._head_timer = None
+        if self.transport is not None and not self._request_in_progress:
+            peer = self.transport.get_extra_info("peername")
+            log.info("closed a connection from %s: no whole request head in %.0f s",
+                     peer[0] if peer else "?", self.head_timeout)
+            self.force_close()
+
+
+class _Server(web.Server):
+    handler_class: type[RequestHandler] = RequestHandler
+
+    def __call__(self) -> RequestHandler:
+        return self.handler_class(self, loop=self._loop, **self._kwargs)
+
+
+class Runner(web.AppRunner):
+    """An AppRunner whose connections have the server config's timeouts."""
+
+    def __init__(self, app: web.Application, cfg: ServerConfig, **kwargs: Any) -> None:
+        super().__init__(app, keepalive_timeout=cfg.idle_timeout, **kwargs)
+        self._head_timeout = cfg.header_timeout
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server            # the same object, making our connections
+        server.handler_class = type("HeadDeadline", (_HeadDeadline,),
+                                    {"__slots__": (), "head_timeout": self._head_timeout})
+        return server
