@@ -98,14 +98,15 @@ class open_runtime:
         try:
             store = await stack.enter_async_context(open_store(cfg))
 
-            meta = MetaStore(layout.meta_dir(cfg.data_dir))
+            meta = MetaStore(layout.meta_dir(cfg.data_dir),
+                             tag_lists_bytes=cfg.limits.tag_lists_kept_bytes)
             await asyncio.to_thread(meta.load)
             stack.callback(meta.close)
             flusher = asyncio.create_task(_flush_meta(meta))
             stack.callback(flusher.cancel)
 
             upstreams = await stack.enter_async_context(
-                Upstreams(cfg.upstreams, cfg.upstream_timeout, cfg.breaker))
+                Upstreams(cfg.upstreams, cfg.upstream_timeout, cfg.breaker, cfg.limits))
             metrics = Metrics()
             for name, client in upstreams.clients.items():
                 client.on_error = (lambda n: lambda err: metrics.upstream_error(n, err.kind))(name)
@@ -138,7 +139,8 @@ class open_runtime:
             manifests.tag_override = syncer.pinned_tag
             rt = Runtime(config=cfg, store=store, meta=meta, upstreams=upstreams, fills=fills,
                          blobs=blobs, manifests=manifests,
-                         tags=TagListService(meta, upstreams, metrics), metrics=metrics,
+                         tags=TagListService(meta, upstreams, metrics,
+                                              max_tags=cfg.limits.tag_list_tags), metrics=metrics,
                          syncer=syncer, siblings=siblings)
             log.info("store %s: %d blobs, %d bytes of %d budget", cfg.data_dir,
                      len(store.index), store.index.total_bytes, store.max_size)

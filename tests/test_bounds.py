@@ -2,15 +2,18 @@
 memory, or stall it. Hostile clients and a hostile upstream of the tests' own,
 each bound asserted with a number."""
 import asyncio
+import json
 import os
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 from edgecache.reference import parse_digest
 from edgecache.store import layout
-from tests.support.edge import EdgeServer, make_config
+from tests.support.edge import EdgeProcess, EdgeServer, make_config
 from tests.support.faulty import FaultyUpstream
+from tests.support.httpserver import HttpServer
 from tests.support.images import make_image
 
 MiB = 1 << 20
@@ -95,3 +98,116 @@ async def test_fills_of_clients_that_hang_up_are_cancelled_and_the_disk_stays_in
             print(f"\nhang-ups: stored at most {worst / MiB:.1f} MiB (budget {budget / MiB:.0f}), "
                   f"upstream sent {up.sent_bytes / MiB:.1f} of {full / MiB:.0f} MiB, fills gone "
                   f"{settled:.1f} s after the clients")
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+class TagUpstream:
+    """Tag lists of every kind a hostile or careless registry sends, counting what it
+    managed to send."""
+
+    def __init__(self) -> None:
+        self.queries: list[dict[str, str]] = []
+        self.sent = 0
+        self.many = [f"t{i:06d}" for i in range(25_000)]
+
+    async def tags(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        self.queries.append(dict(request.query))
+        if name.startswith("huge"):              # 39 MB, announced
+            body = json.dumps({"name": name, "tags": [f"{i:038d}" for i in range(900_000)]}).encode()
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            resp.content_length = len(body)
+            await resp.prepare(request)
+            for i in range(0, len(body), 1 << 16):
+                self.sent += len(body[i:i + (1 << 16)])
+                await resp.write(body[i:i + (1 << 16)])
+            return resp
+        if name == "endless":                    # chunked, never ends
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await resp.prepare(request)
+            await resp.write(b'{"name": "endless", "tags": [')
+            while True:
+                chunk = b'"x",' * 16384
+                self.sent += len(chunk)
+                await resp.write(chunk)
+        tags = self.many
+        if "last" in request.query:
+            tags = [t for t in tags if t > request.query["last"]]
+        if name == "ignores-n":                  # every tag after `last`, whatever n says
+            return web.json_response({"name": name, "tags": tags})
+        n = int(request.query.get("n", 100))
+        headers = {}
+        if len(tags) > n:                        # an absolute Link to somewhere else
+            headers["Link"] = f'<https://elsewhere.example/v2/{name}/tags/list?n={n}&last={tags[n - 1]}>; rel="next"'
+        return web.json_response({"name": name, "tags": tags[:n]}, headers=headers)
+
+
+async def test_tag_lists_are_capped_paged_and_never_point_elsewhere(tmp_path):
+    tu = TagUpstream()
+    async with HttpServer([web.get("/v2/{name:.+}/tags/list", tu.tags)]) as up:
+        doc = make_config(tmp_path / "data", {"central.example": up.url}, default="central.example")
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
+            meta = edge.services.tags.meta
+            # Oversized, announced or endless: refused once the cap is passed.
+            for name in ("huge", "endless"):
+                tu.sent = 0
+                async with s.get(f"{edge.url}/v2/{name}/tags/list") as r:
+                    assert r.status == 502, await r.text()
+                    assert json.loads(await r.read())["errors"][0]["code"] == "UNKNOWN"
+                assert meta.tag_list("central.example", name) is None
+            # Ignored n: cut at limits.tag_list_tags, the rest a page away through us.
+            async with s.get(f"{edge.url}/v2/ignores-n/tags/list") as r:
+                doc1 = await r.json()
+                link = r.headers["Link"]
+            assert len(doc1["tags"]) == 10_000 and doc1["tags"][-1] == "t009999"
+            assert link == '</v2/ignores-n/tags/list?n=10000&last=t009999>; rel="next"'
+            assert tu.queries[-1]["n"] == "10000"
+            async with s.get(f"{edge.url}{link[1:].split('>')[0]}") as r:
+                doc2 = await r.json()
+            assert doc2["tags"][0] == "t010000" and len(doc2["tags"]) == 10_000
+            # The client's n and last reach the upstream; its absolute Link does not
+            # reach the client.
+            async with s.get(f"{edge.url}/v2/paged/tags/list", params={"n": "5", "last": "t000100",
+                                                                       "ns": "central.example"}) as r:
+                doc3 = await r.json()
+                link = r.headers["Link"]
+            assert tu.queries[-1] == {"n": "5", "last": "t000100"}
+            assert doc3["tags"] == [f"t{i:06d}" for i in range(101, 106)]
+            assert link == '</v2/paged/tags/list?n=5&last=t000105&ns=central.example>; rel="next"'
+            assert "elsewhere" not in link
+            # A client's n over the cap is the cap, and a bad n is no n.
+            for n in ("50000", "abc", "\u0661"):
+                async with s.get(f"{edge.url}/v2/paged/tags/list", params={"n": n}) as r:
+                    assert r.status == 200 and len((await r.json())["tags"]) == 10_000
+                assert tu.queries[-1]["n"] == "10000"
+
+
+async def test_oversized_tag_lists_do_not_grow_the_process(tmp_path):
+    """Six 39 MB tag lists (as measured before the cap: RSS 54 -> 289 MB)."""
+    tu = TagUpstream()
+    async with HttpServer([web.get("/v2/{name:.+}/tags/list", tu.tags)]) as up:
+        doc = make_config(tmp_path / "data", {"central.example": up.url}, default="central.example")
+        edge = EdgeProcess(tmp_path, doc)
+        await asyncio.to_thread(edge.start)
+        try:
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"{edge.url}/v2/") as r:
+                    assert r.status == 200
+                before = _rss_kib(edge.proc.pid)
+                tu.sent = 0
+                for i in range(6):
+                    async with s.get(f"{edge.url}/v2/huge{i}/tags/list") as r:
+                        assert r.status == 502
+                after = _rss_kib(edge.proc.pid)
+        finally:
+            await asyncio.to_thread(edge.stop)
+    grew = (after - before) / 1024
+    print(f"\nsix 39 MB tag lists: RSS {before / 1024:.0f} -> {after / 1024:.0f} MiB, "
+          f"upstream got {tu.sent / MiB:.1f} MiB out")
+    assert grew < 16, (before, after)

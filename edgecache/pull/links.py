@@ -155,7 +155,7 @@ class Confirmer:
                              ours: Callable[[int, int], Awaitable[bytes]]) -> str:
         try:
             for at, n in self.windows(digest, size):
-                theirs = await client.blob_window(route.repo, digest, at, n)
+                theirs = await client.blob_window(route.repo, digest, at, n, size)
                 if isinstance(theirs, bool):
                     # The registry ignores Range: its whole body came, and was hashed.
                     return "yes" if theirs else "no"

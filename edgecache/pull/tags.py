@@ -1,37 +1,98 @@
-"""Tag lists: passed through from the upstream, and the last full list kept
-so it can be answered offline."""
+"""Tag lists: one page at a time from the upstream (limits.tag_list_tags tags and
+limits.tag_list_bytes at most, `n` and `last` honoured), and the last whole list
+kept so it can be answered offline, whole or page by page.
+
+The next page is named by `n` and `last` alone: an upstream's Link is never passed
+on (it may name any host), the handler builds one pointing back at this mirror.
+"""
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Mapping
 
-from edgecache.errors import NameUnknown, UpstreamNotFound, is_unavailable, UpstreamError
+from edgecache.errors import (NameUnknown, UpstreamBadResponse, UpstreamError,
+                              UpstreamNotFound, is_unavailable)
 from edgecache.metrics import Metrics
 from edgecache.pull.routing import Route
 from edgecache.store.meta import MetaStore
 from edgecache.upstream.client import Upstreams
 
+MAX_LAST = 256          # a `last` longer than any tag (128) is no tag
+
+
+def _n(value: str | None) -> int | None:
+    """The client's `n`: ASCII digits, else as if not given."""
+    if value is None or not value.isascii() or not value.isdigit() or len(value) > 9:
+        return None
+    return int(value)
+
+
+def _page(tags: list[str], n: int, last: str | None) -> tuple[list[str], bool]:
+    """The tags after `last`, at most n; and whether more follow."""
+    if last is not None:
+        tags = [t for t in tags if t > last]
+    return tags[:n], len(tags) > n
+
+
+def _parse(upstream: str, body: bytes) -> tuple[str, list[str]]:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise UpstreamBadResponse(upstream, 200, "tag list is not JSON") from None
+    tags = doc.get("tags") if isinstance(doc, dict) else None
+    if tags is None and isinstance(doc, dict):
+        tags = []                               # Distribution sends null for none
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags) or \
+            not isinstance(doc.get("name", ""), str):
+        raise UpstreamBadResponse(upstream, 200, "tag list is not {name, tags}")
+    return doc.get("name", ""), tags
+
 
 class TagListService:
-    def __init__(self, meta: MetaStore, upstreams: Upstreams, metrics: Metrics) -> None:
+    def __init__(self, meta: MetaStore, upstreams: Upstreams, metrics: Metrics, *,
+                 max_tags: int = 10_000) -> None:
         self.meta = meta
         self.upstreams = upstreams
         self.metrics = metrics
+        self.max_tags = max_tags
 
-    async def get(self, route: Route, params: Mapping[str, str]) -> tuple[bytes, str, str | None]:
-        """The body, its source ("upstream", or "local" when the upstream failed) and the
-        upstream's Link header for the next page."""
+    async def get(self, route: Route, params: Mapping[str, str]
+                  ) -> tuple[bytes, str, dict[str, str] | None]:
+        """The body, its source ("upstream", or "local" when the upstream failed) and
+        the query of the next page, if there is one."""
+        asked = _n(params.get("n"))
+        n = self.max_tags if asked is None else min(asked, self.max_tags)
+        last = params.get("last")
+        if last is not None and len(last) > MAX_LAST:
+            last = None
+        query = {"n": str(n), **({"last": last} if last is not None else {})}
         client = self.upstreams.get(route.upstream)
         try:
-            body, link = await client.tags_list(route.repo, params)
+            body, link = await client.tags_list(route.repo, query)
         except UpstreamNotFound:
             raise NameUnknown(route.repo) from None
         except UpstreamError as e:
             cached = self.meta.tag_list(route.upstream, route.repo)
-            # Only the whole list is kept: a page of it cannot be answered from it.
-            if params or cached is None or not is_unavailable(e):
+            if cached is None or not is_unavailable(e):
                 raise
             self.metrics.stale(route.upstream)
-            return cached, "local", None
-        if not params:
-            self.meta.put_tag_list(route.upstream, route.repo, body)
-        return body, "upstream", link
+            name, tags = _parse(route.upstream, cached)
+            page, more = _page(tags, n, last)
+            body, next_query = self._answer(name, page, more, asked or n)
+            return body, "local", next_query
+        # A page of some MiB: parsed off the loop.
+        name, tags = await asyncio.to_thread(_parse, route.upstream, body) if len(body) > 65536 \
+            else _parse(route.upstream, body)
+        more = link is not None or len(tags) > n     # an upstream that ignored n is cut
+        tags = tags[:n]
+        body, next_query = self._answer(name, tags, more, asked or n)
+        if last is None and not more:
+            self.meta.put_tag_list(route.upstream, route.repo, body)      # the whole list
+        return body, "upstream", next_query
+
+    @staticmethod
+    def _answer(name: str, tags: list[str], more: bool,
+                n: int) -> tuple[bytes, dict[str, str] | None]:
+        body = json.dumps({"name": name, "tags": tags}).encode()
+        return body, {"n": str(n), "last": tags[-1]} if more and tags else None

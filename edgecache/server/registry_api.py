@@ -224,21 +224,15 @@ def _range_response(request: web.Request, headers: dict[str, str],
 async def tags_list(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     route = _route(request, svc)
-    params = {k: v for k, v in request.query.items() if k in ("n", "last")}
-    body, source, link = await svc.tags.get(route, params)
+    body, source, next_query = await svc.tags.get(route, request.query)
     _served(request, svc, source, len(body))
     headers = dict(API_VERSION)
-    if link:
-        headers["Link"] = _our_link(link, request.match_info["name"], route, request.query.get("ns"))
+    if next_query is not None:
+        # The next page through this mirror, the same route (never the upstream's URL).
+        ns = request.query.get("ns")
+        url = request.rel_url.with_query({**next_query, **({"ns": ns} if ns else {})})
+        headers["Link"] = f'<{url.path}?{url.raw_query_string}>; rel="next"'
     return web.Response(body=body, content_type="application/json", headers=headers)
-
-
-def _our_link(link: str, name: str, route: Route, ns: str | None) -> str:
-    """The upstream's next-page link, pointing at the same route through us."""
-    ours = link.replace(f"/v2/{route.repo}/tags/list", f"/v2/{name}/tags/list", 1)
-    if ns:
-        ours = ours.replace(">", f"&ns={ns}>" if "?" in ours.split(">")[0] else f"?ns={ns}>", 1)
-    return ours
 
 
 async def unsupported(request: web.Request) -> web.Response:

@@ -1,12 +1,14 @@
 """Records about manifests and tags: what media type a cached manifest has,
 which digest a tag pointed to and when the upstream last confirmed it, and the
-last tag list seen per repository (answered offline).
+last whole tag list seen per repository (answered offline; the most recently
+seen ones, up to limits.tag_lists_kept_bytes in all).
 
 Held in memory (they are small: one record per manifest and tag) and mirrored
 to diskcache, so they survive restarts and lookups never touch the disk.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +34,15 @@ TagKey = tuple[str, str, str]     # (upstream, repository, tag)
 
 
 class MetaStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, tag_lists_bytes: int = 16 * 1024**2) -> None:
         self._disk = DiskMap(directory)
+        self._tag_lists_cap = tag_lists_bytes
+        self._tag_lists_bytes = 0
         self._manifests: dict[str, ManifestRecord] = {}
         # One record per Accept list: clients that accept different types get
         # different answers for the same tag (an index, or one platform's manifest).
         self._tags: dict[TagKey, dict[str, TagRecord]] = {}
-        self._tag_lists: dict[tuple[str, str], bytes] = {}
+        self._tag_lists: OrderedDict[tuple[str, str], bytes] = OrderedDict()   # oldest first
 
     def load(self) -> None:
         for key, value in self._disk.open():
@@ -49,6 +53,8 @@ class MetaStore:
                 self._tags.setdefault(key[1:4], {})[key[4]] = TagRecord(*value)
             elif kind == "taglist":
                 self._tag_lists[key[1:3]] = value
+                self._tag_lists_bytes += len(value)
+        self._trim_tag_lists()
 
     def flush(self) -> None:
         self._disk.flush()
@@ -91,7 +97,25 @@ class MetaStore:
         return self._tag_lists.get((upstream, repo))
 
     def put_tag_list(self, upstream: str, repo: str, body: bytes) -> None:
-        if self._tag_lists.get((upstream, repo)) == body:
-            return
-        self._tag_lists[(upstream, repo)] = body
+        key = (upstream, repo)
+        old = self._tag_lists.get(key)
+        if old is not None:
+            self._tag_lists.move_to_end(key)
+            if old == body:
+                return
+            self._tag_lists_bytes -= len(old)
+        self._tag_lists[key] = body
+        self._tag_lists_bytes += len(body)
         self._disk.put(("taglist", upstream, repo), body)
+        self._trim_tag_lists()
+
+    def _trim_tag_lists(self) -> None:
+        """The least recently seen lists go first, from memory and disk alike."""
+        while self._tag_lists_bytes > self._tag_lists_cap and self._tag_lists:
+            (upstream, repo), old = self._tag_lists.popitem(last=False)
+            self._tag_lists_bytes -= len(old)
+            self._disk.delete(("taglist", upstream, repo))
+
+    @property
+    def tag_lists_bytes(self) -> int:
+        return self._tag_lists_bytes

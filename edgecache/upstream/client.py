@@ -18,7 +18,7 @@ from typing import AsyncIterator, Callable, Mapping
 import aiohttp
 from yarl import URL
 
-from edgecache.config import BreakerConfig, Timeouts, UpstreamConfig
+from edgecache.config import BreakerConfig, LimitsConfig, Timeouts, UpstreamConfig
 from edgecache.errors import (ManifestTooLarge, UpstreamBadResponse, UpstreamDenied, UpstreamDown, UpstreamError,
                               UpstreamNotFound, UpstreamRateLimited, UpstreamTimeout,
                               UpstreamUnreachable)
@@ -91,10 +91,12 @@ def _range_starts_at(content_range: str | None, offset: int) -> bool:
 
 
 class UpstreamClient:
-    def __init__(self, cfg: UpstreamConfig, timeouts: Timeouts, breaker: BreakerConfig) -> None:
+    def __init__(self, cfg: UpstreamConfig, timeouts: Timeouts, breaker: BreakerConfig,
+                 limits: LimitsConfig = LimitsConfig()) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self.timeouts = timeouts
+        self.limits = limits
         self.breaker = Breaker(breaker.failures, breaker.backoff, breaker.max_backoff)
         self.tokens = TokenCache()
         self._origin = URL(cfg.url).origin()      # where its credentials may always go
@@ -282,12 +284,16 @@ class UpstreamClient:
         # names (token_realms); any other token service is asked anonymously.
         hdrs = {"Authorization": self._basic} if self._basic and \
             self._realm_may_see_credentials(realm) else {}
+        cap = self.limits.token_bytes
         async with self._session.get(realm, params=q, headers=hdrs) as r:
             if r.status in (401, 403):
                 raise UpstreamDenied(self.name, r.status)
             if r.status != 200:
                 raise UpstreamBadResponse(self.name, r.status, "from the token service")
-            body = await r.read()
+            body = await self._read_upto(r, cap + 1)
+        if len(body) > cap:
+            raise UpstreamBadResponse(self.name, 200, f"token response over {cap} bytes "
+                                      "(limits.token_bytes)")
         try:
             doc = json.loads(body)
             token = doc.get("token") or doc.get("access_token")
@@ -336,22 +342,27 @@ class UpstreamClient:
                                           f"{r.headers.get('Content-Range')!r} for bytes={offset}-")
             yield BlobStream(self, r, offset)
 
-    async def blob_window(self, repo: str, digest: str, offset: int, n: int) -> bytes | bool:
+    async def blob_window(self, repo: str, digest: str, offset: int, n: int,
+                          size: int) -> bytes | bool:
         """n bytes of a blob from offset (fewer at its end), by a bounded Range. From a
         registry that ignores Range (a 200), whether its whole body, hashed as it comes
-        and not kept, is the digest."""
+        and not kept, is the digest (of `size` bytes: a longer body is not)."""
         headers = {"Range": f"bytes={offset}-{offset + n - 1}"}
         async with self._request("GET", f"/v2/{repo}/blobs/{digest}", scope=self.scope(repo),
                                  headers=headers) as r:
             if r.status != 206:
                 d = parse_digest(digest)
                 h = d.hasher()
+                got = 0
                 try:
                     while chunk := await r.content.read(1 << 20):
+                        got += len(chunk)
+                        if got > size:
+                            return False                 # endless, or not this blob
                         await asyncio.to_thread(h.update, chunk)     # MiBs: not on the loop
                 except Exception as e:   # noqa: BLE001
                     raise self.translate(e, mid_body=True) from e
-                return h.hexdigest() == d.hex
+                return got == size and h.hexdigest() == d.hex
             m = _content_range(r.headers.get("Content-Range"))
             if not m or int(m[1]) != offset:
                 raise UpstreamBadResponse(self.name, 206, f"Content-Range "
@@ -360,13 +371,19 @@ class UpstreamClient:
             return await self._read_upto(r, n + 1)
 
     async def tags_list(self, repo: str, params: Mapping[str, str]) -> tuple[bytes, str | None]:
-        """The body and the Link header (pagination) of a tag list."""
+        """The body (at most limits.tag_list_bytes) and the Link header (pagination)
+        of one page of a tag list."""
+        cap = self.limits.tag_list_bytes
         async with self._request("GET", f"/v2/{repo}/tags/list", scope=self.scope(repo),
                                  params=params) as r:
-            try:
-                return await r.read(), r.headers.get("Link")
-            except Exception as e:   # noqa: BLE001
-                raise self.translate(e, mid_body=True) from e
+            if r.content_length is not None and r.content_length > cap:
+                raise UpstreamBadResponse(self.name, 200, f"tag list of {r.content_length} bytes, "
+                                          f"over {cap} (limits.tag_list_bytes)")
+            body = await self._read_upto(r, cap + 1)
+            if len(body) > cap:
+                raise UpstreamBadResponse(self.name, 200, f"tag list over {cap} bytes "
+                                          "(limits.tag_list_bytes)")
+            return body, r.headers.get("Link")
 
     def status(self) -> dict[str, object]:
         return {
@@ -385,8 +402,9 @@ class Upstreams:
     """Owns every upstream client: one lifecycle for all their sessions."""
 
     def __init__(self, configs: Mapping[str, UpstreamConfig], timeouts: Timeouts,
-                 breaker: BreakerConfig) -> None:
-        self.clients = {name: UpstreamClient(c, timeouts, breaker) for name, c in configs.items()}
+                 breaker: BreakerConfig, limits: LimitsConfig = LimitsConfig()) -> None:
+        self.clients = {name: UpstreamClient(c, timeouts, breaker, limits)
+                        for name, c in configs.items()}
 
     def get(self, name: str) -> UpstreamClient:
         return self.clients[name]
