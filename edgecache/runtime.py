@@ -106,7 +106,8 @@ class open_runtime:
             stack.callback(flusher.cancel)
 
             upstreams = await stack.enter_async_context(
-                Upstreams(cfg.upstreams, cfg.upstream_timeout, cfg.breaker, cfg.limits))
+                Upstreams(cfg.upstreams, cfg.upstream_timeout, cfg.breaker, cfg.limits,
+                          (cfg.listen_host, cfg.listen_port)))
             metrics = Metrics()
             for name, client in upstreams.clients.items():
                 client.on_error = (lambda n: lambda err: metrics.upstream_error(n, err.kind))(name)
@@ -125,7 +126,8 @@ class open_runtime:
             confirmer = Confirmer(upstreams, public=self.public)
             blobs = BlobService(store, fills, upstreams, metrics, confirmer)
             manifests = ManifestService(store, meta, upstreams, metrics, cfg.tag_ttl,
-                                        confirmer=confirmer)
+                                        confirmer=confirmer,
+                                        max_manifest_bytes=cfg.limits.manifest_bytes)
             siblings = None
             if self.with_siblings:
                 node_id = await asyncio.to_thread(load_node_id, cfg.data_dir, cfg.siblings.node_id)

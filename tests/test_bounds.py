@@ -2,18 +2,22 @@
 memory, or stall it. Hostile clients and a hostile upstream of the tests' own,
 each bound asserted with a number."""
 import asyncio
+import ipaddress
 import json
 import os
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from edgecache.reference import parse_digest
 from edgecache.store import layout
+from edgecache.upstream.redirects import refusal
 from tests.support.edge import EdgeProcess, EdgeServer, make_config
 from tests.support.faulty import FaultyUpstream
 from tests.support.httpserver import HttpServer
+from tests.support.ports import free_port
 from tests.support.images import make_image
 
 MiB = 1 << 20
@@ -211,3 +215,74 @@ async def test_oversized_tag_lists_do_not_grow_the_process(tmp_path):
     print(f"\nsix 39 MB tag lists: RSS {before / 1024:.0f} -> {after / 1024:.0f} MiB, "
           f"upstream got {tu.sent / MiB:.1f} MiB out")
     assert grew < 16, (before, after)
+
+
+def test_redirect_rules():
+    up = URL("https://registry.example:443/")
+    rule = dict(upstream=up, upstream_near=False, listen=("0.0.0.0", 5000), same_host_only=False)
+    a = ipaddress.ip_address
+    cdn = URL("https://cdn.example/blob")
+    assert refusal(cdn, [a("203.0.113.7")], **rule) is None
+    assert refusal(cdn, [a("10.1.2.3")], **rule) is None              # an object store on the LAN
+    for bad in ("127.0.0.1", "::1", "169.254.169.254", "fe80::1", "0.0.0.0", "224.0.0.251"):
+        assert refusal(cdn, [a(bad)], **rule), bad
+    assert refusal(cdn, [a("203.0.113.7"), a("127.0.0.1")], **rule)   # any address of the name
+    assert refusal(URL("ftp://x/"), [], **rule)
+    # The upstream on loopback itself (a registry on the same box): loopback is fine,
+    # but never this cache's own listener.
+    near_rule = {**rule, "upstream_near": True, "listen": ("127.0.0.1", 5000)}
+    assert refusal(URL("http://127.0.0.1:9000/b"), [a("127.0.0.1")], **near_rule) is None
+    assert "own listener" in refusal(URL("http://127.0.0.1:5000/b"), [a("127.0.0.1")], **near_rule)
+    every = {**near_rule, "listen": ("0.0.0.0", 5000)}
+    assert "own listener" in refusal(URL("http://127.0.0.2:5000/b"), [a("127.0.0.2")], **every)
+    # Manifests and tag lists: the upstream's host only.
+    same = {**rule, "same_host_only": True}
+    assert refusal(URL("https://registry.example/v2/x/manifests/y"), [a("203.0.113.7")], **same) is None
+    assert "another host" in refusal(cdn, [a("203.0.113.7")], **same)
+
+
+async def test_an_upstream_cannot_redirect_to_the_cache_itself(tmp_path):
+    img = make_image(402, layers=1, layer_size=4096)
+    cached = make_image(403, layers=1, layer_size=4096)
+    edge_port = free_port()
+    here = f"http://127.0.0.1:{edge_port}"
+
+    async def manifest(request: web.Request) -> web.Response:
+        # The manifest of an image the cache holds from elsewhere: served by the cache
+        # itself, it would verify against its own digest.
+        ref = request.match_info["ref"]
+        if ref == "to-self":
+            raise web.HTTPFound(f"{here}/v2/other/app/manifests/{cached.manifest_blob().digest}?ns=other.example")
+        raise web.HTTPFound(f"{cdn.url}/m")                 # another host, even on loopback
+
+    async def blob(request: web.Request) -> web.Response:
+        d = request.match_info["digest"]
+        if d == img.layers[0].digest:
+            raise web.HTTPTemporaryRedirect(f"{cdn.url}/b/{d}")   # a CDN: fine
+        raise web.HTTPTemporaryRedirect(f"{here}/v2/other/app/blobs/{cached.layers[0].digest}?ns=other.example")
+
+    async def cdn_blob(request: web.Request) -> web.Response:
+        return web.Response(body=img.layers[0].data)
+
+    async with FaultyUpstream({"other/app:v1": cached}) as other, \
+            HttpServer([web.get("/b/{d}", cdn_blob), web.get("/m", cdn_blob)]) as cdn, \
+            HttpServer([web.route("*", "/v2/demo/app/manifests/{ref}", manifest),
+                        web.route("*", "/v2/demo/app/blobs/{digest}", blob)]) as up:
+        doc = make_config(tmp_path / "data", {"central.example": up.url, "other.example": other.url},
+                          port=edge_port, default="central.example")
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
+            # The cache holds `cached` under other.example.
+            for path in (f"/v2/other/app/manifests/v1?ns=other.example",
+                         f"/v2/other/app/blobs/{cached.layers[0].digest}?ns=other.example"):
+                async with s.get(edge.url + path) as r:
+                    assert r.status == 200
+            for path in ("/v2/demo/app/manifests/to-self", "/v2/demo/app/manifests/v1",
+                         f"/v2/demo/app/manifests/{cached.manifest_blob().digest}",
+                         f"/v2/demo/app/blobs/{cached.layers[0].digest}"):
+                async with s.get(edge.url + path) as r:
+                    # Refused (502), or not vouched for (404): never the cache's own answer.
+                    assert r.status in (404, 502), (path, r.status, await r.text())
+            async with s.get(f"{edge.url}/v2/demo/app/blobs/{img.layers[0].digest}") as r:
+                assert r.status == 200 and await r.read() == img.layers[0].data
+            assert ("GET", f"/b/{img.layers[0].digest}", None) in cdn.seen
+            assert not any(p == "/m" for _, p, _ in cdn.seen)

@@ -204,8 +204,10 @@ class Fill:
         except BaseException as e:   # noqa: BLE001 - every failure is handed to the readers
             if isinstance(e, StoreFull):
                 self.store.note_disk_full(time.time())
-            log.warning("fill of %s from %s failed after %d bytes: %r",
-                        self.digest, self.source_name, self.written, e)
+            (log.info if isinstance(e, asyncio.CancelledError) else log.warning)(
+                "fill of %s from %s %s after %d bytes: %r", self.digest, self.source_name,
+                "cancelled" if isinstance(e, asyncio.CancelledError) else "failed",
+                self.written, e)
             # Clean up first, then tell the readers: when a client sees the abort, the
             # partial file is already gone.
             if wfd is not None:

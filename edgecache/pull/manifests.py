@@ -37,7 +37,6 @@ from edgecache.upstream.client import UpstreamClient, Upstreams
 
 log = logging.getLogger("edgecache.manifests")
 
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_LINKED_TREE = 256        # manifests linked at once under one (an index and its platforms)
 
 
@@ -88,8 +87,10 @@ class ManifestService:
     def __init__(self, store: BlobStore, meta: MetaStore, upstreams: Upstreams, metrics: Metrics,
                  tag_ttl: float, *, clock: Callable[[], float] = time.time,
                  body_cache_bytes: int = 32 * 1024 * 1024,
-                 confirmer: Confirmer | None = None) -> None:
+                 confirmer: Confirmer | None = None,
+                 max_manifest_bytes: int = 4 * 1024 * 1024) -> None:
         self.store = store
+        self.max_bytes = max_manifest_bytes      # limits.manifest_bytes
         self.confirmer = confirmer or Confirmer(upstreams)
         self.meta = meta
         self.upstreams = upstreams
@@ -166,7 +167,7 @@ class ManifestService:
         # is confirmed with the upstream first (a HEAD; the body still saves the GET).
         if siblings is not None and siblings.live() and (
                 siblings.trusted or await self.confirmer.confirm(route, "manifests", str(d))):
-            body = await siblings.manifest(route, d, MAX_MANIFEST_BYTES)    # verified there
+            body = await siblings.manifest(route, d, self.max_bytes)    # verified there
             if body is not None:
                 media_type = media_type_of(body)
                 await self._keep(route, d, media_type, body)
@@ -245,7 +246,7 @@ class ManifestService:
         """The freshest sibling answer for a tag, verified, kept, and recorded as of when
         the sibling confirmed it (so the next request still tries the upstream first)."""
         got = await self.siblings.last_known_tag(route, tag, accept.for_upstream(),
-                                                 MAX_MANIFEST_BYTES)
+                                                 self.max_bytes)
         if got is None:
             return None
         ans, peer = got
@@ -295,7 +296,7 @@ class ManifestService:
 
     async def _fetch(self, client: UpstreamClient, route: Route, ref: str, accept: Accept,
                      expected: Digest | None) -> ManifestAnswer:
-        m = await client.get_manifest(route.repo, ref, accept.for_upstream(), MAX_MANIFEST_BYTES)
+        m = await client.get_manifest(route.repo, ref, accept.for_upstream(), self.max_bytes)
         algo = expected.algorithm if expected else "sha256"
         actual = digest_of(m.body, algo)
         if expected is not None and actual != expected:

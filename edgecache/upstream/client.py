@@ -25,6 +25,7 @@ from edgecache.errors import (ManifestTooLarge, UpstreamBadResponse, UpstreamDen
 from edgecache.reference import parse_digest
 from edgecache.upstream.auth import TokenCache, basic_header, parse_challenge
 from edgecache.upstream.breaker import Breaker
+from edgecache.upstream.redirects import MAX_REDIRECTS, addresses_of, near, refusal
 
 USER_AGENT = "edgecache/0.1"
 
@@ -92,11 +93,14 @@ def _range_starts_at(content_range: str | None, offset: int) -> bool:
 
 class UpstreamClient:
     def __init__(self, cfg: UpstreamConfig, timeouts: Timeouts, breaker: BreakerConfig,
-                 limits: LimitsConfig = LimitsConfig()) -> None:
+                 limits: LimitsConfig = LimitsConfig(),
+                 listen: tuple[str, int] = ("0.0.0.0", 5000)) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self.timeouts = timeouts
         self.limits = limits
+        self.listen = listen             # our own listener: never a redirect's target
+        self._near: bool | None = None   # is the upstream itself on loopback/link-local?
         self.breaker = Breaker(breaker.failures, breaker.backoff, breaker.max_backoff)
         self.tokens = TokenCache()
         self._origin = URL(cfg.url).origin()      # where its credentials may always go
@@ -181,8 +185,7 @@ class UpstreamClient:
                 auth = self._auth_header(scope)
                 if auth:
                     hdrs["Authorization"] = auth
-                resp = await self._session.request(method, self._url(path), headers=hdrs,
-                                                   params=params, allow_redirects=True)
+                resp = await self._send(method, path, hdrs, params)
                 if resp.status == 401 and attempt == 0 and (
                         self._auth_header(scope) != auth      # a token arrived meanwhile
                         or await self._answer_challenge(resp, scope)):
@@ -206,6 +209,49 @@ class UpstreamClient:
             yield resp
         finally:
             resp.release()
+
+    async def _send(self, method: str, path: str, headers: dict[str, str],
+                    params: Mapping[str, str] | None) -> aiohttp.ClientResponse:
+        """One request, its redirects followed by the rules of upstream/redirects.py;
+        Authorization goes to the upstream's own origin only."""
+        assert self._session is not None
+        resp = await self._session.request(method, self._url(path), headers=headers,
+                                           params=params, allow_redirects=False)
+        same_host_only = "/blobs/" not in path
+        for _ in range(MAX_REDIRECTS + 1):
+            location = resp.headers.get("Location")
+            if resp.status not in (301, 302, 303, 307, 308) or not location:
+                return resp
+            try:
+                target = resp.url.join(URL(location))
+            except ValueError:
+                target = URL()
+            resp.release()
+            why = await self._redirect_refusal(target, same_host_only)
+            if why is not None:
+                raise UpstreamBadResponse(self.name, resp.status, f"redirect refused: {why}")
+            hdrs = headers if target.origin() == self._origin else {
+                k: v for k, v in headers.items() if k.lower() != "authorization"}
+            resp = await self._session.request("GET" if resp.status == 303 else method, target,
+                                               headers=hdrs, allow_redirects=False)
+        resp.release()
+        raise UpstreamBadResponse(self.name, resp.status, f"over {MAX_REDIRECTS} redirects")
+
+    async def _redirect_refusal(self, target: URL, same_host_only: bool) -> str | None:
+        if not target.is_absolute() or not target.host:
+            return "to no URL"
+        if self._near is None:
+            own = URL(self.cfg.url)
+            try:
+                self._near = any(near(a) for a in await addresses_of(own.host or "", own.port or 0))
+            except OSError:
+                self._near = False
+        try:
+            addrs = await addresses_of(target.host, target.port or 0)
+        except OSError as e:
+            return f"cannot resolve {target.host}: {e}"
+        return refusal(target, addrs, upstream=URL(self.cfg.url), upstream_near=self._near,
+                       listen=self.listen, same_host_only=same_host_only)
 
     async def _read_upto(self, resp: aiohttp.ClientResponse, limit: int) -> bytes:
         """The body, to its end or `limit` bytes, whichever comes first (read(n) gives
@@ -285,7 +331,8 @@ class UpstreamClient:
         hdrs = {"Authorization": self._basic} if self._basic and \
             self._realm_may_see_credentials(realm) else {}
         cap = self.limits.token_bytes
-        async with self._session.get(realm, params=q, headers=hdrs) as r:
+        # Not followed anywhere: a token service answers itself.
+        async with self._session.get(realm, params=q, headers=hdrs, allow_redirects=False) as r:
             if r.status in (401, 403):
                 raise UpstreamDenied(self.name, r.status)
             if r.status != 200:
@@ -402,8 +449,9 @@ class Upstreams:
     """Owns every upstream client: one lifecycle for all their sessions."""
 
     def __init__(self, configs: Mapping[str, UpstreamConfig], timeouts: Timeouts,
-                 breaker: BreakerConfig, limits: LimitsConfig = LimitsConfig()) -> None:
-        self.clients = {name: UpstreamClient(c, timeouts, breaker, limits)
+                 breaker: BreakerConfig, limits: LimitsConfig = LimitsConfig(),
+                 listen: tuple[str, int] = ("0.0.0.0", 5000)) -> None:
+        self.clients = {name: UpstreamClient(c, timeouts, breaker, limits, listen)
                         for name, c in configs.items()}
 
     def get(self, name: str) -> UpstreamClient:
