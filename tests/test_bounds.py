@@ -2,12 +2,19 @@
 memory, or stall it. Hostile clients and a hostile upstream of the tests' own,
 each bound asserted with a number."""
 import asyncio
+import base64
+import collections
 import ipaddress
 import json
 import os
+import statistics
+import sys
+import time
 from pathlib import Path
 
 import aiohttp
+import bcrypt
+import pytest
 from aiohttp import web
 from yarl import URL
 
@@ -96,7 +103,7 @@ async def test_fills_of_clients_that_hang_up_are_cancelled_and_the_disk_stays_in
             # The disk never holds more blobs than the budget plus one blob, and the temp
             # files are the fills' bytes, all gone once they are.
             assert worst <= budget + blob, (worst, budget)
-            assert samples[-1][1] == 0
+            assert _disk_bytes(layout.tmp_dir(store.data_dir)) == 0
             edge.last_figures = {"worst_stored": worst, "sent": up.sent_bytes, "full": full,
                                  "settled_s": settled}
             print(f"\nhang-ups: stored at most {worst / MiB:.1f} MiB (budget {budget / MiB:.0f}), "
@@ -286,3 +293,159 @@ async def test_an_upstream_cannot_redirect_to_the_cache_itself(tmp_path):
                 assert r.status == 200 and await r.read() == img.layers[0].data
             assert ("GET", f"/b/{img.layers[0].digest}", None) in cdn.seen
             assert not any(p == "/m" for _, p, _ in cdn.seen)
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture
+async def guarded(tmp_path):
+    """A cache with a cost-12 htpasswd user (as `htpasswd -B -C 12` makes) and one
+    whose password is longer than bcrypt reads (hashed, as htpasswd does, on its
+    first 72 bytes)."""
+    long_pw = "L" * 100
+    lines = [f"alice:{bcrypt.hashpw(b'right-password', bcrypt.gensalt(12)).decode()}",
+             f"carol:{bcrypt.hashpw(long_pw[:72].encode(), bcrypt.gensalt(4)).decode()}"]
+    (tmp_path / "htpasswd").write_text("\n".join(lines) + "\n")
+    img = make_image(404, layers=3, layer_size=256 * 1024)
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        doc = make_config(tmp_path / "data", {"central.example": up.url}, default="central.example",
+                          access={"htpasswd": str(tmp_path / "htpasswd")})
+        async with EdgeServer(doc) as edge:
+            yield edge, img, long_pw
+
+
+async def test_a_wrong_password_flood_does_not_hold_up_a_legitimate_cold_pull(guarded):
+    edge, img, _ = guarded
+    # The flood from a process of its own (another machine on the LAN), 64 at a time.
+    flood = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.support.flood", f"{edge.url}/v2/demo/app/manifests/v1",
+        "alice", "64", "4", stdout=asyncio.subprocess.PIPE)
+    assert flood.stdout is not None
+    assert (await flood.stdout.readline()).strip() == b"started"
+    legit = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)),
+                                  headers={"Authorization": _basic("alice", "right-password")})
+    async with legit:
+        await asyncio.sleep(1.0)                    # the flood is in full swing
+        t0 = time.monotonic()
+        async with legit.get(f"{edge.url}/v2/demo/app/manifests/v1") as r:
+            assert r.status == 200
+            manifest = await r.json()
+        first = time.monotonic() - t0
+        for d in [manifest["config"]["digest"], *(l["digest"] for l in manifest["layers"])]:
+            async with legit.get(f"{edge.url}/v2/demo/app/blobs/{d}") as r:
+                assert r.status == 200
+                await r.read()
+        took = time.monotonic() - t0
+    out, _ = await flood.communicate()
+    answers = {int(k): v for k, v in json.loads(out.decode().strip().splitlines()[-1]).items()}
+    checks = edge.services.access.passwords
+    print(f"\nwrong-password flood ({sum(answers.values())} requests: {answers}): "
+          f"legitimate cold pull {took:.2f} s (its first answer {first:.2f} s), "
+          f"{checks.hashed} bcrypt checks run")
+    assert took <= 2.0
+    assert set(answers) <= {401, 429} and answers.get(429, 0) > 0
+
+
+async def test_an_unknown_user_costs_what_a_wrong_password_costs(guarded):
+    edge, _, _ = guarded
+
+    async def timed(s, user: str, i: int) -> float:
+        t0 = time.monotonic()
+        async with s.get(f"{edge.url}/v2/", headers={"Authorization": _basic(user, f"pw{i}")}) as r:
+            assert r.status == 401
+        return time.monotonic() - t0
+
+    async with aiohttp.ClientSession() as s:
+        known = statistics.median([await timed(s, "alice", i) for i in range(5)])
+        unknown = statistics.median([await timed(s, "mallory", i) for i in range(5)])
+    print(f"\nwrong password for alice {known * 1000:.0f} ms, unknown user {unknown * 1000:.0f} ms")
+    assert 0.6 < unknown / known < 1.6, (known, unknown)
+
+
+@pytest.mark.parametrize("length", [73, 100, 1000, 6000])
+async def test_passwords_of_any_length_get_an_answer_never_a_500(guarded, length):
+    edge, _, long_pw = guarded
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{edge.url}/v2/", headers={"Authorization": _basic("alice", "x" * length)}) as r:
+            assert r.status == 401 and (await r.json())["errors"][0]["code"] == "UNAUTHORIZED"
+        # The long password htpasswd hashed on its first 72 bytes works, as with htpasswd.
+        async with s.get(f"{edge.url}/v2/", headers={"Authorization": _basic("carol", long_pw)}) as r:
+            assert r.status == 200
+
+
+async def test_slowloris_sockets_are_closed_and_idle_ones_too(tmp_path):
+    img = make_image(405, layers=1, layer_size=1024)
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        doc = make_config(tmp_path / "data", {"central.example": up.url}, default="central.example",
+                          server={"header_timeout": "1s", "idle_timeout": "2s"})
+        async with EdgeServer(doc) as edge:
+            port = edge.config.listen_port
+            conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(400)]
+
+            async def drip(w: asyncio.StreamWriter) -> None:
+                w.write(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+                for i in range(6):
+                    await asyncio.sleep(0.5)
+                    if w.is_closing():
+                        return
+                    w.write(b"X-%d: y\r\n" % i)
+
+            t0 = time.monotonic()
+            drippers = [asyncio.create_task(drip(w)) for _, w in conns]
+            # Meanwhile a client that sends whole requests is served.
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"{edge.url}/v2/") as r:
+                    assert r.status == 200
+            closed_at = []
+            for reader, _ in conns:
+                try:
+                    data = await asyncio.wait_for(reader.read(), 5.0)
+                except ConnectionError:
+                    data = b""
+                assert data == b""                          # closed without an answer
+                closed_at.append(time.monotonic() - t0)
+            await asyncio.gather(*drippers, return_exceptions=True)
+            for _, w in conns:
+                w.close()
+            # An idle keep-alive connection goes after idle_timeout.
+            r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+            w2.write(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await r2.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            await r2.readexactly(2)                         # {}
+            t1 = time.monotonic()
+            assert await asyncio.wait_for(r2.read(), 5.0) == b""
+            idle = time.monotonic() - t1
+            w2.close()
+    print(f"\n400 slowloris sockets closed {min(closed_at):.1f}-{max(closed_at):.1f} s after "
+          f"connecting (header_timeout 1 s); idle keep-alive closed after {idle:.1f} s (2 s)")
+    assert max(closed_at) < 2.5 and 1.5 < idle < 3.5
+
+
+async def test_an_accept_flood_makes_one_upstream_request(tmp_path):
+    img = make_image(406, layers=1, layer_size=1024)
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        doc = make_config(tmp_path / "data", {"central.example": up.url}, default="central.example")
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
+            async with s.get(f"{edge.url}/v2/demo/app/manifests/v1") as r:
+                assert r.status == 200
+            up.reset_counts()
+            sem = asyncio.Semaphore(50)
+
+            async def one(i: int) -> int:
+                accept = (f"application/x-junk-{i}, application/vnd.oci.image.manifest.v1+json;q=0.{i % 9}, "
+                          f"*/*;q=0.{i % 7}" if i % 2 else
+                          f"application/vnd.oci.image.manifest.v1+json, application/x-other-{i}")
+                async with sem, s.get(f"{edge.url}/v2/demo/app/manifests/v1",
+                                      headers={"Accept": accept}) as r:
+                    await r.read()
+                    return r.status
+            statuses = await asyncio.gather(*(one(i) for i in range(2000)))
+            records = edge.services.manifests.meta.tags(("central.example", "demo/app", "v1"))
+    print(f"\n2000 distinct Accept lists: {up.count('HEAD', '.*')} upstream HEADs, "
+          f"{up.count('GET', '.*')} GETs, {len(records)} tag records")
+    assert set(statuses) == {200}
+    assert up.count("HEAD", ".*") <= 2 and up.count("GET", ".*") == 0
+    assert len(records) <= 3

@@ -6,6 +6,7 @@ import itertools
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -148,6 +149,33 @@ def _http_error(exc: web.HTTPException) -> OciError:
     return OciError("UNKNOWN", exc.reason, status=exc.status, message=exc.reason.lower())
 
 
+class _DenialLog:
+    """One log line per client address per interval for refusals (401, 403, 429):
+    a flood of wrong passwords must not become a flood of log lines."""
+
+    INTERVAL = 10.0
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[float, int]] = {}     # address -> (last logged, held back)
+
+    def __call__(self, request: web.Request, exc: BaseException, status: int) -> None:
+        now = time.monotonic()
+        who = request.remote or "?"
+        last, held = self._seen.get(who, (0.0, 0))
+        if now - last < self.INTERVAL:
+            self._seen[who] = (last, held + 1)
+            return
+        if len(self._seen) > 4096:
+            self._seen.clear()
+        self._seen[who] = (now, 0)
+        more = f" (and {held} more refusals in {now - last:.0f} s)" if held else ""
+        log.warning("denied %s %s from %s: %d %s%s", request.method, request.path[:200], who,
+                    status, exc, more)
+
+
+_denied = _DenialLog()
+
+
 def new_request_id(request: web.Request) -> str:
     rid = request.get(REQUEST_ID)
     if rid is None:
@@ -179,8 +207,7 @@ async def oci_error_middleware(request: web.Request, handler) -> web.StreamRespo
             oci = OciError("UNKNOWN", None, message="internal error")
         else:
             if oci.status in (401, 403, 429):
-                log.warning("denied %s %s from %s: %s", request.method, request.path[:200],
-                            request.remote, exc)
+                _denied(request, exc, oci.status)
             elif oci.status >= 500:
                 rid = new_request_id(request)
                 log.warning("%s %s -> %d %s [%s]: %s", request.method, request.path[:200],
