@@ -64,7 +64,11 @@ async def _scrub(store: BlobStore, interval: float, rate: int) -> None:
     client is sent it; bad blobs are quarantined and fetched again when asked for."""
     while True:
         await asyncio.sleep(interval)
-        report = await store.verify(rate=rate)
+        try:
+            report = await store.verify(rate=rate)
+        except Exception as e:   # noqa: BLE001 - the next scrub tries again
+            log.warning("scrub stopped: %s", e)
+            continue
         log.info("scrub: %d blobs, %d bytes checked, %d bad", report.checked, report.bytes,
                  len(report.bad))
 
@@ -75,7 +79,12 @@ async def _flush_meta(meta: MetaStore) -> None:
         try:
             await asyncio.to_thread(meta.flush)
         except Exception as e:   # noqa: BLE001 - kept queued; tried again next time
-            log.warning("metadata not written: %s", e)
+            meta.flush_errors += 1
+            meta.last_flush_error = f"{type(e).__name__}: {e}"
+            # Once a minute at most: a full disk fails every second.
+            if meta.flush_errors == 1 or meta.flush_errors % 60 == 0:
+                log.warning("metadata not written (%d failed flushes, retried every %.0f s): %s",
+                            meta.flush_errors, META_FLUSH_INTERVAL, e)
 
 
 class open_runtime:

@@ -6,6 +6,7 @@ import base64
 import collections
 import ipaddress
 import json
+import logging
 import os
 import statistics
 import sys
@@ -449,3 +450,25 @@ async def test_an_accept_flood_makes_one_upstream_request(tmp_path):
     assert set(statuses) == {200}
     assert up.count("HEAD", ".*") <= 2 and up.count("GET", ".*") == 0
     assert len(records) <= 3
+
+
+async def test_a_client_gone_before_the_headers_is_one_log_line(tmp_path, caplog):
+    img = make_image(407, layers=1, layer_size=64 * 1024)
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        up.fault("slow", digest=layer.digest, delay=1.0, rate=1 << 20)
+        doc = make_config(tmp_path / "data", {"central.example": up.url}, default="central.example")
+        async with EdgeServer(doc) as edge:
+            with caplog.at_level("DEBUG"):
+                for path in (f"/v2/demo/app/blobs/{layer.digest}", "/v2/demo/app/manifests/v1"):
+                    r, w = await asyncio.open_connection("127.0.0.1", edge.config.listen_port)
+                    w.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                    await w.drain()
+                    await asyncio.sleep(0.3)
+                    w.close()                        # gone while the cache waits for the upstream
+                    await asyncio.sleep(1.5)         # the answer would be ready now
+                assert await edge.stored(layer.digest)
+    tracebacks = [r for r in caplog.records if r.exc_info and r.levelno >= logging.WARNING]
+    assert not tracebacks, [r.getMessage() for r in tracebacks]
+    gone = [r for r in caplog.records if "client gone" in r.getMessage()]
+    assert len(gone) <= 2

@@ -108,3 +108,41 @@ async def test_a_store_closes_on_a_full_disk_and_reopens_whole(small_disk):
         assert again.has(d) and again.path(d).read_bytes() == data
     finally:
         await again.close()
+
+
+async def test_the_periodic_index_flush_survives_a_full_disk(small_disk, caplog):
+    """A failed flush used to end the flusher for good, silently."""
+    from edgecache.reference import digest_of
+    from edgecache.store.blobs import BlobStore
+    store = BlobStore(small_disk / "data", 1 << 30)
+    await store.open(flush_interval=0.1)
+    try:
+        data = os.urandom(64 * 1024)
+        d = digest_of(data)
+        await store.put_bytes(d, data)
+        filler = small_disk / "filler"
+        with open(filler, "wb") as f:          # now the disk is full
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        with caplog.at_level("WARNING", logger="edgecache.store"):
+            for _ in range(20):
+                store.touch(d)                  # a change queued for the index, every time
+                await asyncio.sleep(0.1)
+                if store.stats.flush_errors >= 2:
+                    break
+        assert store.stats.flush_errors >= 2, "the flusher stopped after one failure"
+        assert store.stats.last_flush_error and store.stats.disk_full >= 1
+        assert any("index not written" in r.getMessage() for r in caplog.records)
+        filler.unlink()
+        failed = store.stats.flush_errors
+        await asyncio.sleep(0.5)                # the next flushes succeed
+        store.touch(d)
+        await asyncio.sleep(0.3)
+        assert store.stats.flush_errors == failed
+        assert not store._flusher.done()
+    finally:
+        await store.close()

@@ -59,6 +59,14 @@ async def status(request: web.Request) -> web.Response:
         "fills_in_progress": [{"digest": str(f.digest), "bytes": f.written, "size": f.size,
                                "source": f.source_name} for f in svc.blobs.fills.active()],
         "upstreams": {name: c.status() for name, c in svc.blobs.upstreams.clients.items()},
+        "background": {
+            "index_flush_errors": store.stats.flush_errors,
+            "index_last_flush_error": store.stats.last_flush_error,
+            "metadata_flush_errors": svc.manifests.meta.flush_errors,
+            "metadata_last_flush_error": svc.manifests.meta.last_flush_error,
+            "fills_abandoned": svc.blobs.fills.abandoned,
+            "password_checks_refused": svc.access.passwords.refused,
+        },
         "data_dir": str(svc.config.data_dir),
         "sync": svc.syncer.status(),
         "siblings": svc.siblings.status() if svc.siblings is not None else None,
@@ -128,6 +136,19 @@ def state_collector(svc: Services) -> Iterable:
             [([u, a], n) for (u, a), n in sorted(svc.blobs.confirmer.results.items())])
         yield gauge("edgecache_fills_in_progress", "Blob fills under way",
                     samples=[([], len(svc.blobs.fills.active()))])
+        yield gauge("edgecache_fill_reserved_bytes",
+                    "Bytes of fills under way counted against the budget",
+                    samples=[([], st["reserved_bytes"])])
+        yield counter("edgecache_fills_abandoned",
+                      "Fills cancelled because no client waited for them any more",
+                      svc.blobs.fills.abandoned)
+        yield labelled_counter("edgecache_flush_errors", "Background flushes that failed "
+                               "(retried at the next interval)", ["what"],
+                               [(["index"], svc.store.stats.flush_errors),
+                                (["metadata"], svc.manifests.meta.flush_errors)])
+        yield counter("edgecache_password_checks_refused",
+                      "Basic credential checks refused with 429 (a client over its share)",
+                      svc.access.passwords.refused)
         yield counter("edgecache_sendfile_bytes", "Blob bytes sent with the kernel's sendfile",
                       svc.sender.sendfile_bytes)
         sync = svc.syncer.status()

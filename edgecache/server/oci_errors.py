@@ -42,6 +42,7 @@ CODES = {c.code: c for c in (
     OciCode("UNKNOWN", 500, "unknown error"),
 )}
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+CLIENT_GONE = 499
 # Error ids: this process's prefix and a counter, so a client's report finds the log line.
 _ids = itertools.count(1)
 _PREFIX = f"{os.getpid():x}"
@@ -194,11 +195,12 @@ async def oci_error_middleware(request: web.Request, handler) -> web.StreamRespo
             raise                     # redirects and the like are answers, not errors
         oci = _http_error(exc)
     except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
-        # The client went away before its answer: nobody to tell, one line to log.
+        # The client went away before its answer: nobody to tell, one line to log; the
+        # access log says 499 (nginx's "client closed request"), aiohttp writes nothing.
         request[ERROR] = "client gone"
         log.info("%s %s: client gone before the answer (%s)", request.method,
                  request.path[:200], exc or type(exc).__name__)
-        raise
+        return web.Response(status=CLIENT_GONE)
     except Exception as exc:   # noqa: BLE001 - the translation boundary
         oci = to_oci(exc)
         if oci is None:

@@ -38,6 +38,8 @@ class MetaStore:
         self._disk = DiskMap(directory)
         self._tag_lists_cap = tag_lists_bytes
         self._tag_lists_bytes = 0
+        self.flush_errors = 0              # kept by the runtime's flusher, shown in status
+        self.last_flush_error: str | None = None
         self._manifests: dict[str, ManifestRecord] = {}
         # One record per Accept list: clients that accept different types get
         # different answers for the same tag (an index, or one platform's manifest).
