@@ -4,9 +4,11 @@ bcrypt is slow on purpose (about 0.3 s at cost 12), so the checks run on threads
 their own, at most `concurrency` at once, shared fairly among client addresses (one
 queue each, served in turn): a client sending wrong passwords waits behind itself
 only, and is told 429 past a few outstanding checks. A header that just failed is
-refused for a while without hashing again. An unknown user is checked against a
-dummy hash of the same cost, so a wrong name takes as long as a wrong password
-(names cannot be enumerated by timing).
+refused for a while without hashing again; these refusals, and the 429s, come after
+a second's pause (a flood then costs the event loop one answer per connection per
+second, not thousands). Concurrent checks of one header share one hash. An unknown
+user is checked against a dummy hash of the same cost, so a wrong name takes as long
+as a wrong password (names cannot be enumerated by timing).
 """
 from __future__ import annotations
 
@@ -21,11 +23,12 @@ import bcrypt
 
 from edgecache.errors import TooManyRequests
 
-PER_CLIENT = 4            # checks one client address may have queued or running
+PER_CLIENT = 8            # checks one client address may have queued or running
 MAX_CLIENTS = 1024        # client addresses with checks waiting at once
 FAILED_TTL = 30.0         # a failed header is refused this long without hashing
 FAILED_MAX = 4096
 BCRYPT_MAX = 72           # bcrypt reads this many bytes of a password (htpasswd -B too)
+TARPIT = 1.0              # seconds before a refusal that cost no hash is answered
 
 _Job = tuple[asyncio.Future, bytes, bytes]
 
@@ -58,6 +61,7 @@ class PasswordChecker:
         self._queues: OrderedDict[str, deque[_Job]] = OrderedDict()
         self._running: dict[str, int] = {}
         self._failed: OrderedDict[bytes, float] = OrderedDict()
+        self._checking: dict[bytes, asyncio.Future[bool]] = {}     # header -> its check
         self.refused = 0            # checks answered 429 (a client over its share)
         self.hashed = 0             # checks that ran bcrypt
 
@@ -80,18 +84,25 @@ class PasswordChecker:
         """Whether password matches hashed; `key` names the header (for the failure
         cache), `client` the address whose queue it waits in."""
         if self.recently_failed(key):
+            await asyncio.sleep(TARPIT)
             return False
+        same = self._checking.get(key)
+        if same is not None:
+            return await asyncio.shield(same)          # one hash for every copy of a header
         queue = self._queues.get(client)
         if len(queue or ()) + self._running.get(client, 0) >= PER_CLIENT or (
                 queue is None and len(self._queues) >= MAX_CLIENTS):
             self.refused += 1
+            await asyncio.sleep(TARPIT)
             raise TooManyRequests(f"too many credential checks from {client}")
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if queue is None:
             queue = self._queues[client] = deque()
         queue.append((fut, password, hashed))
+        self._checking[key] = fut
+        fut.add_done_callback(lambda _f: self._checking.pop(key, None))
         self._dispatch()
-        ok = await fut
+        ok = await asyncio.shield(fut)
         if not ok:
             self._failed[key] = self._clock() + FAILED_TTL
             self._failed.move_to_end(key)

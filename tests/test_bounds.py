@@ -472,3 +472,55 @@ async def test_a_client_gone_before_the_headers_is_one_log_line(tmp_path, caplog
     assert not tracebacks, [r.getMessage() for r in tracebacks]
     gone = [r for r in caplog.records if "client gone" in r.getMessage()]
     assert len(gone) <= 2
+
+
+def _token_len() -> int:
+    t = "0" * 32                                # FaultyUpstream's tokens: 32 hex digits
+    return len(json.dumps({"token": t, "access_token": t, "expires_in": 300}))
+
+
+@pytest.mark.parametrize("over", [0, 1])
+async def test_caps_on_what_an_upstream_sends_hold_at_and_past_the_limit(tmp_path, over):
+    """At the limit: served. One byte (or tag) past it: refused, nothing kept."""
+    img = make_image(408, layers=1, layer_size=1024)
+    manifest = img.manifest_blob().data
+    tag_list = json.dumps({"name": "demo/app", "tags": ["v1"]}).encode()
+    async with FaultyUpstream({"demo/app:v1": img}, auth=True) as up:
+        for what, limits, path in (
+                ("manifest", {"manifest_bytes": len(manifest) - over}, "/v2/demo/app/manifests/v1"),
+                ("tag list", {"tag_list_bytes": len(tag_list) - over}, "/v2/demo/app/tags/list"),
+                ("token", {"token_bytes": _token_len() - over}, "/v2/demo/app/manifests/v1")):
+            data = tmp_path / f"data-{what.replace(' ', '-')}"
+            doc = make_config(data, {"central.example": up.url}, default="central.example",
+                              limits=limits)
+            async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
+                async with s.get(edge.url + path) as r:
+                    body = await r.read()
+                    if over:
+                        assert r.status == 502, (what, r.status, body)
+                    else:
+                        assert r.status == 200, (what, r.status, body)
+                kept = edge.services.manifests.meta
+                if over and what == "manifest":
+                    assert kept.manifest(img.manifest_blob().digest) is None
+                if over and what == "tag list":
+                    assert kept.tag_list("central.example", "demo/app") is None
+
+
+async def test_a_header_is_hashed_once_however_often_it_comes(guarded):
+    edge, _, _ = guarded
+    checks = edge.services.access.passwords
+    before = checks.hashed
+
+    async def ask(password: str) -> int:
+        async with s.get(f"{edge.url}/v2/", headers={"Authorization": _basic("alice", password)}) as r:
+            return r.status
+    async with aiohttp.ClientSession() as s:
+        # 20 at once with the right password (a client's parallel first requests) and
+        # then 3 more of a wrong one, one after another (refused from memory, a second late).
+        assert await asyncio.gather(*(ask("right-password") for _ in range(20))) == [200] * 20
+        t0 = time.monotonic()
+        assert [await ask("nope") for _ in range(3)] == [401] * 3
+        took = time.monotonic() - t0
+    assert checks.hashed - before == 2
+    assert took >= 2.0                  # the repeats waited out the tarpit
