@@ -81,6 +81,19 @@ async def test_disk_full_while_a_siblings_bytes_are_held_goes_to_the_upstream(sm
             assert up.count("GET", rf".*/blobs/{layer.digest}") == 1
 
 
+def fill_up(disk):
+    """Write a file until the disk is full; its path."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
 async def test_a_store_closes_on_a_full_disk_and_reopens_whole(small_disk):
     """Index changes that cannot be written at close are logged, not raised (the app's
     shutdown went on failing there); the next start reconciles with the files."""
@@ -91,14 +104,7 @@ async def test_a_store_closes_on_a_full_disk_and_reopens_whole(small_disk):
     data = os.urandom(256 * 1024)
     d = digest_of(data)
     await store.put_bytes(d, data)
-    filler = small_disk / "filler"
-    with open(filler, "wb") as f:          # now the disk is full
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    filler = fill_up(small_disk)
     store.touch(d)                          # a change queued for the index
     await store.close()                     # must not raise
     filler.unlink()
@@ -120,14 +126,7 @@ async def test_the_periodic_index_flush_survives_a_full_disk(small_disk, caplog)
         data = os.urandom(64 * 1024)
         d = digest_of(data)
         await store.put_bytes(d, data)
-        filler = small_disk / "filler"
-        with open(filler, "wb") as f:          # now the disk is full
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
+        filler = fill_up(small_disk)
         with caplog.at_level("WARNING", logger="edgecache.store"):
             for _ in range(20):
                 store.touch(d)                  # a change queued for the index, every time
