@@ -23,6 +23,7 @@ class Accept:
     def __init__(self, types: list[str], any_type: bool) -> None:
         self.types = types
         self.any_type = any_type
+        self._key: str | None = None
 
     @classmethod
     def parse(cls, headers: list[str]) -> "Accept":
@@ -51,4 +52,6 @@ class Accept:
         """What the upstream's answer depends on: the set of manifest types accepted.
         Whatever else a client sends (order, parameters, other types), one tag has at
         most 2**len(KNOWN) records, and tag_ttl holds for all of them."""
-        return "*" if self.any_type else ",".join(sorted(t for t in self.types if t in KNOWN))
+        if self._key is None:
+            self._key = "*" if self.any_type else ",".join(sorted(t for t in self.types if t in KNOWN))
+        return self._key

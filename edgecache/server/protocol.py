@@ -20,37 +20,48 @@ log = logging.getLogger("edgecache.server")
 
 
 class _HeadDeadline(RequestHandler):
-    __slots__ = ("_head_timer",)
+    """`_head_since`: when the head being received began (None: not receiving one).
+    One timer at a time, left to fire rather than cancelled per request: on a busy
+    keep-alive connection a head costs two assignments, not a timer."""
+
+    __slots__ = ("_head_since", "_head_timer")
     head_timeout = 10.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_since: float | None = None
         super().connection_made(transport)
-        self._arm()
+        self._head_started()
 
     def data_received(self, data: bytes) -> None:
         before = self._request_count
         super().data_received(data)
         if self._request_count != before:
-            self._disarm()                   # a whole head (or a malformed one: answered)
-        elif data and self._head_timer is None and not self._request_in_progress:
-            self._arm()                      # the first bytes of the next head
+            self._head_since = None          # a whole head (or a malformed one: answered)
+        elif data and self._head_since is None and not self._request_in_progress:
+            self._head_started()             # the first bytes of the next head
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        self._head_timer = self._loop.call_later(self.head_timeout, self._expired)
-
-    def _disarm(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        super().connection_lost(exc)
 
-    def _expired(self) -> None:
+    def _head_started(self) -> None:
+        self._head_since = self._loop.time()
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_later(self.head_timeout, self._check_head)
+
+    def _check_head(self) -> None:
         self._head_timer = None
-        if self.transport is not None and not self._request_in_progress:
+        since = self._head_since
+        if since is None or self.transport is None:
+            return
+        left = since + self.head_timeout - self._loop.time()
+        if left > 0:                          # a later head, begun since the timer was set
+            self._head_timer = self._loop.call_later(left, self._check_head)
+            return
+        if not self._request_in_progress:
             peer = self.transport.get_extra_info("peername")
             log.info("closed a connection from %s: no whole request head in %.0f s",
                      peer[0] if peer else "?", self.head_timeout)
