@@ -227,19 +227,23 @@ async def test_oversized_tag_lists_do_not_grow_the_process(tmp_path):
 
 def test_redirect_rules():
     up = URL("https://registry.example:443/")
-    rule = dict(upstream=up, upstream_near=False, listen=("0.0.0.0", 5000), same_host_only=False)
+    rule = dict(upstream=up, upstream_near=frozenset(), listen=("0.0.0.0", 5000),
+                same_host_only=False)
     a = ipaddress.ip_address
     cdn = URL("https://cdn.example/blob")
     assert refusal(cdn, [a("203.0.113.7")], **rule) is None
     assert refusal(cdn, [a("10.1.2.3")], **rule) is None              # an object store on the LAN
-    for bad in ("127.0.0.1", "::1", "169.254.169.254", "fe80::1", "0.0.0.0", "224.0.0.251"):
+    for bad in ("127.0.0.1", "::1", "169.254.169.254", "fe80::1", "0.0.0.0", "224.0.0.251",
+                "::ffff:127.0.0.1", "fd00:ec2::254", "100.100.100.200"):
         assert refusal(cdn, [a(bad)], **rule), bad
     assert refusal(cdn, [a("203.0.113.7"), a("127.0.0.1")], **rule)   # any address of the name
     assert refusal(URL("ftp://x/"), [], **rule)
     # The upstream on loopback itself (a registry on the same box): loopback is fine,
     # but never this cache's own listener.
-    near_rule = {**rule, "upstream_near": True, "listen": ("127.0.0.1", 5000)}
+    near_rule = {**rule, "upstream_near": frozenset({"loopback"}), "listen": ("127.0.0.1", 5000)}
     assert refusal(URL("http://127.0.0.1:9000/b"), [a("127.0.0.1")], **near_rule) is None
+    # ... and link-local (a metadata service) stays refused: only what the upstream is on.
+    assert "link-local" in refusal(cdn, [a("169.254.169.254")], **near_rule)
     assert "own listener" in refusal(URL("http://127.0.0.1:5000/b"), [a("127.0.0.1")], **near_rule)
     every = {**near_rule, "listen": ("0.0.0.0", 5000)}
     assert "own listener" in refusal(URL("http://127.0.0.2:5000/b"), [a("127.0.0.2")], **every)
@@ -524,3 +528,59 @@ async def test_a_header_is_hashed_once_however_often_it_comes(guarded):
         took = time.monotonic() - t0
     assert checks.hashed - before == 2
     assert took >= 2.0                  # the repeats waited out the tarpit
+
+
+async def test_a_redirect_is_checked_again_when_connecting(tmp_path):
+    """DNS rebinding: a name that passed the check, then answers with a refused address,
+    is stopped by the connector's resolver."""
+    from edgecache.config import BreakerConfig, Timeouts, UpstreamConfig
+    from edgecache.upstream.client import UpstreamClient
+    from edgecache.upstream.redirects import AddressRefused, GuardedResolver
+    rule = lambda addr, port: "refused" if addr.is_loopback else None    # noqa: E731
+    guarded = GuardedResolver("registry.example", rule)
+    with pytest.raises(AddressRefused):
+        await guarded.resolve("localhost", 80)                 # another name, to loopback
+    await guarded.close()
+    own = GuardedResolver("localhost", rule)
+    assert await own.resolve("localhost", 80)                  # the upstream's own name
+    await own.close()
+    # And through a client: a redirect to a name the check let through but the connect
+    # resolves to loopback is a refused redirect, not an unreachable upstream.
+    client = UpstreamClient(UpstreamConfig("u.example", "http://127.0.0.1:1"), Timeouts(),
+                            BreakerConfig())
+    await client.start()
+    try:
+        err = client.translate(aiohttp.ClientConnectorDNSError(
+            aiohttp.client_reqrep.ConnectionKey("h", 80, False, True, None, None, None),
+            AddressRefused("h resolves to no address a redirect may go to")))
+        assert err.kind == "bad_response" and "redirect refused" in str(err)
+    finally:
+        await client.close()
+
+
+async def test_a_client_gone_while_its_answer_waits_for_verification_lets_the_fill_go(tmp_path):
+    """A chunked upstream (no length): the answer waits for the whole blob; a client
+    that leaves meanwhile must not keep the fill alive."""
+    img = make_image(409, layers=1, layer_size=2 * MiB)
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        doc = make_config(tmp_path / "data", {"central.example": up.url}, default="central.example",
+                          cache={"abandon_after": "1s"}, upstream_timeout={"connect": "2s", "read": "30s"})
+        async with EdgeServer(doc) as edge:
+            fills = edge.services.blobs.fills
+            # Half the body, then silence: the length never known, the answer waiting.
+            up.fault("stall", digest=layer.digest, seconds=20, no_length=True)
+            r, w = await asyncio.open_connection("127.0.0.1", edge.config.listen_port)
+            w.write(f"GET /v2/demo/app/blobs/{layer.digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            await w.drain()
+            for _ in range(100):
+                if fills.active():
+                    break
+                await asyncio.sleep(0.02)
+            assert fills.active()
+            w.close()
+            for _ in range(150):
+                if not fills.active():
+                    break
+                await asyncio.sleep(0.02)
+            assert not fills.active() and fills.abandoned == 1

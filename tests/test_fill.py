@@ -203,3 +203,28 @@ async def test_a_sibling_that_lied_about_the_size_is_blamed_after_a_resume(fills
     await fill.task
     assert not fill.stored and up.offsets == [100_000]
     assert [type(e).__name__ for e in sibling.rejected] == ["SiblingError", "SizeMismatch"]
+
+
+async def test_a_reader_cancelled_while_waiting_leaves_the_others_be(tmp_path):
+    """Readers wait on one shared future: a reader cancelled (its client gone) once
+    cancelled it for all of them, and the fill's next notice raised InvalidStateError."""
+    store = BlobStore(tmp_path, 1 << 30)
+    await store.open()
+    fills = FillRegistry(store, abandon_after=60)
+    try:
+        data = os.urandom(64 * 1024)
+        d = digest_of(data)
+        fill = fills.start(d, factory(Chunks([data[:1000], data[1000:]], size=None, pause=0.2)),
+                           expected_size=None, source_name="test")
+        gone = asyncio.create_task(fill.wait_verified())
+        stays = asyncio.create_task(fill.wait_verified())
+        reader = asyncio.create_task(client_view(fill))
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        assert await stays == len(data)
+        assert (await reader)[0] == data
+        await fill.task
+        assert fill.error is None and fill.stored
+    finally:
+        await fills.close()
+        await store.close()

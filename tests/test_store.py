@@ -199,3 +199,19 @@ async def test_bytes_in_flight_count_against_the_budget(tmp_path):
     s.release(fill)
     assert s.reserved_bytes == 0 and s.budgeted_bytes() == s.index.unpinned_bytes
     await s.close()
+
+
+async def test_a_committed_fill_is_counted_once(tmp_path):
+    s = await opened(tmp_path, max_size=10_000, high_watermark=0.95, low_watermark=0.5)
+    ds = [await put(s, bytes([i]) * 2000) for i in range(4)]        # 8000
+    fill = object()
+    s.reserve(fill, 1000)                                           # 9000: under 9500
+    data = b"f" * 1000
+    tmp = s.temp_path()
+    tmp.write_bytes(data)
+    d = digest_of(data)
+    await s.commit(tmp, d, size=1000, computed=d.hex, written=1000, reserved_by=fill)
+    await asyncio.sleep(0.1)
+    assert s.reserved_bytes == 0 and s.budgeted_bytes() == 9000
+    assert all(s.has(x) for x in ds) and s.stats.evictions == 0
+    await s.close()

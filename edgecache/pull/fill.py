@@ -187,7 +187,8 @@ class Fill:
                 joined = set(self.joined_by)
                 commit = asyncio.ensure_future(self.store.commit(
                     self.tmp, self.digest, size=self.size, computed=computed, written=self.written,
-                    links=[self.link] if self.link else [], vouched=joined))
+                    links=[self.link] if self.link else [], vouched=joined,
+                    reserved_by=self))
                 try:
                     await asyncio.shield(commit)
                 except asyncio.CancelledError:
@@ -380,7 +381,7 @@ class Fill:
         while len(self.mem) > MEM_LIMIT:
             if not self._positions:
                 raise StoreFull(28, "disk full under data_dir, and no client left to relay to")
-            await self._changed
+            await self._next_change()
         await asyncio.to_thread(hasher.update, chunk)
         self.mem += chunk
         self.written += len(chunk)
@@ -416,7 +417,13 @@ class Fill:
 
     def _notify(self) -> None:
         fut, self._changed = self._changed, asyncio.get_running_loop().create_future()
-        fut.set_result(None)
+        if not fut.done():
+            fut.set_result(None)
+
+    def _next_change(self) -> "asyncio.Future[None]":
+        """The next change, to wait for. Shielded: one waiter cancelled (its client
+        gone) must not cancel the future every other waiter shares."""
+        return asyncio.shield(self._changed)
 
     # -- who still wants it -------------------------------------------------------
 
@@ -459,7 +466,7 @@ class Fill:
             while not self.verified:
                 if self.error is not None:
                     raise self.error
-                await self._changed
+                await self._next_change()
         finally:
             self._unwant()
         assert self.size is not None
@@ -499,7 +506,7 @@ class Fill:
                 if self.error is not None:
                     raise self.error
                 if self.held and not self.verified:
-                    await self._changed
+                    await self._next_change()
                     continue
                 stop = end if end is not None else self.size
                 if stop is not None and pos >= stop and self.verified:
@@ -521,7 +528,7 @@ class Fill:
                     continue
                 if self.verified:
                     return
-                await self._changed
+                await self._next_change()
         finally:
             del self._positions[rid]
             self._unwant()

@@ -24,12 +24,15 @@ class _HeadDeadline(RequestHandler):
     One timer at a time, left to fire rather than cancelled per request: on a busy
     keep-alive connection a head costs two assignments, not a timer."""
 
-    __slots__ = ("_head_since", "_head_timer")
+    __slots__ = ("_head_since", "_head_timer", "lost")
     head_timeout = 10.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_since: float | None = None
+        # Done when the client's connection is gone (handlers that wait without writing
+        # learn it here: aiohttp does not cancel them).
+        self.lost: asyncio.Future[None] = self._loop.create_future()
         super().connection_made(transport)
         self._head_started()
 
@@ -45,6 +48,8 @@ class _HeadDeadline(RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        if not self.lost.done():
+            self.lost.set_result(None)
         super().connection_lost(exc)
 
     def _head_started(self) -> None:
@@ -66,6 +71,11 @@ class _HeadDeadline(RequestHandler):
             log.info("closed a connection from %s: no whole request head in %.0f s",
                      peer[0] if peer else "?", self.head_timeout)
             self.force_close()
+
+
+def client_lost(request: web.BaseRequest) -> "asyncio.Future[None] | None":
+    """Done once the request's client has gone (None: not one of our connections)."""
+    return getattr(request.protocol, "lost", None)
 
 
 class _Server(web.Server):

@@ -5,7 +5,9 @@ response. They raise domain errors; oci_errors.py turns them into OCI bodies.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import Awaitable, TypeVar
 
 from aiohttp import web
 
@@ -27,6 +29,7 @@ from edgecache.siblings import hopauth
 from edgecache.siblings.client import CHECKED, HAVE
 from edgecache.siblings.service import Siblings
 from edgecache.server.oci_errors import API_VERSION, OciError
+from edgecache.server.protocol import client_lost
 from edgecache.server.ranges import parse_range
 from edgecache.store.blobs import BlobStore
 from edgecache.metrics import Metrics
@@ -52,6 +55,7 @@ class Services:
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+T = TypeVar("T")
 
 
 def _route(request: web.Request, svc: Services) -> Route:
@@ -188,17 +192,33 @@ async def blob(request: web.Request) -> web.StreamResponse:
         # Unknown length (a chunked upstream): answer once the whole blob is verified,
         # with an exact Content-Length and Range, like any cached blob. Empty: there is
         # no last byte to hold back, so the headers themselves wait for verification.
-        size = await target.wait_verified()
+        size = await _unless_gone(request, target.wait_verified())
     resp, start, end = _range_response(request, headers, size)
     source = target.source_kind or "upstream"
     request[SOURCE] = source
     try:
-        n = await svc.sender.send_fill(request, resp, target, start, end)
+        # A fill held back until verified (a sibling's) writes nothing for a while: a
+        # client gone meanwhile must stop waiting, or the fill never learns nobody wants it.
+        n = await _unless_gone(request, svc.sender.send_fill(request, resp, target, start, end))
     except (ClientGone, StreamAborted) as e:
         request[ERROR] = str(e)
         return resp
     _served(request, svc, source, n)
     return resp
+
+
+async def _unless_gone(request: web.Request, aw: Awaitable[T]) -> T:
+    """aw, unless the client goes away first (then ClientGone, and aw is cancelled)."""
+    lost = client_lost(request)
+    if lost is None:
+        return await aw
+    task = asyncio.ensure_future(aw)
+    await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientGone("the client went away while its answer was waited for")
+    return task.result()
 
 
 async def _blob_target(svc: Services, route: Route | None, digest, hop: bool) -> LocalBlob | Fill:

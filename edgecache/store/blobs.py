@@ -260,7 +260,7 @@ class BlobStore:
 
     async def commit(self, tmp: Path, digest: Digest, *, size: int, computed: str,
                      written: int, links: Iterable[Owner] = (),
-                     vouched: Iterable[Owner] = ()) -> None:
+                     vouched: Iterable[Owner] = (), reserved_by: object = None) -> None:
         """Move a fully written, hashed temp file into place and link it to the
         (upstream, repository) it came through; raises and deletes it if wrong.
         Validate, move, link, clean up, as Distribution's blob writer does."""
@@ -278,6 +278,7 @@ class BlobStore:
         for owner in vouched:
             self.links.add(str(digest), owner, vouched=True)
         self.index.add(str(digest), size)
+        self.release(reserved_by)            # its bytes are stored now: counted once
         if self.links.needs_prune(len(self.index)):
             self.links.prune(lambda d: d in self.index, self.index.is_pinned)
         await self.flush()

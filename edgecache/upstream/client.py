@@ -25,7 +25,8 @@ from edgecache.errors import (ManifestTooLarge, UpstreamBadResponse, UpstreamDen
 from edgecache.reference import parse_digest
 from edgecache.upstream.auth import TokenCache, basic_header, parse_challenge
 from edgecache.upstream.breaker import Breaker
-from edgecache.upstream.redirects import MAX_REDIRECTS, addresses_of, near, refusal
+from edgecache.upstream.redirects import (MAX_REDIRECTS, AddressRefused, GuardedResolver,
+                                          address_refusal, addresses_of, nearness, refusal)
 
 USER_AGENT = "edgecache/0.1"
 
@@ -100,7 +101,7 @@ class UpstreamClient:
         self.timeouts = timeouts
         self.limits = limits
         self.listen = listen             # our own listener: never a redirect's target
-        self._near: bool | None = None   # is the upstream itself on loopback/link-local?
+        self._near: frozenset[str] | None = None   # loopback/link-local: is the upstream there?
         self.breaker = Breaker(breaker.failures, breaker.backoff, breaker.max_backoff)
         self.tokens = TokenCache()
         self._origin = URL(cfg.url).origin()      # where its credentials may always go
@@ -126,7 +127,10 @@ class UpstreamClient:
                                         connect=self.timeouts.connect + self.timeouts.read,
                                         sock_connect=self.timeouts.connect,
                                         sock_read=self.timeouts.read)
-        connector = aiohttp.TCPConnector(ssl=ssl_ctx, limit=64, ttl_dns_cache=300)
+        # Redirect targets are checked again when connecting (upstream/redirects.py).
+        resolver = GuardedResolver(URL(self.cfg.url).host or "", self._address_refusal)
+        connector = aiohttp.TCPConnector(ssl=ssl_ctx, limit=64, ttl_dns_cache=300,
+                                         resolver=resolver)
         self._session = aiohttp.ClientSession(
             timeout=timeout, connector=connector, auto_decompress=False,
             read_bufsize=1 << 20,   # large reads: fewer hops to the writer thread per blob
@@ -144,6 +148,10 @@ class UpstreamClient:
             return e
         if mid_body:
             return UpstreamIncomplete(self.name, f"body broke off: {type(e).__name__}: {e}")
+        if isinstance(getattr(e, "os_error", None), AddressRefused) or \
+                isinstance(e.__cause__, AddressRefused):
+            return UpstreamBadResponse(self.name, 0, f"redirect refused when connecting: "
+                                       f"{e.__cause__ or e}")
         if isinstance(e, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
             return UpstreamTimeout(self.name, f"timed out ({type(e).__name__})")
         if isinstance(e, (aiohttp.ClientConnectionError, OSError)):
@@ -169,6 +177,7 @@ class UpstreamClient:
     async def _request(self, method: str, path: str, *, scope: str | None,
                        headers: Mapping[str, str] | None = None,
                        params: Mapping[str, str] | None = None,
+                       redirect_anywhere: bool = False,
                        ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send with auth (answering one challenge), breaker and translated errors.
 
@@ -185,7 +194,7 @@ class UpstreamClient:
                 auth = self._auth_header(scope)
                 if auth:
                     hdrs["Authorization"] = auth
-                resp = await self._send(method, path, hdrs, params)
+                resp = await self._send(method, path, hdrs, params, redirect_anywhere)
                 if resp.status == 401 and attempt == 0 and (
                         self._auth_header(scope) != auth      # a token arrived meanwhile
                         or await self._answer_challenge(resp, scope)):
@@ -211,46 +220,59 @@ class UpstreamClient:
             resp.release()
 
     async def _send(self, method: str, path: str, headers: dict[str, str],
-                    params: Mapping[str, str] | None) -> aiohttp.ClientResponse:
-        """One request, its redirects followed by the rules of upstream/redirects.py;
-        Authorization goes to the upstream's own origin only."""
+                    params: Mapping[str, str] | None, anywhere: bool) -> aiohttp.ClientResponse:
+        """One request, its redirects followed by the rules of upstream/redirects.py
+        (`anywhere`: a blob, which may come from another host); Authorization goes to
+        the upstream's own origin only."""
         assert self._session is not None
         resp = await self._session.request(method, self._url(path), headers=headers,
                                            params=params, allow_redirects=False)
-        same_host_only = "/blobs/" not in path
-        for _ in range(MAX_REDIRECTS + 1):
+        for hop in range(MAX_REDIRECTS + 1):
             location = resp.headers.get("Location")
             if resp.status not in (301, 302, 303, 307, 308) or not location:
                 return resp
+            resp.release()
+            if hop == MAX_REDIRECTS:
+                break
             try:
                 target = resp.url.join(URL(location))
             except ValueError:
                 target = URL()
-            resp.release()
-            why = await self._redirect_refusal(target, same_host_only)
+            why = await self._redirect_refusal(target, same_host_only=not anywhere)
             if why is not None:
                 raise UpstreamBadResponse(self.name, resp.status, f"redirect refused: {why}")
             hdrs = headers if target.origin() == self._origin else {
                 k: v for k, v in headers.items() if k.lower() != "authorization"}
-            resp = await self._session.request("GET" if resp.status == 303 else method, target,
-                                               headers=hdrs, allow_redirects=False)
-        resp.release()
+            # 303: see other, with a GET (a HEAD stays a HEAD, RFC 9110 15.4.4).
+            follow = "GET" if resp.status == 303 and method != "HEAD" else method
+            resp = await self._session.request(follow, target, headers=hdrs,
+                                               allow_redirects=False)
         raise UpstreamBadResponse(self.name, resp.status, f"over {MAX_REDIRECTS} redirects")
 
-    async def _redirect_refusal(self, target: URL, same_host_only: bool) -> str | None:
-        if not target.is_absolute() or not target.host:
-            return "to no URL"
+    async def _upstream_near(self) -> frozenset[str]:
+        """Which of loopback and link-local the upstream itself is on (asked once)."""
         if self._near is None:
             own = URL(self.cfg.url)
             try:
-                self._near = any(near(a) for a in await addresses_of(own.host or "", own.port or 0))
+                addrs = await addresses_of(own.host or "", own.port or 0)
             except OSError:
-                self._near = False
+                return frozenset()            # asked again next time
+            self._near = frozenset(k for a in addrs if (k := nearness(a)) is not None)
+        return self._near
+
+    def _address_refusal(self, addr, port: int) -> str | None:
+        return address_refusal(addr, port, upstream_near=self._near or frozenset(),
+                               listen=self.listen)
+
+    async def _redirect_refusal(self, target: URL, *, same_host_only: bool) -> str | None:
+        if not target.is_absolute() or not target.host:
+            return "to no URL"
+        near = await self._upstream_near()
         try:
             addrs = await addresses_of(target.host, target.port or 0)
         except OSError as e:
             return f"cannot resolve {target.host}: {e}"
-        return refusal(target, addrs, upstream=URL(self.cfg.url), upstream_near=self._near,
+        return refusal(target, addrs, upstream=URL(self.cfg.url), upstream_near=near,
                        listen=self.listen, same_host_only=same_host_only)
 
     async def _read_upto(self, resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -375,7 +397,8 @@ class UpstreamClient:
                             r.headers.get("Content-Type", "").split(";")[0].strip())
 
     async def head_blob(self, repo: str, digest: str) -> int | None:
-        async with self._request("HEAD", f"/v2/{repo}/blobs/{digest}", scope=self.scope(repo)) as r:
+        async with self._request("HEAD", f"/v2/{repo}/blobs/{digest}", scope=self.scope(repo),
+                                 redirect_anywhere=True) as r:
             return r.content_length
 
     @asynccontextmanager
@@ -383,7 +406,7 @@ class UpstreamClient:
         """The blob's body, from `offset` on (to finish what a sibling started)."""
         headers = {"Range": f"bytes={offset}-"} if offset else None
         async with self._request("GET", f"/v2/{repo}/blobs/{digest}", scope=self.scope(repo),
-                                 headers=headers) as r:
+                                 headers=headers, redirect_anywhere=True) as r:
             if r.status == 206 and not _range_starts_at(r.headers.get("Content-Range"), offset):
                 raise UpstreamBadResponse(self.name, 206, f"Content-Range "
                                           f"{r.headers.get('Content-Range')!r} for bytes={offset}-")
@@ -396,7 +419,7 @@ class UpstreamClient:
         and not kept, is the digest (of `size` bytes: a longer body is not)."""
         headers = {"Range": f"bytes={offset}-{offset + n - 1}"}
         async with self._request("GET", f"/v2/{repo}/blobs/{digest}", scope=self.scope(repo),
-                                 headers=headers) as r:
+                                 headers=headers, redirect_anywhere=True) as r:
             if r.status != 206:
                 d = parse_digest(digest)
                 h = d.hasher()

@@ -13,11 +13,22 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from typing import Callable
 
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 MAX_REDIRECTS = 5
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Cloud metadata services outside the link-local ranges: AWS over IPv6, Alibaba, Azure's
+# wire server. Never a redirect's target, wherever the upstream is.
+METADATA = frozenset(ipaddress.ip_address(a) for a in
+                     ("fd00:ec2::254", "100.100.100.200", "168.63.129.16"))
+
+
+class AddressRefused(OSError):
+    """A name resolved only to addresses a redirect may not go to (at connect time)."""
 
 
 def _ip(host: str) -> Address | None:
@@ -41,30 +52,75 @@ def _is_local_interface(addr: Address) -> bool:
         return False
 
 
-def near(addr: Address) -> bool:
-    """Loopback or link-local: this machine or its wire, not the internet."""
-    return addr.is_loopback or addr.is_link_local or addr.is_unspecified
+def nearness(addr: Address) -> str | None:
+    """"loopback" (this machine) or "link-local" (its wire), else None."""
+    if addr.is_loopback or addr.is_unspecified:
+        return "loopback"
+    if addr.is_link_local:
+        return "link-local"
+    return None
 
 
-def refusal(target: URL, addresses: list[Address], *, upstream: URL, upstream_near: bool,
-            listen: tuple[str, int], same_host_only: bool) -> str | None:
-    """Why the redirect to `target` (resolving to `addresses`) is refused, or None."""
+def address_refusal(addr: Address, port: int, *, upstream_near: frozenset[str],
+                    listen: tuple[str, int]) -> str | None:
+    """Why a redirect may not connect to addr:port, or None."""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped           # ::ffff:127.0.0.1 is 127.0.0.1
+    host, own_port = listen
+    own = _ip(host)
+    # Listening on every address (or a name): any address of this machine is ours.
+    if port == own_port and (addr == own or ((own is None or own.is_unspecified)
+                                             and _is_local_interface(addr))):
+        return f"to this cache's own listener ({addr}:{port})"
+    kind = nearness(addr)
+    if kind is not None and kind not in upstream_near:
+        return f"to a {kind} address ({addr})"
+    if addr.is_multicast:
+        return f"to a multicast address ({addr})"
+    if addr in METADATA:
+        return f"to a cloud metadata address ({addr})"
+    return None
+
+
+def refusal(target: URL, addresses: list[Address], *, upstream: URL,
+            upstream_near: frozenset[str], listen: tuple[str, int],
+            same_host_only: bool) -> str | None:
+    """Why the redirect to `target` (resolving to `addresses`) is refused, or None.
+    `upstream_near`: which of loopback, link-local the upstream itself is on."""
     if target.scheme not in ("http", "https") or not target.host:
         return f"to {target.scheme or 'no'}:// URL"
     if same_host_only and (target.host, target.port) != (upstream.host, upstream.port):
         return f"to another host ({target.host}) for a manifest or tag list"
-    host, port = listen
-    own = _ip(host)
     for addr in addresses:
-        # Listening on every address (or a name): any address of this machine is ours.
-        if target.port == port and (addr == own or ((own is None or own.is_unspecified)
-                                                    and _is_local_interface(addr))):
-            return f"to this cache's own listener ({addr}:{port})"
-        if near(addr) and not upstream_near:
-            return f"to a loopback or link-local address ({addr})"
-        if addr.is_multicast:
-            return f"to a multicast address ({addr})"
+        why = address_refusal(addr, target.port or 0, upstream_near=upstream_near, listen=listen)
+        if why is not None:
+            return why
     return None
+
+
+class GuardedResolver(AbstractResolver):
+    """The connector's resolver: a name other than the upstream's own resolves only to
+    addresses a redirect may go to, checked when connecting (a name that changed its
+    answer since the redirect was checked gets no further)."""
+
+    def __init__(self, own_host: str, allowed: Callable[[Address, int], str | None]) -> None:
+        self._inner = DefaultResolver()
+        self._own = own_host.lower().rstrip(".")
+        self._allowed = allowed
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if host.lower().rstrip(".") == self._own:
+            return results
+        kept = [r for r in results if (a := _ip(r["host"])) is not None
+                and self._allowed(a, r["port"]) is None]
+        if not kept:
+            raise AddressRefused(f"{host} resolves to no address a redirect may go to")
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 async def addresses_of(host: str, port: int) -> list[Address]:

@@ -39,6 +39,7 @@ class Fault:
     rate: int = 64 * 1024  # for "slow": bytes per second
     delay: float = 0.0  # wait this long before answering (any kind: a slow first byte)
     content_type: str = "application/x-lie"  # for "content_type": the right bytes, a lying header
+    no_length: bool = False  # any kind: no Content-Length (chunked), as some proxies send
 
 
 @dataclass
@@ -264,7 +265,7 @@ class FaultyUpstream:
         resp = web.StreamResponse(headers={"Content-Type": media_type, "Docker-Content-Digest": digest})
         if f is not None and f.kind == "empty":
             data = b""                              # 200 with nothing: wrong for any real digest
-        if f is None or f.kind != "chunked":        # chunked: no Content-Length, as some proxies send
+        if f is None or (f.kind != "chunked" and not f.no_length):   # chunked: no Content-Length
             resp.content_length = len(data)
         await resp.prepare(request)
         if request.method == "HEAD":
