@@ -13,6 +13,7 @@ as a wrong password (names cannot be enumerated by timing).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import secrets
 import time
@@ -24,7 +25,8 @@ import bcrypt
 from edgecache.errors import TooManyRequests
 
 PER_CLIENT = 8            # checks one client address may have queued or running
-MAX_CLIENTS = 1024        # client addresses with checks waiting at once
+MAX_CLIENTS = 1024        # client queues at once; past that, new ones share one
+OVERFLOW = "(overflow)"
 FAILED_TTL = 30.0         # a failed header is refused this long without hashing
 FAILED_MAX = 4096
 BCRYPT_MAX = 72           # bcrypt reads this many bytes of a password (htpasswd -B too)
@@ -42,6 +44,18 @@ def dummy_hash(users: dict[str, bytes]) -> bytes:
     """A hash of a random password at the highest cost in use (blocking: ~one check)."""
     cost = max((_cost(h) for h in users.values()), default=10)
     return bcrypt.hashpw(secrets.token_bytes(16).hex().encode(), bcrypt.gensalt(rounds=cost))
+
+
+def client_key(address: str) -> str:
+    """Whose queue a check waits in: the address, an IPv6 client's /64 (one host
+    has a whole /64 to pick addresses from)."""
+    try:
+        addr = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address
+    if isinstance(addr, ipaddress.IPv6Address) and not addr.ipv4_mapped:
+        return str(ipaddress.ip_network(f"{addr}/64", strict=False))
+    return str(addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else addr)
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:
@@ -89,9 +103,12 @@ class PasswordChecker:
         same = self._checking.get(key)
         if same is not None:
             return await asyncio.shield(same)          # one hash for every copy of a header
+        client = client_key(client)
+        if client not in self._queues and client not in self._running and \
+                len(self._queues) >= MAX_CLIENTS:
+            client = OVERFLOW                          # very many clients: they share one
         queue = self._queues.get(client)
-        if len(queue or ()) + self._running.get(client, 0) >= PER_CLIENT or (
-                queue is None and len(self._queues) >= MAX_CLIENTS):
+        if len(queue or ()) + self._running.get(client, 0) >= PER_CLIENT:
             self.refused += 1
             await asyncio.sleep(TARPIT)
             raise TooManyRequests(f"too many credential checks from {client}")
@@ -100,15 +117,19 @@ class PasswordChecker:
             queue = self._queues[client] = deque()
         queue.append((fut, password, hashed))
         self._checking[key] = fut
-        fut.add_done_callback(lambda _f: self._checking.pop(key, None))
+        fut.add_done_callback(lambda f: self._settled(key, f))
         self._dispatch()
-        ok = await asyncio.shield(fut)
-        if not ok:
-            self._failed[key] = self._clock() + FAILED_TTL
-            self._failed.move_to_end(key)
-            while len(self._failed) > FAILED_MAX:
-                self._failed.popitem(last=False)
-        return ok
+        return await asyncio.shield(fut)
+
+    def _settled(self, key: bytes, fut: asyncio.Future[bool]) -> None:
+        """A check's end: remembered when it failed, whoever still waits for it."""
+        self._checking.pop(key, None)
+        if fut.cancelled() or fut.exception() is not None or fut.result():
+            return
+        self._failed[key] = self._clock() + FAILED_TTL
+        self._failed.move_to_end(key)
+        while len(self._failed) > FAILED_MAX:
+            self._failed.popitem(last=False)
 
     def _dispatch(self) -> None:
         """Start the next checks, one client address after another."""
@@ -120,7 +141,7 @@ class PasswordChecker:
                 self._queues.move_to_end(client)
             else:
                 del self._queues[client]
-            if fut.done():                     # its client went away while it waited
+            if fut.done():                     # cancelled (at shutdown)
                 continue
             self._free -= 1
             self._running[client] = self._running.get(client, 0) + 1

@@ -250,3 +250,12 @@ def test_edgecache_gc_against_a_daemon_with_credentials(tmp_path):
             r = subprocess.run([sys.executable, "-m", "edgecache", "gc", "--config", str(tmp_path / "bare.yaml")],
                                capture_output=True, text=True, timeout=60)
             assert r.returncode == 1 and "cli_credentials_file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_password_check_queues_are_per_address_and_per_ipv6_64():
+    from edgecache.passwords import client_key
+    assert client_key("10.0.0.7") == "10.0.0.7"
+    assert client_key("::ffff:10.0.0.7") == "10.0.0.7"
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("fe80::1%eth0") == "fe80::/64"

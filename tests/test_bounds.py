@@ -149,6 +149,13 @@ class TagUpstream:
                 self.sent += len(chunk)
                 await resp.write(chunk)
         tags = self.many
+        if name == "tokened":                    # pages by an opaque token (as Quay does)
+            page = int(request.query.get("next_page", "0x0"), 16)
+            n = int(request.query.get("n", 50))
+            chunk = tags[page * n:(page + 1) * n]
+            more = (page + 1) * n < len(tags)
+            headers = {"Link": f'</v2/{name}/tags/list?n={n}&next_page={page + 1:#x}>; rel="next"'} if more else {}
+            return web.json_response({"name": name, "tags": chunk}, headers=headers)
         if "last" in request.query:
             tags = [t for t in tags if t > request.query["last"]]
         if name == "ignores-n":                  # every tag after `last`, whatever n says
@@ -193,6 +200,17 @@ async def test_tag_lists_are_capped_paged_and_never_point_elsewhere(tmp_path):
             assert doc3["tags"] == [f"t{i:06d}" for i in range(101, 106)]
             assert link == '</v2/paged/tags/list?n=5&last=t000105&ns=central.example>; rel="next"'
             assert "elsewhere" not in link
+            # An upstream that pages by a token of its own: its query, pointed at us.
+            async with s.get(f"{edge.url}/v2/tokened/tags/list", params={"n": "7"}) as r:
+                link = r.headers["Link"]
+            assert link == '</v2/tokened/tags/list?n=7&next_page=0x1>; rel="next"'
+            async with s.get(f"{edge.url}{link[1:].split('>')[0]}") as r:
+                assert (await r.json())["tags"] == [f"t{i:06d}" for i in range(7, 14)]
+            assert tu.queries[-1] == {"n": "7", "next_page": "0x1"}
+            # n=0 answers nothing, and does not become the list kept for offline.
+            async with s.get(f"{edge.url}/v2/paged/tags/list", params={"n": "0"}) as r:
+                assert (await r.json())["tags"] == []
+            assert meta.tag_list("central.example", "paged") is None
             # A client's n over the cap is the cap, and a bad n is no n.
             for n in ("50000", "abc", "\u0661"):
                 async with s.get(f"{edge.url}/v2/paged/tags/list", params={"n": n}) as r:

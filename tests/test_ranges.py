@@ -23,3 +23,9 @@ def test_parse(h, expect):
 def test_unsatisfiable(h):
     with pytest.raises(RangeNotSatisfiable):
         parse_range(h, 100)
+
+
+@pytest.mark.parametrize("h", ["bytes=-5", "bytes=0-", "bytes=0-0"])
+def test_no_range_of_an_empty_body_is_satisfiable(h):
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range(h, 0)

@@ -472,6 +472,20 @@ class Fill:
         assert self.size is not None
         return self.size
 
+    async def wait_sendable(self) -> None:
+        """Until bytes may go out: not held back (an untrusted source's), or verified;
+        raises the fill's error if it fails first."""
+        self._want()
+        try:
+            while self.held and not self.verified:
+                if self.error is not None:
+                    raise self.error
+                await self._next_change()
+        finally:
+            self._unwant()
+        if self.error is not None:
+            raise self.error
+
     async def open_fd(self) -> int | None:
         """A read-only descriptor of the blob's bytes, the caller's to close.
 

@@ -2,14 +2,18 @@
 limits.tag_list_bytes at most, `n` and `last` honoured), and the last whole list
 kept so it can be answered offline, whole or page by page.
 
-The next page is named by `n` and `last` alone: an upstream's Link is never passed
-on (it may name any host), the handler builds one pointing back at this mirror.
+The next page's Link always points back at this mirror: built from the query of the
+upstream's own Link (some registries page by an opaque token, Quay's `next_page`),
+or from `n` and `last` where the page was cut here; the upstream's host is never
+passed on. A next page that would ask the same again is not offered.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 from typing import Mapping
+
+from yarl import URL
 
 from edgecache.errors import (NameUnknown, UpstreamBadResponse, UpstreamError,
                               UpstreamNotFound, is_unavailable)
@@ -19,6 +23,8 @@ from edgecache.store.meta import MetaStore
 from edgecache.upstream.client import Upstreams
 
 MAX_LAST = 256          # a `last` longer than any tag (128) is no tag
+MAX_PARAMS = 8          # query parameters passed to the upstream (n, last, a page token)
+MAX_PARAM = 512         # characters in one of them
 
 
 def _n(value: str | None) -> int | None:
@@ -33,6 +39,32 @@ def _page(tags: list[str], n: int, last: str | None) -> tuple[list[str], bool]:
     if last is not None:
         tags = [t for t in tags if t > last]
     return tags[:n], len(tags) > n
+
+
+def _bounded(params: Mapping[str, str]) -> dict[str, str]:
+    """What of a query goes to the upstream (never `ns`: that is ours)."""
+    out: dict[str, str] = {}
+    for k, v in params.items():
+        if k != "ns" and len(out) < MAX_PARAMS and len(k) <= 64 and len(v) <= MAX_PARAM:
+            out[k] = v
+    return out
+
+
+def _next_from_link(link: str | None) -> dict[str, str] | None:
+    """The query of an upstream's `Link: <URL>; rel="next"` (any host: only its query
+    is kept), or None."""
+    if not link or 'rel="next"' not in link.replace("'", '"'):
+        return None
+    target = link.strip().split(";", 1)[0].strip()
+    if not (target.startswith("<") and target.endswith(">")):
+        return None
+    try:
+        url = URL(target[1:-1])
+    except ValueError:
+        return None
+    if not url.path.endswith("/tags/list"):
+        return None
+    return _bounded(url.query) or None
 
 
 def _parse(upstream: str, body: bytes) -> tuple[str, list[str]]:
@@ -66,7 +98,9 @@ class TagListService:
         last = params.get("last")
         if last is not None and len(last) > MAX_LAST:
             last = None
-        query = {"n": str(n), **({"last": last} if last is not None else {})}
+        query = {**_bounded(params), "n": str(n)}
+        if "last" in query and last is None:
+            del query["last"]
         client = self.upstreams.get(route.upstream)
         try:
             body, link = await client.tags_list(route.repo, query)
@@ -84,10 +118,15 @@ class TagListService:
         # A page of some MiB: parsed off the loop.
         name, tags = await asyncio.to_thread(_parse, route.upstream, body) if len(body) > 65536 \
             else _parse(route.upstream, body)
-        more = link is not None or len(tags) > n     # an upstream that ignored n is cut
-        tags = tags[:n]
-        body, next_query = self._answer(name, tags, more, asked or n)
-        if last is None and not more:
+        theirs = _next_from_link(link)
+        if len(tags) > n:                      # an upstream that ignored n: cut here
+            tags, theirs = tags[:n], None
+            body, next_query = self._answer(name, tags, True, asked or n)
+        else:
+            body, next_query = self._answer(name, tags, bool(link), asked or n)
+            if theirs is not None:
+                next_query = theirs if theirs != query else None   # no page twice
+        if set(params) <= {"ns"} and next_query is None and not link:
             self.meta.put_tag_list(route.upstream, route.repo, body)      # the whole list
         return body, "upstream", next_query
 

@@ -136,7 +136,8 @@ def error_response(err: OciError, request_id: str | None = None) -> web.Response
 def _http_error(exc: web.HTTPException) -> OciError:
     """aiohttp's own answers (no route, wrong method, body too large) in OCI terms."""
     if exc.status == 405:
-        return OciError("UNSUPPORTED", "method not supported by this mirror")
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        return OciError("UNSUPPORTED", "method not supported by this mirror", headers=allow)
     if exc.status == 404:
         return OciError("NAME_UNKNOWN", "no such endpoint", message="not found")
     if exc.status == 413:

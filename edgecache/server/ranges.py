@@ -22,6 +22,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not m or (not m.group(1) and not m.group(2)):
         return None
     first, last = m.group(1), m.group(2)
+    if size == 0:
+        raise RangeNotSatisfiable(size)          # no byte of an empty body can be asked for
     if not first:                                # suffix: the last N bytes
         n = int(last) if len(last) <= _HUGE else size
         if n == 0:

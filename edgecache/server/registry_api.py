@@ -196,10 +196,11 @@ async def blob(request: web.Request) -> web.StreamResponse:
     resp, start, end = _range_response(request, headers, size)
     source = target.source_kind or "upstream"
     request[SOURCE] = source
+    # A fill held back until verified (a sibling's) sends nothing for a while: a client
+    # gone meanwhile must stop waiting, or the fill never learns nobody wants it.
+    await _unless_gone(request, target.wait_sendable())
     try:
-        # A fill held back until verified (a sibling's) writes nothing for a while: a
-        # client gone meanwhile must stop waiting, or the fill never learns nobody wants it.
-        n = await _unless_gone(request, svc.sender.send_fill(request, resp, target, start, end))
+        n = await svc.sender.send_fill(request, resp, target, start, end)
     except (ClientGone, StreamAborted) as e:
         request[ERROR] = str(e)
         return resp
@@ -208,7 +209,8 @@ async def blob(request: web.Request) -> web.StreamResponse:
 
 
 async def _unless_gone(request: web.Request, aw: Awaitable[T]) -> T:
-    """aw, unless the client goes away first (then ClientGone, and aw is cancelled)."""
+    """aw, unless the client goes away first (then ClientGone, and aw is cancelled).
+    For waits that write nothing: a response is written by the handler's own task."""
     lost = client_lost(request)
     if lost is None:
         return await aw
