@@ -49,6 +49,13 @@ def start_edge(workdir: Path, upstream: Registry, name: str, pythonpath: Path | 
     return EdgeProcess(d, doc, netns_prefix=prefix).start()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used (/proc/PID/stat): its cost per request
+    is steadier than req/s on a machine whose cores the load generator shares."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", required=True, help="the commit to compare this tree with")
@@ -90,6 +97,7 @@ def run(work: Path, tree: Path, args: argparse.Namespace) -> int:
                 measure.check_fetches(res, BLOB_SIZE, f"warm-up {name}")
         time.sleep(1)
         rps: dict[tuple[str, str], list[float]] = {}
+        cpu_us: dict[tuple[str, str], list[float]] = {}
         gbps: dict[str, list[float]] = {n: [] for n in edges}
         for r in range(args.rounds):
             log(f"round {r + 1} of {args.rounds}")
@@ -97,11 +105,15 @@ def run(work: Path, tree: Path, args: argparse.Namespace) -> int:
             order = list(edges.items()) if r % 2 == 0 else list(reversed(edges.items()))
             for kind, path in paths.items():
                 for name, e in order:
+                    assert e.proc is not None
+                    cpu0 = cpu_seconds(e.proc.pid)
                     res = measure.wrk(e.url + path, args.seconds, ACCEPT)
+                    used = cpu_seconds(e.proc.pid) - cpu0
                     if res.non2xx or res.socket_errors != "none":
                         raise RuntimeError(f"{name} {kind}: {res.non2xx} non-2xx, "
                                            f"{res.socket_errors} socket errors")
                     rps.setdefault((kind, name), []).append(res.rps)
+                    cpu_us.setdefault((kind, name), []).append(used / max(1, res.requests) * 1e6)
             for name, e in order:
                 gbps[name] += measure.throughput(e.url + blob_path, BLOB_SIZE, 8, 1)
         lines = [f"# Hit path: {args.before[:12]} (before) and this tree (after), one run",
@@ -111,10 +123,15 @@ def run(work: Path, tree: Path, args: argparse.Namespace) -> int:
         for kind in paths:
             b, a = (measure.median(rps[kind, n]) for n in ("before", "after"))
             lines.append(f"| (b) manifest by {kind}, req/s | {b:,.0f} | {a:,.0f} | {a / b:.3f}x |")
+            b, a = (measure.median(cpu_us[kind, n]) for n in ("before", "after"))
+            lines.append(f"| (b) manifest by {kind}, server CPU µs/request | {b:.0f} | {a:.0f} | "
+                         f"{a / b:.3f}x |")
         b, a = measure.median(gbps["before"]), measure.median(gbps["after"])
         lines.append(f"| (a) warm blob, GB/s | {b:.2f} | {a:.2f} | {a / b:.3f}x |")
         lines += ["", "All rounds: " + "; ".join(
             f"{k[0]} {k[1]} [{', '.join(f'{x:,.0f}' for x in v)}]" for k, v in rps.items())
+            + "; CPU µs/request " + "; ".join(
+            f"{k[0]} {k[1]} [{', '.join(f'{x:.0f}' for x in v)}]" for k, v in cpu_us.items())
             + "; blob " + "; ".join(f"{n} [{', '.join(f'{x:.2f}' for x in v)}]"
                                      for n, v in gbps.items()), ""]
         report = "\n".join(lines)
