@@ -602,3 +602,19 @@ async def test_a_client_gone_while_its_answer_waits_for_verification_lets_the_fi
                     break
                 await asyncio.sleep(0.02)
             assert not fills.active() and fills.abandoned == 1
+
+
+async def test_sync_work_is_finished_with_nobody_waiting(tmp_path):
+    """Pinned and prefetch fills (BlobService.ensure) are kept whoever leaves."""
+    from edgecache.pull.routing import Route
+    img = make_image(410, layers=1, layer_size=1 * MiB)
+    layer = img.layers[0]
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        up.fault("slow", digest=layer.digest, rate=512 * 1024)      # 2 s
+        doc = make_config(tmp_path / "data", {"central.example": up.url}, default="central.example",
+                          cache={"abandon_after": "0.3s"})
+        async with EdgeServer(doc) as edge:
+            blobs = edge.services.blobs
+            size = await blobs.ensure(Route("central.example", "demo/app"), parse_digest(layer.digest))
+            assert size == len(layer.data) and blobs.fills.abandoned == 0
+            assert edge.services.store.has(parse_digest(layer.digest))
