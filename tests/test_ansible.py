@@ -15,6 +15,9 @@ import yaml
 
 from tests.conftest import IN_CI
 
+# ansible-lint and two real runs of the role: minutes; `pytest -m 'not slow'` leaves it out, CI runs it.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANSIBLE = os.path.join(ROOT, "ansible")
 

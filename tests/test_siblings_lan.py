@@ -24,6 +24,9 @@ from tests.support.lan import NODES, Lan
 from tests.support.registry import Registry
 
 MiB = 1024 * 1024
+# network namespaces, real mDNS and WAN shaping: minutes; `pytest -m 'not slow'` leaves it out, CI runs it.
+pytestmark = pytest.mark.slow
+
 WAN_RATE = "400mbit"
 
 
