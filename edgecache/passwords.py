@@ -76,6 +76,7 @@ class PasswordChecker:
         self._running: dict[str, int] = {}
         self._failed: OrderedDict[bytes, float] = OrderedDict()
         self._checking: dict[bytes, asyncio.Future[bool]] = {}     # header -> its check
+        self._generation = 0        # bumped by forget_failures: older checks remember nothing
         self.refused = 0            # checks answered 429 (a client over its share)
         self.hashed = 0             # checks that ran bcrypt
 
@@ -83,7 +84,11 @@ class PasswordChecker:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def forget_failures(self) -> None:
+        """The credentials changed (a reload): no failure, and no check under way, of
+        the old ones counts any more."""
         self._failed.clear()
+        self._checking.clear()
+        self._generation += 1
 
     def recently_failed(self, key: bytes) -> bool:
         until = self._failed.get(key)
@@ -117,14 +122,17 @@ class PasswordChecker:
             queue = self._queues[client] = deque()
         queue.append((fut, password, hashed))
         self._checking[key] = fut
-        fut.add_done_callback(lambda f: self._settled(key, f))
+        generation = self._generation
+        fut.add_done_callback(lambda f: self._settled(key, f, generation))
         self._dispatch()
         return await asyncio.shield(fut)
 
-    def _settled(self, key: bytes, fut: asyncio.Future[bool]) -> None:
+    def _settled(self, key: bytes, fut: asyncio.Future[bool], generation: int) -> None:
         """A check's end: remembered when it failed, whoever still waits for it."""
-        self._checking.pop(key, None)
-        if fut.cancelled() or fut.exception() is not None or fut.result():
+        if self._checking.get(key) is fut:
+            del self._checking[key]
+        if fut.cancelled() or fut.exception() is not None or fut.result() \
+                or generation != self._generation:
             return
         self._failed[key] = self._clock() + FAILED_TTL
         self._failed.move_to_end(key)

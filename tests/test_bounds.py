@@ -554,7 +554,8 @@ async def test_a_redirect_is_checked_again_when_connecting(tmp_path):
     from edgecache.config import BreakerConfig, Timeouts, UpstreamConfig
     from edgecache.upstream.client import UpstreamClient
     from edgecache.upstream.redirects import AddressRefused, GuardedResolver
-    rule = lambda addr, port: "refused" if addr.is_loopback else None    # noqa: E731
+    async def rule(addr, port):
+        return "refused" if addr.is_loopback else None
     guarded = GuardedResolver("registry.example", rule)
     with pytest.raises(AddressRefused):
         await guarded.resolve("localhost", 80)                 # another name, to loopback
@@ -618,3 +619,24 @@ async def test_sync_work_is_finished_with_nobody_waiting(tmp_path):
             size = await blobs.ensure(Route("central.example", "demo/app"), parse_digest(layer.digest))
             assert size == len(layer.data) and blobs.fills.abandoned == 0
             assert edge.services.store.has(parse_digest(layer.digest))
+
+
+def test_the_next_page_is_the_link_marked_next_and_never_a_cut_token():
+    from edgecache.pull.tags import _next_from_link
+    both = '</v2/r/tags/list?last=a>; rel="prev", <https://x.example/v2/r/tags/list?last=c&n=5>; rel="next"'
+    assert _next_from_link(both) == {"last": "c", "n": "5"}
+    assert _next_from_link('</v2/r/tags/list?last=a>; rel="prev"') is None
+    assert _next_from_link('</v2/r/other?last=a>; rel="next"') is None
+    # A page token too long to pass whole is no next page of theirs (n/last instead).
+    assert _next_from_link(f'</v2/r/tags/list?n=5&next_page={"x" * 600}>; rel="next"') is None
+    many = "&".join(f"p{i}=1" for i in range(9))
+    assert _next_from_link(f'</v2/r/tags/list?{many}>; rel="next"') is None
+
+
+async def test_push_methods_are_told_what_is_allowed(tmp_path):
+    img = make_image(411, layers=1, layer_size=1024)
+    async with FaultyUpstream({"demo/app:v1": img}) as up:
+        doc = make_config(tmp_path / "data", {"central.example": up.url}, default="central.example")
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
+            async with s.put(f"{edge.url}/v2/demo/app/manifests/v1", data=b"{}") as r:
+                assert r.status == 405 and r.headers["Allow"] == "GET, HEAD"

@@ -143,3 +143,18 @@ async def test_a_challenge_after_a_redirect_to_another_host_is_not_answered_with
         assert cdn.seen and all(a is None for _, _, a in cdn.seen)   # nothing leaked
         assert cdn_realm.issued == {}        # its challenge was not answered
         assert any(a == ROBOT for _, _, a in auth.seen)      # the upstream's named realm: yes
+
+
+async def test_a_token_realm_named_on_loopback_is_reached_when_the_upstream_is_there(tmp_path):
+    """Token fetches share the connector's resolver that guards redirects: a realm by
+    name on the upstream's own loopback must still be reached (without any redirect first)."""
+    img = make_image(123, layers=1, layer_size=1024)
+    realm = Realm()
+    async with HttpServer([web.get("/token", realm.token)], "127.0.0.1") as auth:
+        named = auth.url.replace("127.0.0.1", "localhost")
+        async with HttpServer(registry_routes(img, f"{named}/token", realm), "127.0.0.1") as reg:
+            doc = cache_doc(tmp_path, reg.url, token_realms=[f"{named}/token"])
+            async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
+                st, body = await get(s, f"{edge.url}/v2/demo/app/manifests/v1")
+                assert st == 200, body
+        assert any(p == "/token" for _, p, _ in auth.seen)

@@ -41,30 +41,38 @@ def _page(tags: list[str], n: int, last: str | None) -> tuple[list[str], bool]:
     return tags[:n], len(tags) > n
 
 
-def _bounded(params: Mapping[str, str]) -> dict[str, str]:
-    """What of a query goes to the upstream (never `ns`: that is ours)."""
+def _bounded(params: Mapping[str, str]) -> dict[str, str] | None:
+    """What of a query goes to the upstream (never `ns`: that is ours); None when
+    anything else would have to be left out (a page token cut off asks for page 1)."""
     out: dict[str, str] = {}
     for k, v in params.items():
-        if k != "ns" and len(out) < MAX_PARAMS and len(k) <= 64 and len(v) <= MAX_PARAM:
-            out[k] = v
+        if k == "ns":
+            continue
+        if len(out) >= MAX_PARAMS or len(k) > 64 or len(v) > MAX_PARAM:
+            return None
+        out[k] = v
     return out
 
 
 def _next_from_link(link: str | None) -> dict[str, str] | None:
-    """The query of an upstream's `Link: <URL>; rel="next"` (any host: only its query
-    is kept), or None."""
-    if not link or 'rel="next"' not in link.replace("'", '"'):
-        return None
-    target = link.strip().split(";", 1)[0].strip()
-    if not (target.startswith("<") and target.endswith(">")):
-        return None
-    try:
-        url = URL(target[1:-1])
-    except ValueError:
-        return None
-    if not url.path.endswith("/tags/list"):
-        return None
-    return _bounded(url.query) or None
+    """The query of the upstream's `Link: <URL>; rel="next"` (of several links, the
+    next one; of any host, only its query is kept), or None."""
+    for part in (link or "").split(","):
+        target, _, attrs = part.strip().partition(";")
+        rels = attrs.replace(" ", "").replace("'", '"').lower()
+        if 'rel="next"' not in rels and "rel=next" not in rels:
+            continue
+        target = target.strip()
+        if not (target.startswith("<") and target.endswith(">")):
+            return None
+        try:
+            url = URL(target[1:-1])
+        except ValueError:
+            return None
+        if not url.path.endswith("/tags/list"):
+            return None
+        return _bounded(url.query) or None
+    return None
 
 
 def _parse(upstream: str, body: bytes) -> tuple[str, list[str]]:
@@ -98,9 +106,12 @@ class TagListService:
         last = params.get("last")
         if last is not None and len(last) > MAX_LAST:
             last = None
-        query = {**_bounded(params), "n": str(n)}
-        if "last" in query and last is None:
-            del query["last"]
+        # The client's own query goes on (a page token of the upstream's), bounded; n and
+        # last as decided here. A query too big to pass whole is n and last alone.
+        query = {**(_bounded(params) or {}), "n": str(n)}
+        query.pop("last", None)
+        if last is not None:
+            query["last"] = last
         client = self.upstreams.get(route.upstream)
         try:
             body, link = await client.tags_list(route.repo, query)

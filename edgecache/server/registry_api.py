@@ -215,7 +215,12 @@ async def _unless_gone(request: web.Request, aw: Awaitable[T]) -> T:
     if lost is None:
         return await aw
     task = asyncio.ensure_future(aw)
-    await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:                 # this handler cancelled (a shutdown): the wait too
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
     if not task.done():
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -260,7 +265,8 @@ async def tags_list(request: web.Request) -> web.Response:
 async def unsupported(request: web.Request) -> web.Response:
     if request.method in ("GET", "HEAD"):
         raise OciError("NAME_UNKNOWN", f"no such endpoint: {request.path[:200]}", message="not found")
-    raise OciError("UNSUPPORTED", f"{request.method} is not supported: this is a pull-only mirror")
+    raise OciError("UNSUPPORTED", f"{request.method} is not supported: this is a pull-only mirror",
+                   headers={"Allow": "GET, HEAD"})
 
 
 def add_routes(app: web.Application) -> None:

@@ -128,7 +128,7 @@ class UpstreamClient:
                                         sock_connect=self.timeouts.connect,
                                         sock_read=self.timeouts.read)
         # Redirect targets are checked again when connecting (upstream/redirects.py).
-        resolver = GuardedResolver(URL(self.cfg.url).host or "", self._address_refusal)
+        resolver = GuardedResolver(URL(self.cfg.url).raw_host or "", self._address_refusal)
         connector = aiohttp.TCPConnector(ssl=ssl_ctx, limit=64, ttl_dns_cache=300,
                                          resolver=resolver)
         self._session = aiohttp.ClientSession(
@@ -260,8 +260,10 @@ class UpstreamClient:
             self._near = frozenset(k for a in addrs if (k := nearness(a)) is not None)
         return self._near
 
-    def _address_refusal(self, addr, port: int) -> str | None:
-        return address_refusal(addr, port, upstream_near=self._near or frozenset(),
+    async def _address_refusal(self, addr, port: int) -> str | None:
+        """For the resolver: a name other than the upstream's (a redirect's, a token
+        realm's) may resolve to addr:port?"""
+        return address_refusal(addr, port, upstream_near=await self._upstream_near(),
                                listen=self.listen)
 
     async def _redirect_refusal(self, target: URL, *, same_host_only: bool) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Callable
+from typing import Awaitable, Callable
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
@@ -103,7 +103,8 @@ class GuardedResolver(AbstractResolver):
     addresses a redirect may go to, checked when connecting (a name that changed its
     answer since the redirect was checked gets no further)."""
 
-    def __init__(self, own_host: str, allowed: Callable[[Address, int], str | None]) -> None:
+    def __init__(self, own_host: str,
+                 allowed: Callable[[Address, int], Awaitable[str | None]]) -> None:
         self._inner = DefaultResolver()
         self._own = own_host.lower().rstrip(".")
         self._allowed = allowed
@@ -114,7 +115,7 @@ class GuardedResolver(AbstractResolver):
         if host.lower().rstrip(".") == self._own:
             return results
         kept = [r for r in results if (a := _ip(r["host"])) is not None
-                and self._allowed(a, r["port"]) is None]
+                and await self._allowed(a, r["port"]) is None]
         if not kept:
             raise AddressRefused(f"{host} resolves to no address a redirect may go to")
         return kept
