@@ -175,7 +175,12 @@ class _DenialLog:
                     status, exc, more)
 
 
-_denied = _DenialLog()
+# One per app (its middleware's memory of whom it logged), made in build_app.
+DENIAL_LOG = web.AppKey("denial_log", _DenialLog)
+
+
+def denial_log() -> _DenialLog:
+    return _DenialLog()
 
 
 def new_request_id(request: web.Request) -> str:
@@ -210,7 +215,7 @@ async def oci_error_middleware(request: web.Request, handler) -> web.StreamRespo
             oci = OciError("UNKNOWN", None, message="internal error")
         else:
             if oci.status in (401, 403, 429):
-                _denied(request, exc, oci.status)
+                request.app[DENIAL_LOG](request, exc, oci.status)
             elif oci.status >= 500:
                 rid = new_request_id(request)
                 log.warning("%s %s -> %d %s [%s]: %s", request.method, request.path[:200],
