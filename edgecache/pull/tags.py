@@ -136,7 +136,9 @@ class TagListService:
         else:
             body, next_query = self._answer(name, tags, bool(link), asked or n)
             if theirs is not None:
-                next_query = theirs if theirs != query else None   # no page twice
+                next_query = theirs
+        if next_query == query:
+            next_query = None                  # no page twice: an upstream ignoring `last`
         if set(params) <= {"ns"} and next_query is None and not link:
             self.meta.put_tag_list(route.upstream, route.repo, body)      # the whole list
         return body, "upstream", next_query
