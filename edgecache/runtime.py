@@ -73,9 +73,12 @@ async def _scrub(store: BlobStore, interval: float, rate: int) -> None:
                  len(report.bad))
 
 
-async def _flush_meta(meta: MetaStore) -> None:
+async def _flush_meta(meta: MetaStore, store: BlobStore) -> None:
     while True:
         await asyncio.sleep(META_FLUSH_INTERVAL)
+        if meta.needs_prune(len(store.index)):
+            n = meta.prune(store.has)
+            log.info("metadata: %d records of manifests no longer held dropped", n)
         try:
             await asyncio.to_thread(meta.flush)
         except Exception as e:   # noqa: BLE001 - kept queued; tried again next time
@@ -111,7 +114,7 @@ class open_runtime:
                              tag_lists_bytes=cfg.limits.tag_lists_kept_bytes)
             await asyncio.to_thread(meta.load)
             stack.callback(meta.close)
-            flusher = asyncio.create_task(_flush_meta(meta))
+            flusher = asyncio.create_task(_flush_meta(meta, store))
             stack.callback(flusher.cancel)
 
             upstreams = await stack.enter_async_context(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from edgecache.store.diskmap import DiskMap
 
@@ -32,6 +33,11 @@ class TagRecord:
 
 TagKey = tuple[str, str, str]     # (upstream, repository, tag)
 
+# Records of manifests no longer held (evicted) are dropped once there are more than
+# this many, or twice as many as blobs held: a client asking for ever new manifests
+# and tags does not grow the metadata without bound.
+PRUNE_FLOOR = 20_000
+
 
 class MetaStore:
     def __init__(self, directory: Path, *, tag_lists_bytes: int = 16 * 1024**2) -> None:
@@ -44,6 +50,8 @@ class MetaStore:
         # One record per Accept list: clients that accept different types get
         # different answers for the same tag (an index, or one platform's manifest).
         self._tags: dict[TagKey, dict[str, TagRecord]] = {}
+        self._tag_records = 0
+        self._prune_above = PRUNE_FLOOR     # raised after a prune that left many (all held)
         self._tag_lists: OrderedDict[tuple[str, str], bytes] = OrderedDict()   # oldest first
 
     def load(self) -> None:
@@ -53,6 +61,7 @@ class MetaStore:
                 self._manifests[key[1]] = ManifestRecord(*value)
             elif kind == "tag":
                 self._tags.setdefault(key[1:4], {})[key[4]] = TagRecord(*value)
+                self._tag_records += 1
             elif kind == "taglist":
                 self._tag_lists[key[1:3]] = value
                 self._tag_lists_bytes += len(value)
@@ -86,12 +95,39 @@ class MetaStore:
         return self._tags.get(key, {})
 
     def put_tag(self, key: TagKey, accept_key: str, rec: TagRecord) -> None:
-        self._tags.setdefault(key, {})[accept_key] = rec
+        records = self._tags.setdefault(key, {})
+        self._tag_records += accept_key not in records
+        records[accept_key] = rec
         self._disk.put(("tag", *key, accept_key),
                        (rec.digest, rec.media_type, rec.size, rec.checked))
 
     def all_tags(self) -> list[tuple[TagKey, dict[str, TagRecord]]]:
         return list(self._tags.items())
+
+    # -- bounds ----------------------------------------------------------------
+
+    def needs_prune(self, held_count: int) -> bool:
+        return len(self._manifests) + self._tag_records > max(self._prune_above, 2 * held_count)
+
+    def prune(self, held: Callable[[str], bool]) -> int:
+        """Drop the records of manifests not held, and the tag records naming them
+        (answered by nothing here: the next request asks the upstream anyway)."""
+        dropped = 0
+        for digest in [d for d in self._manifests if not held(d)]:
+            self.forget_manifest(digest)
+            dropped += 1
+        for key, records in list(self._tags.items()):
+            for accept_key in [a for a, r in records.items() if not held(r.digest)]:
+                del records[accept_key]
+                self._tag_records -= 1
+                self._disk.delete(("tag", *key, accept_key))
+                dropped += 1
+            if not records:
+                del self._tags[key]
+        # Not again before the records have doubled (many tags of few held manifests
+        # would otherwise be walked every flush, dropping nothing).
+        self._prune_above = max(PRUNE_FLOOR, 2 * (len(self._manifests) + self._tag_records))
+        return dropped
 
     # -- tag lists ---------------------------------------------------------------
 
