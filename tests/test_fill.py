@@ -228,3 +228,29 @@ async def test_a_reader_cancelled_while_waiting_leaves_the_others_be(tmp_path):
     finally:
         await fills.close()
         await store.close()
+
+
+async def test_a_fill_that_has_stored_its_blob_is_not_joined(tmp_path):
+    """Once stored, the blob is the store's (and may be evicted at once): a request
+    must not join the finishing fill and open a file that is gone (it was a 500)."""
+    store = BlobStore(tmp_path, 1 << 30)
+    await store.open()
+    fills = FillRegistry(store)
+    try:
+        data = os.urandom(256 * 1024)
+        d = digest_of(data)
+        fill = fills.start(d, factory(Chunks([data])), expected_size=None, source_name="test")
+        seen_stored = False
+        while not fill.task.done():
+            if fill.stored:
+                seen_stored = True
+                assert fills.get(d) is None
+                other = fills.start(d, factory(Chunks([data])), expected_size=None,
+                                    source_name="test")
+                assert other is not fill
+                await other.task
+            await asyncio.sleep(0)
+        assert fill.stored and seen_stored          # the window was there, and checked
+    finally:
+        await fills.close()
+        await store.close()

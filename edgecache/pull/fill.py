@@ -567,8 +567,10 @@ class FillRegistry:
         self.on_finish: Callable[[Fill], None] | None = None
 
     def get(self, digest: Digest) -> Fill | None:
+        """The shared fill under way for digest. One that has stored its blob is not
+        (it is finishing; the blob is the store's now, and may be evicted already)."""
         fill = self._fills.get(str(digest))
-        return None if fill is None or fill.abandoned else fill
+        return None if fill is None or fill.abandoned or fill.stored else fill
 
     def start(self, digest: Digest, open_source: SourceFactory, *, expected_size: int | None,
               source_name: str, origin: object = None,
@@ -577,7 +579,7 @@ class FillRegistry:
         key = str(digest)
         existing = self._fills.get(key) if shared else self._own.get((key, origin))
         if existing is not None and existing.error is None and not existing.memory_mode \
-                and not existing.abandoned:
+                and not existing.abandoned and not existing.stored:
             self.coalesced += 1
             return existing
         fill = Fill(digest, self.store, open_source, expected_size, source_name, origin, fallback,
