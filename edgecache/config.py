@@ -10,7 +10,7 @@ import datetime
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -234,58 +234,34 @@ class Config:
     server: ServerConfig = ServerConfig()
 
     def to_dict(self) -> dict[str, Any]:
-        """The effective configuration, secrets masked (for check-config)."""
-        return {
-            "listen": f"{self.listen_host}:{self.listen_port}",
-            "data_dir": str(self.data_dir),
-            "cache": {"max_size": self.cache.max_size,
-                      "high_watermark": self.cache.high_watermark,
-                      "low_watermark": self.cache.low_watermark,
-                      "scrub_interval": self.cache.scrub_interval,
-                      "scrub_rate": self.cache.scrub_rate,
-                      "evict_interval": self.cache.evict_interval,
-                      "abandon_after": self.cache.abandon_after,
-                      "finish_fraction": self.cache.finish_fraction},
-            "limits": dict(self.limits.__dict__),
-            "server": dict(self.server.__dict__),
-            "upstreams": {
-                k: {"url": u.url, "username": u.username,
-                    "password": "***" if u.password else None,
-                    "tls": {"ca_file": str(u.tls.ca_file) if u.tls.ca_file else None,
-                            "insecure_skip_verify": u.tls.insecure_skip_verify},
-                    "public": u.public, "token_realms": list(u.token_realms)}
-                for k, u in self.upstreams.items()},
-            "default_upstream": self.default_upstream,
-            "tag_ttl": self.tag_ttl,
-            "upstream_timeout": {"connect": self.upstream_timeout.connect,
-                                 "read": self.upstream_timeout.read},
-            "breaker": {"failures": self.breaker.failures, "backoff": self.breaker.backoff,
-                        "max_backoff": self.breaker.max_backoff},
-            "pinned": str(self.pinned) if self.pinned else None,
-            "prefetch": str(self.prefetch) if self.prefetch else None,
-            "sync": {"schedule": self.sync.schedule, "interval": self.sync.interval,
-                     "concurrency": self.sync.concurrency, "retention": self.sync.retention},
-            "access": {"networks": list(self.access.networks),
-                       "admin": list(self.access.admin),
-                       "password_checks": self.access.password_checks,
-                       "cli_credentials_file": str(self.access.cli_credentials_file)
-                       if self.access.cli_credentials_file else None,
-                       "htpasswd": str(self.access.htpasswd) if self.access.htpasswd else None,
-                       "tokens_file": str(self.access.tokens_file) if self.access.tokens_file else None},
-            "tls": None if self.tls is None else {
-                "cert_file": str(self.tls.cert_file), "key_file": str(self.tls.key_file),
-                "client_ca_file": str(self.tls.client_ca_file) if self.tls.client_ca_file else None,
-                "require_client_cert": self.tls.require_client_cert},
-            "siblings": None if not self.siblings.enabled else {
-                "mdns": self.siblings.mdns, "interfaces": list(self.siblings.interfaces),
-                "peers": list(self.siblings.peers),
-                "secret_file": str(self.siblings.secret_file) if self.siblings.secret_file else None,
-                "node_id": self.siblings.node_id, "timeout": self.siblings.timeout,
-                "read_timeout": self.siblings.read_timeout,
-                "health_interval": self.siblings.health_interval,
-                "tls": None if self.siblings.tls is None else {
-                    k: str(v) if v else None for k, v in self.siblings.tls.__dict__.items()}},
-        }
+        """The effective configuration, secrets masked (for check-config): derived
+        from the dataclasses, so a key added to them is printed too."""
+        doc: dict[str, Any] = {"listen": f"{self.listen_host}:{self.listen_port}"}
+        for f in fields(self):
+            if f.name not in ("listen_host", "listen_port", "source"):
+                doc[f.name] = _plain(getattr(self, f.name))
+        for u in doc["upstreams"].values():
+            del u["name"]                         # it is the key
+        if not self.siblings.enabled:
+            doc["siblings"] = None
+        else:
+            del doc["siblings"]["enabled"], doc["siblings"]["secret"]   # secret_file says it
+        return doc
+
+
+def _plain(value: Any) -> Any:
+    """A config value as YAML prints it: fields hidden from repr (passwords, secrets)
+    masked, paths as strings, tuples as lists."""
+    if is_dataclass(value):
+        return {f.name: ("***" if getattr(value, f.name) else None) if not f.repr
+                else _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def normalize_registry(name: str) -> str:
@@ -633,8 +609,7 @@ def _sync(value: Any) -> SyncConfig:
     return SyncConfig(schedule=str(schedule) if schedule is not None else None, interval=interval,
                       concurrency=conc,
                       retention=parse_duration("sync.retention", raw.get("retention", "24h")),
-                      watch_interval=parse_duration("sync.watch_interval",
-                                                    raw.get("watch_interval", "2s")) or 2.0)
+                      watch_interval=_positive("sync.watch_interval", raw.get("watch_interval", "2s")))
 
 
 def load(path: Path | None, *, env: Mapping[str, str] | None = None, uid: int | None = None) -> Config:

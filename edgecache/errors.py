@@ -35,10 +35,6 @@ class BlobUnknown(EdgecacheError, LookupError):
     pass
 
 
-class NotAcceptable(EdgecacheError):
-    """Only a manifest of a media type the client did not accept is available."""
-
-
 class ManifestTooLarge(EdgecacheError):
     pass
 

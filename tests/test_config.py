@@ -142,3 +142,28 @@ def test_bounds_keys_are_validated(doc, key):
         build({"upstreams": {"a.example": {"url": "http://127.0.0.1:1"}}, **doc},
               source="t", env={}, uid=1000)
     assert e.value.key == key
+
+
+def test_check_config_prints_every_key_of_the_dataclasses(tmp_path):
+    """to_dict is derived from the config's dataclasses: no key can be left out (it
+    once omitted sync.watch_interval and the siblings' fail_after, readmit_after,
+    bad_for and min_rate)."""
+    (tmp_path / "secret").write_text("s" * 32)
+    c = build({"upstreams": {"a.example": {"url": "http://127.0.0.1:1", "username": "u",
+                                           "password": "hunter22"}},
+               "siblings": {"secret_file": "secret"}}, source="t", env={}, uid=1000, base=tmp_path)
+    doc = c.to_dict()
+    assert doc["sync"]["watch_interval"] == 2.0
+    for k in ("fail_after", "readmit_after", "bad_for", "min_rate", "health_interval"):
+        assert k in doc["siblings"], k
+    assert doc["limits"]["tag_list_tags"] == 10_000 and doc["server"]["header_timeout"] == 10.0
+    assert doc["upstreams"]["a.example"]["password"] == "***"
+    text = yaml.safe_dump(doc)
+    assert "hunter22" not in text and "s" * 32 not in text
+    assert cfg({"upstreams": {"a.example": {"url": "http://127.0.0.1:1"}}}).to_dict()["siblings"] is None
+
+
+def test_a_zero_watch_interval_is_an_error_not_two_seconds():
+    with pytest.raises(ConfigError) as e:
+        cfg({"upstreams": {"a.example": {"url": "http://127.0.0.1:1"}}, "sync": {"watch_interval": 0}})
+    assert e.value.key == "sync.watch_interval"

@@ -15,7 +15,7 @@ import platform as _platform
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Collection, Iterable
+from typing import Collection
 
 import yaml
 
@@ -212,7 +212,3 @@ def load(path: Path, upstreams: Collection[str] | None = None,
                 seen.add(e.key)
                 entries.append(e)
     return entries, problems
-
-
-def parse_cli_refs(refs: Iterable[str], upstreams: Collection[str]) -> list[ImageRef]:
-    return [parse_ref(r, upstreams) for r in refs]
