@@ -90,6 +90,17 @@ async def _flush_meta(meta: MetaStore, store: BlobStore) -> None:
                             meta.flush_errors, META_FLUSH_INTERVAL, e)
 
 
+def _own(stack: AsyncExitStack, task: asyncio.Task) -> None:
+    """A background task ends with the runtime: cancelled, and awaited (so it is gone,
+    and whatever it raised is seen, before what it uses is closed)."""
+    async def stop() -> None:
+        task.cancel()
+        for result in await asyncio.gather(task, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.warning("%s ended with %r", task.get_name(), result)
+    stack.push_async_callback(stop)
+
+
 class open_runtime:
     """`async with open_runtime(cfg) as rt:` opens everything, closes it on exit.
 
@@ -114,8 +125,7 @@ class open_runtime:
                              tag_lists_bytes=cfg.limits.tag_lists_kept_bytes)
             await asyncio.to_thread(meta.load)
             stack.callback(meta.close)
-            flusher = asyncio.create_task(_flush_meta(meta, store))
-            stack.callback(flusher.cancel)
+            _own(stack, asyncio.create_task(_flush_meta(meta, store), name="metadata flusher"))
 
             upstreams = await stack.enter_async_context(
                 Upstreams(cfg.upstreams, cfg.upstream_timeout, cfg.breaker, cfg.limits,
@@ -125,9 +135,8 @@ class open_runtime:
                 client.on_error = (lambda n: lambda err: metrics.upstream_error(n, err.kind))(name)
 
             if cfg.cache.scrub_interval > 0:
-                scrubber = asyncio.create_task(_scrub(store, cfg.cache.scrub_interval,
-                                                      cfg.cache.scrub_rate))
-                stack.callback(scrubber.cancel)
+                _own(stack, asyncio.create_task(_scrub(store, cfg.cache.scrub_interval,
+                                                       cfg.cache.scrub_rate), name="scrub"))
 
             if store.links.upgraded_from is not None:
                 await derive_links(store, meta, state_path(cfg.data_dir), cfg.upstreams)

@@ -18,19 +18,25 @@ async def test_reload_applies_the_live_parts_and_names_the_rest(tmp_path):
     await edge.start()
     try:
         svc = edge.services
-        doc.update(tag_ttl="5s", cache={"max_size": "100MiB"}, listen="127.0.0.1:1")
+        doc.update(tag_ttl="5s", listen="127.0.0.1:1",
+                   cache={"max_size": "100MiB", "abandon_after": "3s", "finish_fraction": 0.9,
+                          "evict_interval": "7s", "scrub_interval": "1h"})
         path.write_text(yaml.safe_dump(doc))
         # Awaited right here, in the test's own task: this once hung the shutdown below
         # (asyncio.wait_for on 3.11 swallowed the syncer watcher's cancellation).
         restart = await reload(svc)
         got = (svc.manifests.tag_ttl, svc.store.max_size, svc.store.high, restart)
+        fills = svc.blobs.fills
+        assert (fills.abandon_after, fills.finish_fraction, svc.store.evict_interval) == (3, 0.9, 7)
         # A file that no longer validates changes nothing.
         path.write_text("cache: {max_size: lots}\n")
         again = await reload(svc)
         after = (svc.store.max_size, svc.config.tag_ttl)
     finally:
         await asyncio.wait_for(edge.stop(), 15)
-    assert got == (5, 100 * 1024**2, int(100 * 1024**2 * 0.95), ["listen_port"])
+    # The scrub keeps the settings it started with: it says so.
+    assert got == (5, 100 * 1024**2, int(100 * 1024**2 * 0.95),
+                   ["listen_port", "cache.scrub_interval"])
     assert again == [] and after == (100 * 1024**2, 5)
 
 

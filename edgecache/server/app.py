@@ -88,12 +88,21 @@ async def serve(cfg: Config, *, notifier: Notifier | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    reloading: set[asyncio.Task] = set()     # held: a task nobody references may vanish
+
     async def on_hup() -> None:
         notifier.notify("RELOADING=1")
-        await reload(svc)
-        notifier.notify("READY=1")
+        try:
+            await reload(svc)
+        finally:
+            notifier.notify("READY=1")
 
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(on_hup()))
+    def hup() -> None:
+        task = asyncio.ensure_future(on_hup())
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hup)
     notifier.notify(f"READY=1\nSTATUS=serving on {cfg.listen_host}:{cfg.listen_port}")
     watchdog = asyncio.create_task(notifier.watchdog(svc.store.healthy))
     try:
@@ -101,5 +110,7 @@ async def serve(cfg: Config, *, notifier: Notifier | None = None) -> None:
         log.info("stopping")
         notifier.notify("STOPPING=1")
     finally:
-        watchdog.cancel()
+        for task in (watchdog, *reloading):
+            task.cancel()
+        await asyncio.gather(watchdog, *reloading, return_exceptions=True)
         await runner.cleanup()

@@ -41,11 +41,17 @@ async def reload(svc: Services) -> list[str]:
         return []
     svc.manifests.tag_ttl = new.tag_ttl
     svc.store.set_budget(new.cache.max_size, new.cache.high_watermark, new.cache.low_watermark)
+    svc.store.evict_interval = new.cache.evict_interval
+    svc.blobs.fills.abandon_after = new.cache.abandon_after
+    svc.blobs.fills.finish_fraction = new.cache.finish_fraction
     svc.syncer.cfg = new
     svc.syncer.paths = {"pinned": new.pinned, "prefetch": new.prefetch}
     svc.config = new
     svc.syncer.request_reload()
     restart = [k for k in changed if k not in LIVE]
+    # The scrub runs on the settings it started with.
+    restart += [f"cache.{k}" for k in ("scrub_interval", "scrub_rate")
+                if getattr(old.cache, k) != getattr(new.cache, k)]
     if (old.sync.schedule, old.sync.interval) != (new.sync.schedule, new.sync.interval):
         restart.append("sync.schedule/interval")
     restart += [f"upstreams.{name}.public" for name, u in new.upstreams.items()

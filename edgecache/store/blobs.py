@@ -109,7 +109,7 @@ class BlobStore:
         self._evictor: asyncio.Task[None] | None = None
         self._evict_lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._evict_interval = evict_interval
+        self.evict_interval = evict_interval    # read at every wait: a reload changes it
         self._flusher: asyncio.Task[None] | None = None
         self.set_budget(max_size, high_watermark, low_watermark)
         self._lock_fd: int | None = None
@@ -394,7 +394,7 @@ class BlobStore:
         """The one evictor: whenever the budget is passed, down to the low watermark."""
         while True:
             try:
-                async with asyncio.timeout(self._evict_interval):
+                async with asyncio.timeout(self.evict_interval):
                     await self._wake.wait()
             except TimeoutError:
                 pass
