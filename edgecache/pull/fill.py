@@ -28,9 +28,9 @@ import itertools
 import logging
 import os
 import time
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
-from typing import AsyncIterator, Callable, Protocol
+from typing import AsyncIterator, Callable, Iterator, Protocol
 
 from edgecache.errors import (BlobTooLarge, DigestMismatch, FillAbandoned, SiblingError,
                               SizeMismatch, StoreFull)
@@ -448,41 +448,41 @@ class Fill:
 
     # -- the readers -----------------------------------------------------------
 
-    async def wait_headers(self) -> int | None:
-        """The blob's size once known; raises the fill's error if it failed first."""
+    @contextmanager
+    def _wanted(self) -> Iterator[None]:
+        """Held by whoever reads or waits: the fill is not abandoned meanwhile."""
         self._want()
         try:
-            await self._headers_known.wait()
+            yield
         finally:
             self._unwant()
+
+    async def _until(self, ready: Callable[[], bool]) -> None:
+        """Wait, wanting the fill, until ready(); raises the fill's error if it fails first."""
+        with self._wanted():
+            while not ready():
+                if self.error is not None:
+                    raise self.error
+                await self._next_change()
+
+    async def wait_headers(self) -> int | None:
+        """The blob's size once known; raises the fill's error if it failed first."""
+        with self._wanted():
+            await self._headers_known.wait()
         if self.error is not None:
             raise self.error
         return self.size
 
     async def wait_verified(self) -> int:
         """The size, once the whole blob is verified (for answers that need it up front)."""
-        self._want()
-        try:
-            while not self.verified:
-                if self.error is not None:
-                    raise self.error
-                await self._next_change()
-        finally:
-            self._unwant()
+        await self._until(lambda: self.verified)
         assert self.size is not None
         return self.size
 
     async def wait_sendable(self) -> None:
         """Until bytes may go out: not held back (an untrusted source's), or verified;
         raises the fill's error if it fails first."""
-        self._want()
-        try:
-            while self.held and not self.verified:
-                if self.error is not None:
-                    raise self.error
-                await self._next_change()
-        finally:
-            self._unwant()
+        await self._until(lambda: not self.held or self.verified)
         if self.error is not None:
             raise self.error
 

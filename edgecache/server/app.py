@@ -20,7 +20,7 @@ from edgecache.server import admin, registry_api
 from edgecache.server.accesslog import JsonAccessLogger, timing_middleware
 from edgecache.server.blob_response import BlobSender
 from edgecache.server.guard import ACCESS, HOPS, access_middleware, listener_ssl_context
-from edgecache.server.oci_errors import DENIAL_LOG, denial_log, oci_error_middleware
+from edgecache.server.oci_errors import DENIAL_LOG, DenialLog, oci_error_middleware
 from edgecache.server.protocol import Runner
 from edgecache.server.registry_api import SERVICES, Services
 from edgecache.server.reload import reload
@@ -60,7 +60,7 @@ def build_app(cfg: Config) -> web.Application:
     app = web.Application(middlewares=[timing_middleware, oci_error_middleware, access_middleware],
                           client_max_size=1024)
     app[CONFIG] = cfg
-    app[DENIAL_LOG] = denial_log()
+    app[DENIAL_LOG] = DenialLog()
     app[admin.STARTED] = time.monotonic()
     app.cleanup_ctx.append(_resources)
     registry_api.add_routes(app)

@@ -151,7 +151,7 @@ def _http_error(exc: web.HTTPException) -> OciError:
     return OciError("UNKNOWN", exc.reason, status=exc.status, message=exc.reason.lower())
 
 
-class _DenialLog:
+class DenialLog:
     """One log line per client address per interval for refusals (401, 403, 429):
     a flood of wrong passwords must not become a flood of log lines."""
 
@@ -176,11 +176,7 @@ class _DenialLog:
 
 
 # One per app (its middleware's memory of whom it logged), made in build_app.
-DENIAL_LOG = web.AppKey("denial_log", _DenialLog)
-
-
-def denial_log() -> _DenialLog:
-    return _DenialLog()
+DENIAL_LOG = web.AppKey("denial_log", DenialLog)
 
 
 def new_request_id(request: web.Request) -> str:

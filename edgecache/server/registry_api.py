@@ -215,15 +215,15 @@ async def _unless_gone(request: web.Request, aw: Awaitable[T]) -> T:
     if lost is None:
         return await aw
     task = asyncio.ensure_future(aw)
+    stopped = False
     try:
         await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:                 # this handler cancelled (a shutdown): the wait too
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    finally:                    # the client gone, or this handler cancelled: the wait too
+        if not task.done():
+            stopped = True
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if stopped:
         raise ClientGone("the client went away while its answer was waited for")
     return task.result()
 
@@ -258,7 +258,7 @@ async def tags_list(request: web.Request) -> web.Response:
         # The next page through this mirror, the same route (never the upstream's URL).
         ns = request.query.get("ns")
         url = request.rel_url.with_query({**next_query, **({"ns": ns} if ns else {})})
-        headers["Link"] = f'<{url.path}?{url.raw_query_string}>; rel="next"'
+        headers["Link"] = f'<{url}>; rel="next"'
     return web.Response(body=body, content_type="application/json", headers=headers)
 
 
