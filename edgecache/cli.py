@@ -17,7 +17,7 @@ from edgecache.atomic import write_text_atomic
 from edgecache.config import Config, ConfigError, load
 from edgecache.daemon import Daemon, DaemonError
 from edgecache.runtime import open_store
-from edgecache.store.blobs import StoreLocked
+from edgecache.errors import StoreLocked
 from edgecache.sync import listedit
 from edgecache.sync.lists import ListError, list_files, parse_ref
 from edgecache.sync.lists import load as load_list

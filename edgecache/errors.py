@@ -2,6 +2,7 @@
 them to OCI error codes and HTTP statuses in one table."""
 from __future__ import annotations
 
+import errno
 
 class EdgecacheError(Exception):
     """Base of every error we raise on purpose."""
@@ -70,7 +71,23 @@ class FillAbandoned(EdgecacheError):
 
 
 class StoreFull(EdgecacheError, OSError):
-    """The disk under data_dir is full."""
+    """The disk under data_dir is full (or its quota used up)."""
+
+    def __init__(self, detail: str = "disk full under data_dir", *,
+                 code: int | None = errno.ENOSPC) -> None:
+        super().__init__(code, detail)
+
+    @staticmethod
+    def means_full(e: OSError) -> bool:
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class StoreLocked(EdgecacheError):
+    """Another edgecache process owns this data_dir."""
+
+
+class NoMatchingPlatform(EdgecacheError):
+    """An image index with no manifest for any platform asked for."""
 
 
 class UpstreamError(EdgecacheError):
@@ -89,6 +106,12 @@ class UpstreamUnreachable(UpstreamError, ConnectionError):
 
 class UpstreamTimeout(UpstreamError, TimeoutError):
     kind = "timeout"
+
+
+class UpstreamIncomplete(UpstreamError):
+    """The body broke off (truncated, reset, or stalled past the read timeout)."""
+
+    kind = "incomplete"
 
 
 class UpstreamDown(UpstreamError):
@@ -163,6 +186,10 @@ class SiblingError(EdgecacheError):
     def __init__(self, sibling: str, kind: str, detail: str) -> None:
         self.sibling, self.kind = sibling, kind
         super().__init__(f"sibling {sibling}: {detail}")
+
+
+class DiscoveryError(EdgecacheError):
+    """mDNS could not start (translated from zeroconf's own errors)."""
 
 
 class HopRefused(EdgecacheError):

@@ -14,7 +14,7 @@ from typing import AsyncIterator, Callable
 from edgecache.config import Config
 from edgecache.metrics import Metrics
 from edgecache.pull.blobs import BlobService
-from edgecache.pull.fill import FillRegistry
+from edgecache.pull.fills import FillRegistry
 from edgecache.pull.links import Confirmer
 from edgecache.pull.manifests import ManifestService
 from edgecache.pull.tags import TagListService

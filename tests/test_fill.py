@@ -10,7 +10,8 @@ import pytest
 
 from edgecache.errors import DigestMismatch, SiblingError
 from edgecache.pull import fill as fill_module
-from edgecache.pull.fill import FillRegistry
+from edgecache.pull.fills import FillRegistry
+from edgecache.store.writer import BlobWriter
 from edgecache.reference import digest_of
 from edgecache.store.blobs import BlobStore
 
@@ -167,17 +168,17 @@ async def test_a_local_write_error_is_not_blamed_on_the_source_nor_papered_over(
     sibling = Chunks([data[i:i + 10_000] for i in range(0, 200_000, 10_000)], trusted=False,
                      pause=0.03)
     up = Upstream(data)
-    real = fill_module._write_and_hash
+    real = BlobWriter._write_sync
     calls = []
 
-    def failing(fd, hasher, chunk, offset):
+    def failing(writer, chunk, offset):
         calls.append(offset)
         if len(calls) == 12:
-            os.pwrite(fd, chunk[:3000], offset)          # part of it lands, then the disk fails
+            os.pwrite(writer._wfd, chunk[:3000], offset)   # part of it lands, then the disk fails
             raise OSError(5, "Input/output error")
-        return real(fd, hasher, chunk, offset)
+        return real(writer, chunk, offset)
 
-    monkeypatch.setattr(fill_module, "_write_and_hash", failing)
+    monkeypatch.setattr(BlobWriter, "_write_sync", failing)
     fill = fills.start(d, factory(sibling), expected_size=None, source_name="test", fallback=up)
     await fill.task
     assert isinstance(fill.error, OSError) and not fill.stored

@@ -141,7 +141,7 @@ async def test_after_a_crash_index_and_files_are_reconciled(tmp_path):
 
 
 async def test_one_process_owns_a_data_dir(tmp_path):
-    from edgecache.store.blobs import StoreLocked
+    from edgecache.errors import StoreLocked
     s = await opened(tmp_path)
     with pytest.raises(StoreLocked):
         await opened(tmp_path)

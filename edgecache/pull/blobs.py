@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecache.errors import (BlobUnknown, DigestMismatch, FillAbandoned, HopRefused,
-                              SizeMismatch, StoreFull, UpstreamError, UpstreamNotFound)
+                              SizeMismatch, StoreFull, UpstreamError, UpstreamIncomplete,
+                              UpstreamNotFound)
 from edgecache.metrics import Metrics
-from edgecache.pull.fill import Fill, FillRegistry
+from edgecache.pull.fill import Fill, SourceKind
+from edgecache.pull.fills import FillRegistry
 from edgecache.pull.links import Confirmer, owner
 from edgecache.pull.routing import Route
 from edgecache.reference import Digest
@@ -107,7 +109,7 @@ class BlobService:
         fill = self.fills.get(digest)
         try:
             # Not a fill from a sibling: its size is not known for sure before the end.
-            if fill is not None and fill.origin == route and fill.source_kind == "upstream":
+            if fill is not None and fill.origin == route and fill.source_kind is SourceKind.UPSTREAM:
                 return await fill.wait_headers()
             return await self.upstreams.get(route.upstream).head_blob(route.repo, str(digest))
         except UpstreamNotFound:
@@ -121,7 +123,7 @@ class BlobService:
         if size is not None and self.store.linked(digest, owner(route)):
             return "stored", size
         fill = self.fills.get(digest)
-        if (fill is not None and fill.source_kind == "upstream" and fill.error is None
+        if (fill is not None and fill.source_kind is SourceKind.UPSTREAM and fill.error is None
                 and fill.origin == route):
             return "filling", fill.size
         return None
@@ -138,7 +140,7 @@ class BlobService:
             sibs = self.siblings
             fill: Fill | None = None
 
-            def announce(kind: str) -> None:
+            def announce(kind: SourceKind) -> None:
                 assert fill is not None
                 fill.announce(kind)
 
@@ -149,7 +151,7 @@ class BlobService:
             return fill
         return self.fills.start(digest, upstream, expected_size=None,
                                 source_name=f"upstream {route.upstream}", origin=route,
-                                kind="upstream", link=owner(route), shared=shared)
+                                kind=SourceKind.UPSTREAM, link=owner(route), shared=shared)
 
     async def _target(self, route: Route, digest: Digest, *,
                       hop: bool) -> tuple[LocalBlob | Fill, bool]:
@@ -207,7 +209,7 @@ class BlobService:
                 await fill.source_known.wait()
         except TimeoutError:
             pass
-        if not fill.source_known.is_set() or fill.source_kind == "sibling":
+        if not fill.source_known.is_set() or fill.source_kind is SourceKind.SIBLING:
             raise HopRefused(f"{digest} is on its way here from a sibling")
 
     async def get(self, route: Route, digest: Digest, *, hop: bool = False) -> LocalBlob | Fill:
@@ -286,9 +288,9 @@ class BlobService:
     def _fill_finished(self, fill: Fill) -> None:
         if fill.error is not None or fill.commit_error is not None:
             self.metrics.fill_failed(failure_reason(fill.error or fill.commit_error))
-            if isinstance(fill.error, UpstreamError) and fill.error.kind == "incomplete":
+            if isinstance(fill.error, UpstreamIncomplete):
                 # Mid-body failures never reach the client's error hook: count them here.
                 self.metrics.upstream_error(fill.error.upstream, fill.error.kind)
-        elif fill.source_kind == "upstream":
+        elif fill.source_kind is SourceKind.UPSTREAM:
             self.metrics.fetched(fill.source_name.removeprefix("upstream "),
                                  fill.written - fill.resumed_at)

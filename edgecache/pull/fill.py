@@ -1,11 +1,13 @@
 """Filling the cache once per digest, streamed to every waiting client.
 
-A Fill copies one blob from a source (the upstream, later a sibling) into a
-temp file, hashing as it writes, and commits it to the store only when size and
-digest match. Any number of readers follow the growing temp file, each through
-its own duplicate of a read-only descriptor (it stays valid across the rename
-into place), so they can sendfile from it like from any cached blob. The fill
-runs as its own task: a client that goes away does not stop it.
+A Fill copies one blob from a source (the upstream, or a sibling) into the
+store's BlobWriter (store/writer.py: the temp file, the hash, the commit) and
+fans it out: any number of readers follow the growing temp file, each through
+its own duplicate of a read-only descriptor, so they can sendfile from it like
+from any cached blob. The fill runs as its own task: a client that goes away
+does not stop it (pull/fills.py: single flight, and abandoning fills nobody
+wants). A disk that fills up meanwhile turns it into a relay from memory
+(pull/relay.py). Its states are FillState's.
 
 No reader ever completes a response with unverified bytes: each reader holds
 back the last byte of its range until the whole blob has been verified, and a
@@ -24,23 +26,23 @@ and those fail the fill, as from the upstream.
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import logging
 import os
 import time
 from contextlib import AbstractAsyncContextManager, contextmanager
-from pathlib import Path
 from typing import AsyncIterator, Callable, Iterator, Protocol
 
 from edgecache.errors import (BlobTooLarge, DigestMismatch, FillAbandoned, SiblingError,
                               SizeMismatch, StoreFull)
+from edgecache.pull.relay import MemoryRelay
 from edgecache.reference import Digest
-from edgecache.store.blobs import BlobStore, _translate_oserror
+from edgecache.store.blobs import BlobStore
 
 log = logging.getLogger("edgecache.fill")
 
 READ_CHUNK = 1 << 20
-MEM_LIMIT = 16 << 20       # memory a disk-full fill may hold ahead of its slowest reader
 HOLD_LIMIT = 10.0          # seconds an untrusted source's bytes are held back at most
 _reader_ids = itertools.count()
 
@@ -62,26 +64,28 @@ SourceFactory = Callable[[], AbstractAsyncContextManager[Source]]
 FallbackFactory = Callable[[int], AbstractAsyncContextManager[Source]]
 
 
-def _truncate(fd: int) -> None:
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
+class SourceKind(enum.StrEnum):
+    UPSTREAM = "upstream"
+    SIBLING = "sibling"
 
 
-def _write_and_hash(fd: int, hasher, data: bytes, offset: int) -> None:
-    # At an explicit offset: a write that failed half-way leaves no shifted file behind
-    # (the next source goes on at the byte count, which only counts whole writes).
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-    hasher.update(data)
+class FillState(enum.Enum):
+    STARTING = "starting"       # no source has answered yet
+    HELD = "held"               # an untrusted source: nothing goes out before verification
+    STREAMING = "streaming"     # bytes go out as they land, the last one held back
+    VERIFIED = "verified"       # whole and right: readers may finish; the store commits it
+    STORED = "stored"           # in the store (the blob is the store's now)
+    NOT_STORED = "not stored"   # verified and served, not kept: `commit_error` says why
+    FAILED = "failed"           # `error` says why, to every reader
+
+
+_WHOLE = frozenset({FillState.VERIFIED, FillState.STORED, FillState.NOT_STORED})
 
 
 class Fill:
     def __init__(self, digest: Digest, store: BlobStore, open_source: SourceFactory,
                  expected_size: int | None, source_name: str, origin: object = None,
-                 fallback: FallbackFactory | None = None, kind: str | None = None,
+                 fallback: FallbackFactory | None = None, kind: SourceKind | None = None,
                  link: tuple[str, str] | None = None) -> None:
         self.digest = digest
         self.link = link                # the (upstream, repository) the blob is linked to when stored
@@ -89,32 +93,25 @@ class Fill:
         # too once *these* bytes are verified (they came from `link`'s upstream).
         self.joined_by: set[tuple[str, str]] = set()
         self.store = store
+        self.writer = store.writer(digest)
         self.source_name = source_name
         self._default_name = source_name
         self.origin = origin            # where the bytes come from (the caller's route)
         self._open_source = open_source
         self._fallback = fallback
         self._expected = expected_size
-        self.held = False               # an untrusted source: nothing goes out before verification
-        self.source_kind: str | None = None      # "upstream" or "sibling", once decided
+        self.state = FillState.STARTING
+        self.source_kind: SourceKind | None = None      # once decided
         self.source_known = asyncio.Event()
         if kind is not None:
             self.announce(kind)
         self.size: int | None = expected_size
         self.written = 0
         self.error: BaseException | None = None
-        self.verified = False
-        self.stored = False
         self.commit_error: BaseException | None = None
-        self.done = False
-        self.tmp: Path = store.temp_path()
-        self._rfd: int | None = None
-        # Disk full: the bytes from mem_base on are kept in memory, for the readers
-        # already attached, and dropped as the slowest of them passes.
-        self.memory_mode = False
-        self.mem_base = 0
-        self.mem = bytearray()
-        self._positions: dict[int, int] = {}
+        self.done = False               # the task has ended, whatever the state
+        self.relay: MemoryRelay | None = None    # the disk filled up: the rest from memory
+        self._positions: dict[int, int] = {}     # each reader's offset
         self._uncounted: asyncio.Future[None] | None = None     # the write not yet in `written`
         self._untrusted: Source | None = None    # the sibling a resumed fill began with
         self.resumed_at = 0                      # bytes the sibling had sent when the upstream took over
@@ -128,95 +125,66 @@ class Fill:
         self.idle_since: float | None = asyncio.get_running_loop().time()
         self.on_idle: Callable[["Fill"], None] | None = None
 
+    @property
+    def held(self) -> bool:
+        return self.state is FillState.HELD
+
+    @property
+    def verified(self) -> bool:
+        return self.state in _WHOLE
+
+    @property
+    def stored(self) -> bool:
+        return self.state is FillState.STORED
+
+    def _set(self, state: FillState) -> None:
+        self.state = state
+        self._notify()
+
     # -- the writer --------------------------------------------------------------
 
-    def announce(self, kind: str) -> None:
+    def announce(self, kind: SourceKind | str) -> None:
         """Where the bytes will come from, as soon as that is decided (before the
         source answers): a sibling asking for this blob may join an upstream fill only."""
-        self.source_kind = kind
+        self.source_kind = SourceKind(kind)
         self.source_known.set()
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"fill {self.digest}")
 
     async def _run(self) -> None:
-        wfd: int | None = None
-        hasher = self.digest.hasher()
         try:
             try:
-                wfd, self._rfd = await asyncio.to_thread(self._open_files)
+                await self.writer.open()
             except StoreFull:
                 self._to_memory_mode()
-            try:
-                computed = await self._take(self._open_source, wfd, hasher)
-            except Exception as e:   # noqa: BLE001 - an untrusted source's failure is not final
-                fallback = self._fallback
-                if fallback is None or self.source_kind != "sibling" or not self._recoverable(e):
-                    raise
-                if self.held:
-                    # No client has seen a byte of it: start over.
-                    log.warning("fill of %s from %s failed after %d bytes (%s): starting over "
-                                "from the upstream", self.digest, self.source_name, self.written, e)
-                    hasher = await self._start_over(wfd)
-                    computed = await self._take(lambda: fallback(0), wfd, hasher)
-                else:
-                    at = self.resumed_at = self.written
-                    log.warning("fill of %s from %s failed after %d bytes (%s): going on from "
-                                "the upstream", self.digest, self.source_name, at, e)
-                    if self.size is not None and at >= self.size:
-                        computed = self._check_whole(hasher)     # it had sent everything
-                    else:
-                        computed = await self._take(lambda: fallback(at), wfd, hasher, received=at)
-            if wfd is not None:
-                await asyncio.to_thread(os.close, wfd)
-                wfd = None
+            await self._take_with_failover()
+            await self.writer.done_writing()
             # The bytes are right: readers may finish now, while the store fsyncs and
             # renames (durability of the cache is not the clients' wait).
-            self.verified = True
             self._headers_known.set()
-            self._notify()
-            if self.memory_mode:
+            self._set(FillState.VERIFIED)
+            if self.relay is not None:
                 # Served to its clients from memory; nothing half-written is kept.
-                self.commit_error = StoreFull(28, "disk full under data_dir: not cached")
-                await asyncio.to_thread(self.tmp.unlink, True)
+                self.commit_error = StoreFull("disk full under data_dir: not cached")
+                self._set(FillState.NOT_STORED)
+                await self.writer.discard()
                 return
-            try:
-                # Shielded: a shutdown must not leave a renamed blob the index never heard of.
-                # Its own route firmly; routes that joined on their upstream's word as
-                # such (store/links.py caps those).
-                joined = set(self.joined_by)
-                commit = asyncio.ensure_future(self.store.commit(
-                    self.tmp, self.digest, size=self.size, computed=computed, written=self.written,
-                    links=[self.link] if self.link else [], vouched=joined,
-                    reserved_by=self))
-                try:
-                    await asyncio.shield(commit)
-                except asyncio.CancelledError:
-                    await asyncio.wait([commit])
-                    raise
-                self.stored = True
-                for late in self.joined_by - joined:    # joined while the commit ran
-                    await self.store.link([self.digest], late, vouched=True)
-            except Exception as e:   # noqa: BLE001 - the clients still get their verified bytes
-                self.commit_error = e
-                if isinstance(e, StoreFull):
-                    self.store.note_disk_full(time.time())
-                log.warning("could not store %s: %s", self.digest, e)
+            await self._commit()
         except BaseException as e:   # noqa: BLE001 - every failure is handed to the readers
+            cancelled = isinstance(e, asyncio.CancelledError)
             if isinstance(e, StoreFull):
                 self.store.note_disk_full(time.time())
-            (log.info if isinstance(e, asyncio.CancelledError) else log.warning)(
+            (log.info if cancelled else log.warning)(
                 "fill of %s from %s %s after %d bytes: %r", self.digest, self.source_name,
-                "cancelled" if isinstance(e, asyncio.CancelledError) else "failed",
-                self.written, e)
+                "cancelled" if cancelled else "failed", self.written, e)
             # Clean up first, then tell the readers: when a client sees the abort, the
             # partial file is already gone.
-            if wfd is not None:
-                await asyncio.to_thread(os.close, wfd)
-            await asyncio.to_thread(self.tmp.unlink, True)
+            await self.writer.discard()
             self.error = FillAbandoned(f"nobody waited for {self.digest} any more") \
-                if self.abandoned and isinstance(e, asyncio.CancelledError) else e
-            if isinstance(e, asyncio.CancelledError):
+                if self.abandoned and cancelled else e
+            self._set(FillState.FAILED)
+            if cancelled:
                 raise
         finally:
             self.store.release(self)          # stored by now, or gone
@@ -224,10 +192,57 @@ class Fill:
             self.source_known.set()
             self._headers_known.set()
             self._notify()
-            if self._rfd is not None:
-                # Off the loop: the last close of a large unlinked file frees its blocks.
-                fd, self._rfd = self._rfd, None
-                await asyncio.to_thread(os.close, fd)
+            await self.writer.close()
+
+    async def _commit(self) -> None:
+        """Into the store, linked to its own route firmly and to the routes that
+        joined on their upstream's word as such (store/links.py caps those)."""
+        try:
+            joined = set(self.joined_by)
+            # Shielded: a shutdown must not leave a renamed blob the index never heard of.
+            commit = asyncio.ensure_future(self.writer.commit(
+                size=self.size or 0, links=[self.link] if self.link else [], vouched=joined,
+                reserved_by=self))
+            try:
+                await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                await asyncio.wait([commit])
+                raise
+            self._set(FillState.STORED)
+            for late in self.joined_by - joined:    # joined while the commit ran
+                await self.store.link([self.digest], late, vouched=True)
+        except Exception as e:   # noqa: BLE001 - the clients still get their verified bytes
+            self.commit_error = e
+            if not self.stored:
+                self._set(FillState.NOT_STORED)
+            if isinstance(e, StoreFull):
+                self.store.note_disk_full(time.time())
+            log.warning("could not store %s: %s", self.digest, e)
+
+    async def _take_with_failover(self) -> None:
+        """All of the blob, verified: from the source, or, when that is a sibling and
+        fails, from the upstream (over again, or from where the sibling stopped)."""
+        try:
+            await self._take(self._open_source)
+        except Exception as e:   # noqa: BLE001 - an untrusted source's failure is not final
+            fallback = self._fallback
+            if fallback is None or self.source_kind is not SourceKind.SIBLING \
+                    or not self._recoverable(e):
+                raise
+            if self.held:
+                # No client has seen a byte of it: start over.
+                log.warning("fill of %s from %s failed after %d bytes (%s): starting over "
+                            "from the upstream", self.digest, self.source_name, self.written, e)
+                await self._start_over()
+                await self._take(lambda: fallback(0))
+                return
+            at = self.resumed_at = self.written
+            log.warning("fill of %s from %s failed after %d bytes (%s): going on from "
+                        "the upstream", self.digest, self.source_name, at, e)
+            if self.size is not None and at >= self.size:
+                self._check_whole()                  # it had sent everything
+            else:
+                await self._take(lambda: fallback(at), received=at)
 
     def _recoverable(self, e: BaseException) -> bool:
         """May the upstream make up for this failure of an untrusted source? Its own
@@ -237,26 +252,20 @@ class Fill:
             return True
         return self.held and isinstance(e, (DigestMismatch, SizeMismatch, StoreFull, BlobTooLarge))
 
-    def _check_whole(self, hasher) -> str:
-        """Size and digest of everything copied in; the hex digest."""
+    def _check_whole(self) -> None:
+        """Size and digest of everything copied in."""
         if self.size is None:
             self.size = self.written
         if self.written != self.size:
             raise SizeMismatch(self.size, self.written, self.source_name)
-        computed = hasher.hexdigest()
-        if computed != self.digest.hex:
-            raise DigestMismatch(str(self.digest), f"{self.digest.algorithm}:{computed}",
-                                 self.source_name)
-        return computed
+        self.writer.verify(self.size, self.source_name)
 
-    async def _take(self, open_source: SourceFactory, wfd: int | None, hasher,
-                    received: int = 0) -> str:
-        """Copy one source in (its bytes from `received` on) and check the whole;
-        returns the hex digest computed."""
+    async def _take(self, open_source: SourceFactory, received: int = 0) -> None:
+        """Copy one source in (its bytes from `received` on) and check the whole."""
         async with open_source() as src:
             trusted = getattr(src, "trusted", True)
-            self.held = not trusted
-            self.announce("upstream" if trusted else "sibling")
+            self._set(FillState.STREAMING if trusted else FillState.HELD)
+            self.announce(SourceKind.UPSTREAM if trusted else SourceKind.SIBLING)
             self.source_name = getattr(src, "name", None) or self._default_name
             release = None if trusted else asyncio.get_running_loop().call_later(
                 HOLD_LIMIT, self._release)
@@ -270,8 +279,8 @@ class Fill:
                     self.store.reserve(self, src.size)
                 if trusted:
                     self._headers_known.set()
-                await self._copy_in(src, wfd, hasher, received)
-                return self._check_whole(hasher)
+                await self._copy_in(src, received)
+                self._check_whole()
             except Exception as e:   # noqa: BLE001 - the source hears why, then it propagates
                 if isinstance(e, (StoreFull, OSError)):
                     raise                         # ours, not the source's
@@ -289,37 +298,32 @@ class Fill:
     def _release(self) -> None:
         """Held too long: let the readers stream what has come (the last byte is still
         held until the whole is verified)."""
-        if self.held and not self.verified and self.error is None:
+        if self.held:
             log.info("fill of %s from %s: %d bytes in %.0f s, streaming before verification",
                      self.digest, self.source_name, self.written, HOLD_LIMIT)
-            self.held = False
             self._headers_known.set()
-            self._notify()
+            self._set(FillState.STREAMING)
 
-    async def _start_over(self, wfd: int | None):
+    async def _start_over(self) -> None:
         """Forget everything an untrusted source wrote (no reader has seen any of it)."""
         self._uncounted = None            # a late callback of the old source counts nothing
         self._untrusted = None
-        if wfd is not None:
-            await asyncio.to_thread(_truncate, wfd)
+        await self.writer.restart()
         self.written = 0
         self.size = self._expected
-        self.mem = bytearray()
-        self.mem_base = 0
-        self.held = False
-        self._notify()
-        return self.digest.hasher()
+        if self.relay is not None:
+            self.relay = MemoryRelay(0)
+        self._set(FillState.STARTING)
 
-    async def _copy_in(self, src: Source, wfd: int | None, hasher, received: int = 0) -> None:
-        """Copy the source into the temp file, hashing, telling readers as bytes land.
+    async def _copy_in(self, src: Source, received: int = 0) -> None:
+        """Copy the source into the writer, telling readers as bytes land.
 
         Double-buffered: the next chunk arrives while a thread writes and hashes this
         one. At most one write is in flight, so writes stay in order, and none is left
         running when this returns or raises (the descriptor is closed after it).
         Readers hear of each write as soon as it lands, not when the next chunk comes.
-        When the disk fills up, the rest goes to memory instead (see _to_memory_mode).
+        When the disk fills up, the rest goes to memory instead (pull/relay.py).
         """
-        loop = asyncio.get_running_loop()
         pending: asyncio.Future[None] | None = None
         pending_chunk = b""
         try:
@@ -340,22 +344,17 @@ class Fill:
                         # Counted now if its callback has not run yet (a write that was done
                         # already is awaited without a turn of the loop).
                         self._landed(pending, len(pending_chunk))
-                    except OSError as e:
-                        err = _translate_oserror(e)
-                        if not isinstance(err, StoreFull):
-                            raise err from e
+                    except StoreFull:
                         # The chunk did not land (nor was it hashed): it starts the memory part.
                         self._to_memory_mode()
-                        await self._to_memory(hasher, pending_chunk)
+                        await self._to_memory(pending_chunk)
                     pending = None
                 if not chunk:
                     return
-                if self.memory_mode:
-                    await self._to_memory(hasher, chunk)
+                if self.relay is not None:
+                    await self._to_memory(chunk)
                     continue
-                assert wfd is not None
-                pending = loop.run_in_executor(None, _write_and_hash, wfd, hasher, chunk,
-                                               received - len(chunk))
+                pending = self.writer.write(chunk, received - len(chunk))
                 pending_chunk = chunk
                 pending.add_done_callback(lambda f, n=len(chunk): self._landed(f, n))
                 self._uncounted = pending
@@ -364,38 +363,36 @@ class Fill:
                 await asyncio.wait([pending])
 
     def _to_memory_mode(self) -> None:
-        if self.memory_mode:
+        if self.relay is not None:
             return
-        self.memory_mode = True
-        self.mem_base = self.written
+        self.relay = MemoryRelay(self.written)
         self.store.note_disk_full(time.time())
         log.warning("disk full while filling %s: the rest is relayed from memory, not cached",
                     self.digest)
 
-    async def _to_memory(self, hasher, chunk: bytes) -> None:
+    async def _to_memory(self, chunk: bytes) -> None:
         if self.held:
             # Readers wait for the verified whole, which memory cannot hold: go to the
             # upstream, whose bytes can be relayed as they come.
-            raise StoreFull(28, "disk full: unverified sibling bytes are not relayed from memory")
-        # Back-pressure: the upstream waits while the slowest reader is MEM_LIMIT behind.
-        while len(self.mem) > MEM_LIMIT:
+            raise StoreFull("disk full: unverified sibling bytes are not relayed from memory")
+        relay = self.relay
+        assert relay is not None
+        # Back-pressure: the source waits while the slowest reader is MEM_LIMIT behind.
+        while relay.over_limit():
             if not self._positions:
-                raise StoreFull(28, "disk full under data_dir, and no client left to relay to")
+                raise StoreFull("disk full under data_dir, and no client left to relay to")
             await self._next_change()
-        await asyncio.to_thread(hasher.update, chunk)
-        self.mem += chunk
+        await self.writer.hash_only(chunk)
+        relay.append(chunk)
         self.written += len(chunk)
         self._notify()
 
     def _trim(self) -> None:
         """Drop the memory every attached reader has passed."""
-        if not self.memory_mode or not self.mem:
+        relay = self.relay
+        if relay is None or not relay.held:
             return
-        low = min(self._positions.values(), default=self.mem_base + len(self.mem))
-        drop = min(len(self.mem), low - self.mem_base)
-        if drop > 0:
-            del self.mem[:drop]
-            self.mem_base += drop
+        if relay.drop_before(min(self._positions.values(), default=relay.end)):
             self._notify()
 
     def _landed(self, write: asyncio.Future[None], n: int) -> None:
@@ -406,14 +403,6 @@ class Fill:
         if not write.cancelled() and write.exception() is None:
             self.written += n
             self._notify()
-
-    def _open_files(self) -> tuple[int, int]:
-        self.tmp.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            wfd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except OSError as e:
-            raise _translate_oserror(e) from e
-        return wfd, os.open(self.tmp, os.O_RDONLY)
 
     def _notify(self) -> None:
         fut, self._changed = self._changed, asyncio.get_running_loop().create_future()
@@ -493,9 +482,10 @@ class Fill:
         or the stored blob's once the fill is done.
         """
         await self._headers_known.wait()
-        if self._rfd is not None:
-            return os.dup(self._rfd)
-        if self.memory_mode:
+        fd = self.writer.reader()
+        if fd is not None:
+            return fd
+        if self.relay is not None:
             return None          # disk full from the first byte: everything is in memory
         if self.stored:
             return await asyncio.to_thread(os.open, self.store.path(self.digest), os.O_RDONLY)
@@ -531,12 +521,13 @@ class Fill:
                 else:
                     limit = min(self.written, stop - 1) if stop is not None else self.written - 1
                 if pos < limit:
-                    if self.memory_mode and pos >= self.mem_base:
-                        yield bytes(self.mem[pos - self.mem_base: limit - self.mem_base])
-                    elif self.memory_mode and pos < self.mem_base and self._rfd is None:
-                        raise StoreFull(28, "disk full: this part of the blob is gone")
+                    relay = self.relay
+                    if relay is not None and relay.holds(pos):
+                        yield relay.read(pos, limit)
+                    elif relay is not None and not self.writer.readable:
+                        raise StoreFull("disk full: this part of the blob is gone")
                     else:
-                        limit = min(limit, self.mem_base) if self.memory_mode else limit
+                        limit = min(limit, relay.base) if relay is not None else limit
                         yield pos, limit - pos
                     pos = limit
                     continue
@@ -547,82 +538,3 @@ class Fill:
             del self._positions[rid]
             self._unwant()
             self._trim()
-
-
-class FillRegistry:
-    """Single flight: at most one shared Fill per digest, across every repository and
-    upstream (a request that may not have the shared one's bytes gets one of its own)."""
-
-    def __init__(self, store: BlobStore, *, abandon_after: float = 10.0,
-                 finish_fraction: float = 0.5) -> None:
-        self.store = store
-        self.abandon_after = abandon_after
-        self.finish_fraction = finish_fraction
-        self.abandoned = 0          # fills cancelled because nobody waited for them
-        self._fills: dict[str, Fill] = {}
-        # Fills of a digest for one route alone (its upstream's own bytes were wanted):
-        # joined only by requests through that same route.
-        self._own: dict[tuple[str, object], Fill] = {}
-        self.coalesced = 0          # requests that joined a fill another request started
-        self.on_finish: Callable[[Fill], None] | None = None
-
-    def get(self, digest: Digest) -> Fill | None:
-        """The shared fill under way for digest. One that has stored its blob is not
-        (it is finishing; the blob is the store's now, and may be evicted already)."""
-        fill = self._fills.get(str(digest))
-        return None if fill is None or fill.abandoned or fill.stored else fill
-
-    def start(self, digest: Digest, open_source: SourceFactory, *, expected_size: int | None,
-              source_name: str, origin: object = None,
-              fallback: FallbackFactory | None = None, kind: str | None = None,
-              link: tuple[str, str] | None = None, shared: bool = True) -> Fill:
-        key = str(digest)
-        existing = self._fills.get(key) if shared else self._own.get((key, origin))
-        if existing is not None and existing.error is None and not existing.memory_mode \
-                and not existing.abandoned and not existing.stored:
-            self.coalesced += 1
-            return existing
-        fill = Fill(digest, self.store, open_source, expected_size, source_name, origin, fallback,
-                    kind, link)
-        fill.on_idle = self._watch
-        if shared:
-            self._fills[key] = fill
-        else:
-            self._own[(key, origin)] = fill
-        fill.start()
-        assert fill.task is not None
-        fill.task.add_done_callback(lambda _t: self._finished(key, fill))
-        self._watch(fill)           # its starter waits for it at once, or nobody does
-        return fill
-
-    def _watch(self, fill: Fill) -> None:
-        """Look again when the fill has had nobody for abandon_after."""
-        asyncio.get_running_loop().call_later(self.abandon_after, self._check, fill)
-
-    def _check(self, fill: Fill) -> None:
-        if fill.done or fill.keep or fill.idle_since is None:
-            return
-        idle = asyncio.get_running_loop().time() - fill.idle_since
-        if idle < self.abandon_after:
-            return                  # wanted again meanwhile: its own idle watch comes later
-        if fill.size and fill.written >= self.finish_fraction * fill.size:
-            return                  # nearly there: cheaper to keep than to fetch again
-        self.abandoned += 1
-        fill.abandon()
-
-    def _finished(self, key: str, fill: Fill) -> None:
-        if self._fills.get(key) is fill:
-            del self._fills[key]
-        if self._own.get((key, fill.origin)) is fill:
-            del self._own[(key, fill.origin)]
-        if self.on_finish:
-            self.on_finish(fill)
-
-    def active(self) -> list[Fill]:
-        return [*self._fills.values(), *self._own.values()]
-
-    async def close(self) -> None:
-        tasks = [f.task for f in self.active() if f.task]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

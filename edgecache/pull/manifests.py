@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from edgecache.errors import (DigestMismatch, InvalidName, ManifestUnknown, UpstreamError,
-                              UpstreamNotFound, UpstreamDenied, is_unavailable)
+                              UpstreamIncomplete, UpstreamNotFound, UpstreamDenied, is_unavailable)
 from edgecache.mediatypes import DOCKER_SCHEMA1, OCI_INDEX, OCI_MANIFEST, PREFERENCE, Accept
 from edgecache.metrics import Metrics
 from edgecache.pull.links import Confirmer, children, owner
@@ -199,7 +199,7 @@ class ManifestService:
         except UpstreamNotFound:
             raise ManifestUnknown(f"{route.repo}:{tag}") from None
         except UpstreamError as e:
-            if isinstance(e, UpstreamDenied) or not (is_unavailable(e) or e.kind == "incomplete"):
+            if isinstance(e, UpstreamDenied) or not (is_unavailable(e) or isinstance(e, UpstreamIncomplete)):
                 raise
             found = await self._last_known(key, accept)
             if not hop and self.siblings is not None and self.siblings.live():

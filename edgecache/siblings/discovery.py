@@ -19,14 +19,11 @@ from zeroconf import (Error as ZeroconfError, InterfaceChoice, IPVersion, Servic
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from edgecache import __version__
+from edgecache.errors import DiscoveryError
 
 log = logging.getLogger("edgecache.siblings")
 
 SERVICE = "_edgecache._tcp.local."
-
-
-class DiscoveryError(Exception):
-    """mDNS could not start (translated from zeroconf's own errors)."""
 
 
 def local_networks() -> list[tuple[ipaddress.IPv4Address, ipaddress.IPv4Network]]:

@@ -26,7 +26,7 @@ from edgecache.atomic import write_text_atomic
 from edgecache.config import Config
 from edgecache.errors import DigestMismatch, SiblingError, SizeMismatch
 from edgecache.metrics import gauge, labelled_counter
-from edgecache.pull.fill import Source, SourceFactory
+from edgecache.pull.fill import Source, SourceFactory, SourceKind
 from edgecache.pull.routing import Route
 from edgecache.reference import Digest, digest_of
 from edgecache.siblings.client import SiblingClient, TagAnswer
@@ -225,13 +225,13 @@ class Siblings:
 
     @asynccontextmanager
     async def blob_source(self, route: Route, digest: Digest, upstream: SourceFactory,
-                          announce: Callable[[str], None]) -> AsyncIterator[Source]:
+                          announce: Callable[[SourceKind], None]) -> AsyncIterator[Source]:
         """The blob's body from a sibling when one can give it, else from the upstream;
         `announce` hears which, as soon as it is decided."""
         async with AsyncExitStack() as stack:
             src: Source | None = None
             for peer, attempt in await self.locate(route, "blobs", str(digest)):
-                announce("sibling")
+                announce(SourceKind.SIBLING)
                 try:
                     src = await stack.enter_async_context(
                         self.client.blob(peer, route, str(digest), self._rejected, attempt.wait,
@@ -242,7 +242,7 @@ class Siblings:
                 peer.stats.fetches += 1
                 break
             if src is None:
-                announce("upstream")
+                announce(SourceKind.UPSTREAM)
                 src = await stack.enter_async_context(upstream())
             yield src
 

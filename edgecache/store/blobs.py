@@ -14,7 +14,6 @@ threads: the event loop never blocks on the disk.
 from __future__ import annotations
 
 import asyncio
-import errno
 import fcntl
 import logging
 import os
@@ -28,11 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from edgecache.errors import DigestMismatch, EdgecacheError, SizeMismatch, StoreFull
+from edgecache.errors import DigestMismatch, SizeMismatch, StoreFull, StoreLocked
 from edgecache.reference import Digest, parse_digest
 from edgecache.store import layout
 from edgecache.store.index import BlobIndex
 from edgecache.store.links import Links, Owner
+from edgecache.store.writer import BlobWriter, disk_error
 
 log = logging.getLogger("edgecache.store")
 
@@ -68,10 +68,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class StoreLocked(EdgecacheError):
-    """Another edgecache process owns this data_dir."""
-
-
 def _lock(path: Path) -> int:
     """Hold an exclusive lock on data_dir for the store's lifetime: two processes
     sharing one store would delete each other's temp files and blobs."""
@@ -83,12 +79,6 @@ def _lock(path: Path) -> int:
         raise StoreLocked(f"{path.parent} is in use by another edgecache process "
                           "(a running daemon: ask it, or stop it first)") from None
     return fd
-
-
-def _translate_oserror(e: OSError) -> OSError:
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreFull(e.errno, "disk full under data_dir")
-    return e
 
 
 class BlobStore:
@@ -258,6 +248,10 @@ class BlobStore:
     def temp_path(self) -> Path:
         return layout.tmp_path(self.data_dir, secrets.token_hex(12))
 
+    def writer(self, digest: Digest) -> BlobWriter:
+        """A new temp file for digest, to write, verify and commit (store/writer.py)."""
+        return BlobWriter(self, digest)
+
     async def commit(self, tmp: Path, digest: Digest, *, size: int, computed: str,
                      written: int, links: Iterable[Owner] = (),
                      vouched: Iterable[Owner] = (), reserved_by: object = None) -> None:
@@ -318,7 +312,7 @@ class BlobStore:
             os.replace(tmp, final)
             _fsync_dir(final.parent)
         except OSError as e:
-            raise _translate_oserror(e) from e
+            raise disk_error(e) from e
 
     async def put_bytes(self, digest: Digest, data: bytes, link: Owner | None = None) -> None:
         """Store a small verified blob (a manifest) in one go."""
@@ -327,16 +321,16 @@ class BlobStore:
             if link is not None:
                 await self.link([digest], link)
             return
-        h = digest.hasher()
-        h.update(data)
-        tmp = self.temp_path()
+        writer = self.writer(digest)
         try:
-            await asyncio.to_thread(tmp.write_bytes, data)
-        except OSError as e:
-            await asyncio.to_thread(tmp.unlink, True)
-            raise _translate_oserror(e) from e
-        await self.commit(tmp, digest, size=len(data), computed=h.hexdigest(), written=len(data),
-                          links=[link] if link else [])
+            await writer.open()
+            await writer.write(data, 0)
+        except BaseException:
+            await writer.discard()
+            raise
+        finally:
+            await writer.close()
+        await writer.commit(size=len(data), links=[link] if link else [])
 
     async def delete(self, digest: Digest) -> None:
         self._forget(str(digest))

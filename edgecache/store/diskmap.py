@@ -65,7 +65,7 @@ class DiskMap:
             with self._lock:
                 self._pending = {**pending, **self._pending}    # newer changes win
             if "full" in str(e):
-                raise StoreFull(28, f"disk full: {self._dir.name} changes not written") from e
+                raise StoreFull(f"disk full: {self._dir.name} changes not written") from e
             raise
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 
-from edgecache.errors import EdgecacheError, ManifestUnknown
+from edgecache.errors import ManifestUnknown, NoMatchingPlatform
 from edgecache.mediatypes import INDEX_TYPES, Accept
 from edgecache.pull.blobs import BlobService
 from edgecache.pull.fill import Fill
@@ -21,10 +21,6 @@ from edgecache.upstream.client import Upstreams
 
 ANY = Accept.parse([])
 BLOBS_AT_ONCE = 3          # per image; the syncer bounds images at once
-
-
-class NoMatchingPlatform(EdgecacheError):
-    pass
 
 
 @dataclass

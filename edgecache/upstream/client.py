@@ -20,7 +20,7 @@ from yarl import URL
 
 from edgecache.config import BreakerConfig, LimitsConfig, Timeouts, UpstreamConfig
 from edgecache.errors import (ManifestTooLarge, UpstreamBadResponse, UpstreamDenied, UpstreamDown, UpstreamError,
-                              UpstreamNotFound, UpstreamRateLimited, UpstreamTimeout,
+                              UpstreamIncomplete, UpstreamNotFound, UpstreamRateLimited, UpstreamTimeout,
                               UpstreamUnreachable)
 from edgecache.reference import parse_digest
 from edgecache.upstream.auth import TokenCache, basic_header, parse_challenge
@@ -29,12 +29,6 @@ from edgecache.upstream.redirects import (MAX_REDIRECTS, AddressRefused, Guarded
                                           address_refusal, addresses_of, nearness, refusal)
 
 USER_AGENT = "edgecache/0.1"
-
-
-class UpstreamIncomplete(UpstreamError):
-    """The body broke off (truncated, reset, or stalled past the read timeout)."""
-
-    kind = "incomplete"
 
 
 @dataclass(frozen=True)
