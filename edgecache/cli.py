@@ -17,9 +17,9 @@ from edgecache.atomic import write_text_atomic
 from edgecache.config import Config, ConfigError, load
 from edgecache.daemon import Daemon, DaemonError
 from edgecache.runtime import open_store
-from edgecache.errors import StoreLocked
+from edgecache.errors import ListError, StoreLocked
 from edgecache.sync import listedit
-from edgecache.sync.lists import ListError, list_files, parse_ref
+from edgecache.sync.lists import list_files, parse_ref
 from edgecache.sync.lists import load as load_list
 
 

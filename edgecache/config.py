@@ -18,6 +18,7 @@ import yaml
 
 from edgecache.credentials import read_tokens
 from edgecache.cron import Cron
+from edgecache.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgecache/config.yaml")
 
@@ -44,14 +45,6 @@ upstream_timeout: {connect: 3s, read: 30s}
 
 # Docker Hub answers to several names; all of them mean the key "docker.io".
 DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as `key: reason (value)`."""
-
-    def __init__(self, key: str, value: Any, reason: str) -> None:
-        self.key, self.value, self.reason = key, value, reason
-        super().__init__(f"config error: {key}: {reason} (got {value!r})")
 
 
 _SIZE_UNITS = {

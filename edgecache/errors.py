@@ -1,4 +1,4 @@
-"""Domain errors. They say what went wrong in our terms; server/errors.py maps
+"""Domain errors. They say what went wrong in our terms; server/oci_errors.py maps
 them to OCI error codes and HTTP statuses in one table."""
 from __future__ import annotations
 
@@ -6,6 +6,23 @@ import errno
 
 class EdgecacheError(Exception):
     """Base of every error we raise on purpose."""
+
+
+class ConfigError(EdgecacheError, ValueError):
+    """A configuration problem, phrased as `key: reason (value)`."""
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        self.key, self.value, self.reason = key, value, reason
+        super().__init__(f"config error: {key}: {reason} (got {value!r})")
+
+
+class ListError(EdgecacheError, ValueError):
+    """An image list that cannot be used; `problem` (sync/lists.py's ListProblem)
+    names the file, the line and why."""
+
+    def __init__(self, problem: object) -> None:
+        self.problem = problem
+        super().__init__(str(problem))
 
 
 class InvalidName(EdgecacheError, ValueError):
@@ -38,6 +55,26 @@ class BlobUnknown(EdgecacheError, LookupError):
 
 class ManifestTooLarge(EdgecacheError):
     pass
+
+
+class NoSuchEndpoint(EdgecacheError, LookupError):
+    """A path this mirror does not serve."""
+
+
+class Unsupported(EdgecacheError):
+    """A method this pull-only mirror does not serve; `allow` lists those it does."""
+
+    def __init__(self, detail: str, allow: str | None = None) -> None:
+        self.allow = allow
+        super().__init__(detail)
+
+
+class RequestTooLarge(EdgecacheError):
+    """A request body over what the server reads."""
+
+
+class StoreUnhealthy(EdgecacheError):
+    """The store is not open, or its directory is gone (the node cannot serve)."""
 
 
 class RangeNotSatisfiable(EdgecacheError):

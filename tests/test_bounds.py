@@ -3,7 +3,6 @@ memory, or stall it. Hostile clients and a hostile upstream of the tests' own,
 each bound asserted with a number."""
 import asyncio
 import base64
-import collections
 import ipaddress
 import json
 import logging
@@ -302,7 +301,7 @@ async def test_an_upstream_cannot_redirect_to_the_cache_itself(tmp_path):
                           port=edge_port, default="central.example")
         async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
             # The cache holds `cached` under other.example.
-            for path in (f"/v2/other/app/manifests/v1?ns=other.example",
+            for path in ("/v2/other/app/manifests/v1?ns=other.example",
                          f"/v2/other/app/blobs/{cached.layers[0].digest}?ns=other.example"):
                 async with s.get(edge.url + path) as r:
                     assert r.status == 200

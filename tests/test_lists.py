@@ -6,7 +6,8 @@ import yaml
 
 from edgecache.cron import Cron
 from edgecache.sync import listedit
-from edgecache.sync.lists import ListError, parse_ref, parse_text
+from edgecache.errors import ListError
+from edgecache.sync.lists import parse_ref, parse_text
 
 UP = {"registry.corp.example", "docker.io"}
 D = "sha256:" + "a" * 64

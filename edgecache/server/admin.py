@@ -8,9 +8,9 @@ from typing import Iterable
 from aiohttp import web
 
 from edgecache import __version__
+from edgecache.errors import NoSuchEndpoint, StoreUnhealthy
 from edgecache.metrics import counter, gauge, labelled_counter
 from edgecache.server.guard import identity
-from edgecache.server.oci_errors import OciError
 from edgecache.siblings import hopauth
 from edgecache.server.registry_api import SERVICES, Services
 
@@ -25,9 +25,9 @@ async def sibling(request: web.Request) -> web.Response:
     """Who answers here: siblings check it (our own checks, not mDNS, say who is up)."""
     svc = request.app[SERVICES]
     if svc.siblings is None:
-        raise OciError("NAME_UNKNOWN", "siblings are not enabled on this node", message="not found")
+        raise NoSuchEndpoint("siblings are not enabled on this node")
     if not svc.store.healthy():
-        raise OciError("UNKNOWN", "the store is not healthy", status=503, message="unavailable")
+        raise StoreUnhealthy("the store is not healthy")
     doc = {"node_id": svc.siblings.node_id, "version": __version__}
     challenge = request.query.get("challenge", "")
     who = identity(request)

@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -49,63 +50,78 @@ _PREFIX = f"{os.getpid():x}"
 
 
 class OciError(Exception):
-    """An error already phrased in OCI terms, with optional extra headers."""
+    """An error phrased in OCI terms: its code, status, message, detail and headers."""
 
-    def __init__(self, code: str, detail: object = None, *, status: int | None = None,
-                 message: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, code: str, detail: object, status: int, message: str,
+                 headers: dict[str, str] | None = None) -> None:
         self.oci = CODES[code]
         self.detail = detail
-        self.status = status or self.oci.status
-        self.message = message or self.oci.message
+        self.status = status
+        self.message = message
         self.headers = headers or {}
         super().__init__(f"{code}: {self.message}")
 
 
+@dataclass(frozen=True)
+class Rule:
+    """Domain errors of these types (where `when` holds) answer with this."""
+
+    errors: type[BaseException] | tuple[type[BaseException], ...]
+    code: str
+    status: int
+    message: str
+    headers: Callable[[Any], dict[str, str]] | None = None
+    when: Callable[[Any], bool] | None = None
+
+
+def _retry_after(seconds: Callable[[Any], object]) -> Callable[[Any], dict[str, str]]:
+    return lambda err: {"Retry-After": str(seconds(err))}
+
+
+# The domain error -> OCI answer translation, in one place; the first rule that
+# matches answers (subclasses before their bases).
+RULES = (
+    Rule(e.InvalidName, "NAME_INVALID", 400, "invalid repository name"),
+    Rule(e.InvalidDigest, "DIGEST_INVALID", 400, "invalid digest"),
+    Rule((e.UnknownRegistry, e.NameUnknown), "NAME_UNKNOWN", 404,
+         "repository name not known to registry"),
+    Rule(e.NoSuchEndpoint, "NAME_UNKNOWN", 404, "not found"),
+    Rule(e.ManifestUnknown, "MANIFEST_UNKNOWN", 404, "manifest unknown"),
+    Rule(e.BlobUnknown, "BLOB_UNKNOWN", 404, "blob unknown to registry"),
+    Rule(e.RangeNotSatisfiable, "RANGE_INVALID", 416, "requested range not satisfiable",
+         lambda err: {"Content-Range": f"bytes */{err.size}"}),
+    Rule(e.ManifestTooLarge, "MANIFEST_INVALID", 502, "manifest too large"),
+    Rule(e.Unsupported, "UNSUPPORTED", 405, "the operation is unsupported",
+         lambda err: {"Allow": err.allow} if err.allow else {}),
+    Rule(e.RequestTooLarge, "UNSUPPORTED", 413, "the operation is unsupported"),
+    Rule(e.UpstreamRateLimited, "TOOMANYREQUESTS", 429, "too many requests",
+         lambda err: {"Retry-After": err.retry_after} if err.retry_after else {}),
+    Rule(e.Unauthorized, "UNAUTHORIZED", 401, "authentication required",
+         lambda err: {"WWW-Authenticate": 'Basic realm="edgecache"'}),
+    Rule(e.Forbidden, "DENIED", 403, "requested access to the resource is denied"),
+    Rule(e.UpstreamDenied, "DENIED", 403, "the upstream registry denied access"),
+    Rule(e.TooManyRequests, "TOOMANYREQUESTS", 429, "too many requests",
+         _retry_after(lambda err: err.retry_after)),
+    Rule(e.UpstreamDown, "UNKNOWN", 503, "upstream registry is down",
+         _retry_after(lambda err: max(1, round(err.retry_in)))),
+    Rule(e.BlobTooLarge, "UNKNOWN", 502, "blob larger than the cache"),
+    Rule(e.FillAbandoned, "UNKNOWN", 503, "fetch cancelled, try again", _retry_after(lambda _: 1)),
+    Rule(e.UpstreamError, "UNKNOWN", 503, "upstream registry failed", when=e.is_unavailable),
+    Rule((e.UpstreamError, e.DigestMismatch, e.SizeMismatch), "UNKNOWN", 502,
+         "upstream registry failed"),
+    Rule(e.HopRefused, "UNKNOWN", 409, "not the fetcher of this blob"),
+    Rule(e.StoreFull, "UNKNOWN", 507, "cache disk is full"),
+    Rule(e.StoreUnhealthy, "UNKNOWN", 503, "unavailable"),
+)
+assert all(r.code in CODES for r in RULES)
+
+
 def to_oci(err: BaseException) -> OciError | None:
-    """The domain error -> OCI error translation, in one place."""
-    if isinstance(err, OciError):
-        return err
-    if isinstance(err, e.InvalidName):
-        return OciError("NAME_INVALID", str(err))
-    if isinstance(err, e.InvalidDigest):
-        return OciError("DIGEST_INVALID", str(err), message="invalid digest")
-    if isinstance(err, (e.UnknownRegistry, e.NameUnknown)):
-        return OciError("NAME_UNKNOWN", str(err))
-    if isinstance(err, e.ManifestUnknown):
-        return OciError("MANIFEST_UNKNOWN", str(err))
-    if isinstance(err, e.BlobUnknown):
-        return OciError("BLOB_UNKNOWN", str(err))
-    if isinstance(err, e.RangeNotSatisfiable):
-        return OciError("RANGE_INVALID", str(err), headers={"Content-Range": f"bytes */{err.size}"})
-    if isinstance(err, e.ManifestTooLarge):
-        return OciError("MANIFEST_INVALID", str(err), message="manifest too large")
-    if isinstance(err, e.UpstreamRateLimited):
-        h = {"Retry-After": err.retry_after} if err.retry_after else {}
-        return OciError("TOOMANYREQUESTS", str(err), headers=h)
-    if isinstance(err, e.Unauthorized):
-        return OciError("UNAUTHORIZED", str(err),
-                        headers={"WWW-Authenticate": 'Basic realm="edgecache"'})
-    if isinstance(err, e.Forbidden):
-        return OciError("DENIED", str(err))
-    if isinstance(err, e.UpstreamDenied):
-        return OciError("DENIED", str(err), message="the upstream registry denied access")
-    if isinstance(err, e.TooManyRequests):
-        return OciError("TOOMANYREQUESTS", str(err), headers={"Retry-After": str(err.retry_after)})
-    if isinstance(err, e.UpstreamDown):
-        return OciError("UNKNOWN", str(err), status=503, message="upstream registry is down",
-                        headers={"Retry-After": str(max(1, round(err.retry_in)))})
-    if isinstance(err, e.BlobTooLarge):
-        return OciError("UNKNOWN", str(err), status=502, message="blob larger than the cache")
-    if isinstance(err, e.FillAbandoned):
-        return OciError("UNKNOWN", str(err), status=503, message="fetch cancelled, try again",
-                        headers={"Retry-After": "1"})
-    if isinstance(err, (e.UpstreamError, e.DigestMismatch, e.SizeMismatch)):
-        return OciError("UNKNOWN", str(err), status=503 if e.is_unavailable(err) else 502,
-                        message="upstream registry failed")
-    if isinstance(err, e.HopRefused):
-        return OciError("UNKNOWN", str(err), status=409, message="not the fetcher of this blob")
-    if isinstance(err, e.StoreFull):
-        return OciError("UNKNOWN", str(err), status=507, message="cache disk is full")
+    """The OCI answer for a domain error; None for anything else (a 500)."""
+    for rule in RULES:
+        if isinstance(err, rule.errors) and (rule.when is None or rule.when(err)):
+            return OciError(rule.code, str(err), rule.status, rule.message,
+                            rule.headers(err) if rule.headers else None)
     return None
 
 
@@ -133,22 +149,19 @@ def error_response(err: OciError, request_id: str | None = None) -> web.Response
                         headers=headers)
 
 
+# aiohttp's own answers (no route, wrong method, body too large), as domain errors.
+_HTTP = {
+    404: lambda exc: e.NoSuchEndpoint("no such endpoint"),
+    405: lambda exc: e.Unsupported("method not supported by this mirror",
+                                   exc.headers.get("Allow")),
+    413: lambda exc: e.RequestTooLarge("request body too large"),
+}
+
+
 def _http_error(exc: web.HTTPException) -> OciError:
-    """aiohttp's own answers (no route, wrong method, body too large) in OCI terms."""
-    if exc.status == 405:
-        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
-        return OciError("UNSUPPORTED", "method not supported by this mirror", headers=allow)
-    if exc.status == 404:
-        return OciError("NAME_UNKNOWN", "no such endpoint", message="not found")
-    if exc.status == 413:
-        return OciError("UNSUPPORTED", "request body too large", status=413)
-    if exc.status == 401:
-        return OciError("UNAUTHORIZED", exc.reason)
-    if exc.status == 403:
-        return OciError("DENIED", exc.reason)
-    if exc.status == 429:
-        return OciError("TOOMANYREQUESTS", exc.reason)
-    return OciError("UNKNOWN", exc.reason, status=exc.status, message=exc.reason.lower())
+    make = _HTTP.get(exc.status)
+    oci = to_oci(make(exc)) if make else None
+    return oci or OciError("UNKNOWN", exc.reason, exc.status, exc.reason.lower())
 
 
 class DenialLog:
@@ -208,7 +221,7 @@ async def oci_error_middleware(request: web.Request, handler) -> web.StreamRespo
         if oci is None:
             rid = new_request_id(request)
             log.exception("%s %s -> 500 [%s]", request.method, request.path[:200], rid)
-            oci = OciError("UNKNOWN", None, message="internal error")
+            oci = OciError("UNKNOWN", None, 500, "internal error")
         else:
             if oci.status in (401, 403, 429):
                 request.app[DENIAL_LOG](request, exc, oci.status)

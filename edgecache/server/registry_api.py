@@ -15,7 +15,8 @@ from edgecache.server.accesslog import BYTES, ERROR, SOURCE, STALE
 
 from edgecache.access import Access
 from edgecache.config import Config
-from edgecache.errors import BlobUnknown, ManifestUnknown, Unauthorized, UnknownRegistry
+from edgecache.errors import (BlobUnknown, ManifestUnknown, NoSuchEndpoint, Unauthorized,
+                              UnknownRegistry, Unsupported)
 from edgecache.mediatypes import Accept
 from edgecache.pull.blobs import BlobService, LocalBlob
 from edgecache.pull.fill import Fill
@@ -28,7 +29,7 @@ from edgecache.server.guard import hop_from, identity
 from edgecache.siblings import hopauth
 from edgecache.siblings.client import CHECKED, HAVE
 from edgecache.siblings.service import Siblings
-from edgecache.server.oci_errors import API_VERSION, OciError
+from edgecache.server.oci_errors import API_VERSION
 from edgecache.server.protocol import client_lost
 from edgecache.server.ranges import parse_range
 from edgecache.store.blobs import BlobStore
@@ -264,9 +265,9 @@ async def tags_list(request: web.Request) -> web.Response:
 
 async def unsupported(request: web.Request) -> web.Response:
     if request.method in ("GET", "HEAD"):
-        raise OciError("NAME_UNKNOWN", f"no such endpoint: {request.path[:200]}", message="not found")
-    raise OciError("UNSUPPORTED", f"{request.method} is not supported: this is a pull-only mirror",
-                   headers={"Allow": "GET, HEAD"})
+        raise NoSuchEndpoint(f"no such endpoint: {request.path[:200]}")
+    raise Unsupported(f"{request.method} is not supported: this is a pull-only mirror",
+                      allow="GET, HEAD")
 
 
 def add_routes(app: web.Application) -> None:

@@ -13,7 +13,8 @@ from typing import Collection
 import yaml
 
 from edgecache.atomic import write_text_atomic
-from edgecache.sync.lists import ImageRef, ListError, ListProblem, parse_ref, parse_text
+from edgecache.errors import ListError
+from edgecache.sync.lists import ImageRef, ListProblem, parse_ref, parse_text
 
 
 def _items(text: str, file: str) -> tuple[yaml.Node | None, yaml.Node | None]:

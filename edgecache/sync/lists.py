@@ -20,7 +20,6 @@ from typing import Collection
 import yaml
 
 from edgecache.config import normalize_registry
-from edgecache.errors import EdgecacheError
 from edgecache.reference import parse_digest, validate_name, validate_tag
 
 _PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
@@ -44,12 +43,6 @@ class ListProblem:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.reason}"
-
-
-class ListError(EdgecacheError, ValueError):
-    def __init__(self, problem: ListProblem) -> None:
-        self.problem = problem
-        super().__init__(str(problem))
 
 
 @dataclass(frozen=True)
