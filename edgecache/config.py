@@ -1,7 +1,9 @@
 """Typed, frozen configuration: loaded and validated once at start.
 
+Each key is a dataclass field made by `setting` (its default and its parser,
+written once); the known keys, the parsing and `to_dict` are derived from them.
 Every error names the key and the offending value, so a bad config fails with
-one line. The environment (uid, XDG dirs) is passed in, never read globally by
+one line. `parse` touches no file; `read_files` is the one place that does. The environment (uid, XDG dirs) is passed in, never read globally by
 callers, so tests can build configs without touching the machine.
 """
 from __future__ import annotations
@@ -10,9 +12,9 @@ import datetime
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
 
@@ -22,11 +24,9 @@ from edgecache.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgecache/config.yaml")
 
-# The embedded default: a useful mirror for the public registries on port 5000.
+# The embedded default: a useful mirror for the public registries on port 5000
+# (every other key at its default, written once below; check-config prints them).
 DEFAULT_YAML = """\
-listen: 0.0.0.0:5000
-cache:
-  max_size: 20GiB
 upstreams:
   docker.io:
     url: https://registry-1.docker.io
@@ -39,8 +39,6 @@ upstreams:
   gcr.io:
     url: https://gcr.io
 default_upstream: docker.io
-tag_ttl: 60s
-upstream_timeout: {connect: 3s, read: 30s}
 """
 
 # Docker Hub answers to several names; all of them mean the key "docker.io".
@@ -88,121 +86,236 @@ def parse_duration(key: str, value: Any) -> float:
     return secs
 
 
+def _positive(key: str, value: Any) -> float:
+    secs = parse_duration(key, value)
+    if secs <= 0:
+        raise ConfigError(key, value, "must be positive")
+    return secs
+
+
+def _fraction(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(key, value, "expected a fraction in (0, 1]")
+    return float(value)
+
+
+def _count(lo: int, hi: int) -> Callable[[str, Any], int]:
+    def parse(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ConfigError(key, value, f"expected a whole number from {lo} to {hi}")
+        return value
+    return parse
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "expected true or false")
+    return value
+
+
+def _strings(what: str) -> Callable[[str, Any], tuple[str, ...]]:
+    def parse(key: str, value: Any) -> tuple[str, ...]:
+        value = value or []
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(key, value, f"expected a list of {what}")
+        return tuple(value)
+    return parse
+
+
+def _networks(key: str, value: Any) -> tuple[str, ...]:
+    nets = value or []
+    if not isinstance(nets, list):
+        raise ConfigError(key, nets, "expected a list of CIDRs")
+    for n in nets:
+        try:
+            ipaddress.ip_network(str(n), strict=False)
+        except ValueError:
+            raise ConfigError(key, n, "not a CIDR such as 10.0.0.0/8") from None
+    return tuple(str(n) for n in nets)
+
+
+def _peers(key: str, value: Any) -> tuple[str, ...]:
+    peers = value or []
+    if not isinstance(peers, list):
+        raise ConfigError(key, peers, "expected a list of URLs such as http://10.0.0.2:5000")
+    for p in peers:
+        if not isinstance(p, str) or not re.fullmatch(r"https?://[^/\s]+", p.rstrip("/")):
+            raise ConfigError(key, p, "expected a URL such as http://10.0.0.2:5000")
+    return tuple(p.rstrip("/") for p in peers)
+
+
+def _node_id(key: str, value: Any) -> str:
+    # 48: "edgecache-<id>" must fit one DNS label (63) in mDNS, with room to spare.
+    if not (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,48}", value)):
+        raise ConfigError(key, value, "expected 1-48 letters, digits, '_' or '-'")
+    return value
+
+
+def _schedule(key: str, value: Any) -> str:
+    try:
+        Cron.parse(str(value)).next_after(datetime.datetime.now())
+    except ValueError as e:
+        raise ConfigError(key, value, f"not a cron expression: {e}") from None
+    return str(value)
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, "***" if "password" in key else value, "expected a string")
+    return value
+
+
+def _realms(key: str, value: Any) -> tuple[str, ...]:
+    realms = value or []
+    if not isinstance(realms, list) or not all(
+            isinstance(r, str) and re.fullmatch(r"https?://[^/\s]+(/\S*)?", r) for r in realms):
+        raise ConfigError(key, realms,
+                          "expected a list of token service URLs such as https://auth.example/token")
+    return tuple(r.rstrip("/") for r in realms)
+
+
+# How a field is read from YAML: its parser, and whether it names a path (resolved
+# against the config file's directory) or a file that must exist (checked, and read
+# where its contents are needed, by `read_files`: the one place that touches them).
+_PATH, _FILE = "path", "file"
+
+
+def setting(default: Any, parse: Callable[[str, Any], Any] | None = None, *, kind: str = "",
+            repr: bool = True) -> Any:
+    """A config key: its default and its parser, written once, next to its type."""
+    if default is _REQUIRED:
+        return field(metadata={"parse": parse, "kind": kind}, repr=repr)
+    return field(default=default, metadata={"parse": parse, "kind": kind}, repr=repr)
+
+
+def section(cls: type, default: Any = None) -> Any:
+    """A nested mapping, built by `_section` like the top level."""
+    return field(default=default, metadata={"section": cls})
+
+
+_REQUIRED = object()
+
+
 @dataclass(frozen=True)
 class TLSConfig:
-    ca_file: Path | None = None
-    insecure_skip_verify: bool = False
+    ca_file: Path | None = setting(None, kind=_FILE)
+    insecure_skip_verify: bool = setting(False, _bool)
 
 
 @dataclass(frozen=True)
 class UpstreamConfig:
     name: str                     # the registry host as clients name it
     url: str                      # where to dial it
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: TLSConfig = TLSConfig()
+    username: str | None = setting(None, _text)
+    password: str | None = setting(None, _text, repr=False)
+    password_file: Path | None = setting(None, kind=_FILE)    # read into password at start
+    tls: TLSConfig = section(TLSConfig, TLSConfig())
     # Served to anonymous clients? An upstream with credentials is not, unless it says so.
-    public: bool = True
+    public: bool = setting(True, _bool)
     # Token services on other hosts that may see the credentials (the upstream's own
     # host always may); any other realm is asked without them.
-    token_realms: tuple[str, ...] = ()
+    token_realms: tuple[str, ...] = setting((), _realms)
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    connect: float = 3.0
-    read: float = 30.0
+    connect: float = setting(3.0, _positive)
+    read: float = setting(30.0, _positive)
 
 
 @dataclass(frozen=True)
 class CacheConfig:
-    max_size: int = 20 * 1024**3
-    high_watermark: float = 0.95  # start evicting above this fraction of max_size
-    low_watermark: float = 0.85   # ... and stop below this one
-    scrub_interval: float = 24 * 3600.0   # re-hash every blob this often (0: never)
-    scrub_rate: int = 64 * 1024**2        # bytes per second the scrub may read
-    evict_interval: float = 30.0          # how often the budget is checked besides commits
-    abandon_after: float = 10.0           # a fill nobody waits for is cancelled after this...
-    finish_fraction: float = 0.5          # ... unless it is this far along (or sync work)
+    max_size: int = setting(20 * 1024**3, parse_size)
+    high_watermark: float = setting(0.95, _fraction)  # start evicting above this fraction of max_size
+    low_watermark: float = setting(0.85, _fraction)   # ... and stop below this one
+    scrub_interval: float = setting(24 * 3600.0, parse_duration)  # re-hash every blob this often (0: never)
+    scrub_rate: int = setting(64 * 1024**2, parse_size)          # bytes per second the scrub may read
+    evict_interval: float = setting(30.0, _positive)  # how often the budget is checked besides commits
+    abandon_after: float = setting(10.0, parse_duration)  # a fill nobody waits for is cancelled after this...
+    finish_fraction: float = setting(0.5, _fraction)  # ... unless it is this far along (or sync work)
 
 
 @dataclass(frozen=True)
 class LimitsConfig:
     """Caps on what an upstream (or a client through it) can make the cache hold."""
 
-    manifest_bytes: int = 4 * 1024**2
-    tag_list_bytes: int = 1024**2          # one tag list page from the upstream
-    tag_list_tags: int = 10_000            # tags in one page (the `n` asked of the upstream)
-    tag_lists_kept_bytes: int = 16 * 1024**2   # last full lists kept for offline answers
-    token_bytes: int = 64 * 1024           # a token service's answer
+    manifest_bytes: int = setting(4 * 1024**2, parse_size)
+    tag_list_bytes: int = setting(1024**2, parse_size)        # one tag list page from the upstream
+    tag_list_tags: int = setting(10_000, _count(1, 1_000_000))  # tags in one page (the `n` asked)
+    tag_lists_kept_bytes: int = setting(16 * 1024**2, parse_size)  # full lists kept for offline answers
+    token_bytes: int = setting(64 * 1024, parse_size)         # a token service's answer
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    header_timeout: float = 10.0      # a request head must arrive whole within this
-    idle_timeout: float = 75.0        # an idle keep-alive connection is closed after this
+    header_timeout: float = setting(10.0, _positive)  # a request head must arrive whole within this
+    idle_timeout: float = setting(75.0, _positive)    # an idle keep-alive connection is closed after this
 
 
 @dataclass(frozen=True)
 class BreakerConfig:
-    failures: int = 3             # consecutive connection failures that open it
-    backoff: float = 5.0          # first open period; doubles up to max_backoff
-    max_backoff: float = 60.0
+    failures: int = setting(3, _count(1, 1_000_000))  # consecutive connection failures that open it
+    backoff: float = setting(5.0, parse_duration)     # first open period; doubles up to max_backoff
+    max_backoff: float = setting(60.0, parse_duration)
 
 
 @dataclass(frozen=True)
 class AccessConfig:
-    networks: tuple[str, ...] = ()      # allowed client CIDRs; empty: any
-    htpasswd: Path | None = None        # bcrypt Basic credentials
-    tokens_file: Path | None = None     # static bearer tokens, one per line (NAME:TOKEN or TOKEN)
-    admin: tuple[str, ...] = ()         # who may POST gc/verify/sync; empty: anyone authenticated
-    cli_credentials_file: Path | None = None   # USER:PASSWORD or a TOKEN the CLI sends the daemon
-    password_checks: int = 2            # bcrypt checks run at once (their own threads)
+    networks: tuple[str, ...] = setting((), _networks)   # allowed client CIDRs; empty: any
+    htpasswd: Path | None = setting(None, kind=_FILE)     # bcrypt Basic credentials
+    # Static bearer tokens, one per line (NAME:TOKEN or TOKEN).
+    tokens_file: Path | None = setting(None, kind=_FILE)
+    # Who may POST gc/verify/sync; empty: anyone authenticated.
+    admin: tuple[str, ...] = setting((), _strings("user or token names"))
+    # USER:PASSWORD or a TOKEN the CLI sends the daemon.
+    cli_credentials_file: Path | None = setting(None, kind=_FILE)
+    password_checks: int = setting(2, _count(1, 64))      # bcrypt checks run at once (own threads)
 
 
 @dataclass(frozen=True)
 class ListenerTLS:
-    cert_file: Path
-    key_file: Path
-    client_ca_file: Path | None = None  # mutual TLS: a verified client certificate authenticates
-    require_client_cert: bool = False
+    cert_file: Path = setting(_REQUIRED, kind=_FILE)
+    key_file: Path = setting(_REQUIRED, kind=_FILE)
+    # Mutual TLS: a verified client certificate authenticates.
+    client_ca_file: Path | None = setting(None, kind=_FILE)
+    require_client_cert: bool = setting(False, _bool)
 
 
 @dataclass(frozen=True)
 class SyncConfig:
-    schedule: str | None = None     # 5-field cron; when set it wins over interval
-    interval: float = 6 * 3600.0
-    concurrency: int = 4            # images fetched at once
-    retention: float = 24 * 3600.0  # how long a replaced or removed pinned image stays pinned
-    watch_interval: float = 2.0     # how often list files are checked for edits
+    schedule: str | None = setting(None, _schedule)   # 5-field cron; when set it wins over interval
+    interval: float = setting(6 * 3600.0, _positive)
+    concurrency: int = setting(4, _count(1, 64))      # images fetched at once
+    retention: float = setting(24 * 3600.0, parse_duration)  # a replaced pinned image stays pinned so long
+    watch_interval: float = setting(2.0, _positive)   # how often list files are checked for edits
 
 
 @dataclass(frozen=True)
 class SiblingTLS:
-    ca_file: Path | None = None             # the CA siblings' certificates chain to (else the system's)
-    cert_file: Path | None = None           # our client certificate, for listeners that want one
-    key_file: Path | None = None
+    ca_file: Path | None = setting(None, kind=_FILE)  # the CA siblings' certificates chain to
+    cert_file: Path | None = setting(None, kind=_FILE)  # our client certificate, for listeners that want one
+    key_file: Path | None = setting(None, kind=_FILE)
 
 
 @dataclass(frozen=True)
 class SiblingsConfig:
     """Other edgecaches on the branch LAN, asked for content by digest before the WAN."""
 
-    enabled: bool = False
-    mdns: bool = True                       # advertise and browse _edgecache._tcp.local.
-    interfaces: tuple[str, ...] = ()        # names or addresses mDNS uses; empty: all
-    peers: tuple[str, ...] = ()             # static base URLs (other VLANs, no multicast)
-    secret: bytes | None = field(default=None, repr=False)   # HMAC key for hop requests
-    secret_file: Path | None = None
-    node_id: str | None = None              # default: generated once, kept in data_dir
-    timeout: float = 2.0                    # connect + response headers from a sibling
-    read_timeout: float = 5.0               # longest silence inside a sibling's body
-    health_interval: float = 5.0
-    fail_after: int = 3                     # failed checks that drop a sibling
-    readmit_after: int = 2                  # good checks that bring it back
-    bad_for: float = 600.0                  # how long a sibling that sent wrong bytes is shunned
-    min_rate: int = 512 * 1024              # bytes/s below which a sibling's body is given up
-    tls: "SiblingTLS | None" = None         # for https siblings: whom to trust, what to present
+    enabled: bool = False                    # the `siblings` key is there at all
+    mdns: bool = setting(True, _bool)        # advertise and browse _edgecache._tcp.local.
+    interfaces: tuple[str, ...] = setting((), _strings("interface names or addresses"))  # empty: all
+    peers: tuple[str, ...] = setting((), _peers)   # static base URLs (other VLANs, no multicast)
+    secret: bytes | None = field(default=None, repr=False)   # HMAC key for hop requests, from:
+    secret_file: Path | None = setting(None, kind=_FILE)
+    node_id: str | None = setting(None, _node_id)  # default: generated once, kept in data_dir
+    timeout: float = setting(2.0, _positive)       # connect + response headers from a sibling
+    read_timeout: float = setting(5.0, _positive)  # longest silence inside a sibling's body
+    health_interval: float = setting(5.0, _positive)
+    fail_after: int = setting(3, _count(1, 100))   # failed checks that drop a sibling
+    readmit_after: int = setting(2, _count(1, 100))  # good checks that bring it back
+    bad_for: float = setting(600.0, _positive)     # how long a sibling that sent wrong bytes is shunned
+    min_rate: int = setting(512 * 1024, parse_size)  # bytes/s below which a sibling's body is given up
+    tls: "SiblingTLS | None" = section(SiblingTLS)   # for https siblings: whom to trust, what to present
 
 
 @dataclass(frozen=True)
@@ -210,21 +323,21 @@ class Config:
     listen_host: str
     listen_port: int
     data_dir: Path
-    cache: CacheConfig
     upstreams: Mapping[str, UpstreamConfig]
     default_upstream: str | None
-    tag_ttl: float
-    upstream_timeout: Timeouts
-    breaker: BreakerConfig
     source: str                   # where it came from: a path or "<embedded default>"
-    pinned: Path | None = None    # a list file or a directory of them
-    prefetch: Path | None = None
-    sync: SyncConfig = SyncConfig()
-    access: AccessConfig = AccessConfig()
-    tls: ListenerTLS | None = None
-    siblings: SiblingsConfig = SiblingsConfig()
-    limits: LimitsConfig = LimitsConfig()
-    server: ServerConfig = ServerConfig()
+    tag_ttl: float = setting(60.0, parse_duration)
+    cache: CacheConfig = section(CacheConfig, CacheConfig())
+    upstream_timeout: Timeouts = section(Timeouts, Timeouts())
+    breaker: BreakerConfig = section(BreakerConfig, BreakerConfig())
+    pinned: Path | None = setting(None, kind=_PATH)    # a list file or a directory of them
+    prefetch: Path | None = setting(None, kind=_PATH)
+    sync: SyncConfig = section(SyncConfig, SyncConfig())
+    access: AccessConfig = section(AccessConfig, AccessConfig())
+    tls: ListenerTLS | None = section(ListenerTLS)
+    siblings: SiblingsConfig = section(SiblingsConfig, SiblingsConfig())
+    limits: LimitsConfig = section(LimitsConfig, LimitsConfig())
+    server: ServerConfig = section(ServerConfig, ServerConfig())
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration, secrets masked (for check-config): derived
@@ -281,10 +394,46 @@ def _mapping(key: str, value: Any) -> Mapping[str, Any]:
     return value
 
 
-def _reject_unknown(key: str, raw: Mapping[str, Any], known: set[str]) -> None:
+def _keys(cls: type) -> dict[str, Any]:
+    """The YAML keys of a config dataclass: its fields made by `setting` or `section`."""
+    return {f.name: f for f in fields(cls) if "parse" in f.metadata or "section" in f.metadata}
+
+
+def _reject_unknown(key: str, raw: Mapping[str, Any], known: Iterable[str]) -> None:
+    known = set(known)
     for k in raw:
         if k not in known:
             raise ConfigError(f"{key}.{k}" if key else str(k), raw[k], "unknown key")
+
+
+def _section(cls: type, key: str, raw: Any, base: Path, *, also: Iterable[str] = (),
+             **given: Any) -> Any:
+    """A config dataclass from its YAML mapping: every key one of its fields, parsed
+    by that field's parser; absent keys take the field's default. `also` are keys the
+    caller reads itself, `given` the fields it worked out."""
+    raw = _mapping(key, raw)
+    keys = _keys(cls)
+    _reject_unknown(key, raw, [*keys, *also])
+    values: dict[str, Any] = {}
+    for name, f in keys.items():
+        k = f"{key}.{name}" if key else name
+        if name in given:
+            continue
+        if raw.get(name) is None:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(k, None, f"required when {key} is set")
+            continue
+        value = raw[name]
+        if "section" in f.metadata:
+            values[name] = _section(f.metadata["section"], k, value, base)
+        elif f.metadata["kind"]:
+            if not isinstance(value, str) or not value:
+                raise ConfigError(k, value, "expected a file path" if f.metadata["kind"] == _FILE
+                                  else "expected the path of a list file or a directory of them")
+            values[name] = base / value
+        else:
+            values[name] = f.metadata["parse"](k, value)
+    return cls(**values, **given)
 
 
 def _listen(value: Any) -> tuple[str, int]:
@@ -294,17 +443,9 @@ def _listen(value: Any) -> tuple[str, int]:
     return m.group(1) or "0.0.0.0", int(m.group(2))
 
 
-def _bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(key, value, "expected true or false")
-    return value
-
-
 def _upstream(name: str, raw: Any, base: Path) -> UpstreamConfig:
     key = f"upstreams.{name}"
     raw = _mapping(key, raw)
-    _reject_unknown(key, raw, {"url", "username", "password", "password_file", "tls", "public",
-                               "token_realms"})
     url = raw.get("url")
     if not isinstance(url, str) or not re.fullmatch(r"https?://[^/\s]+(/.*)?", url):
         raise ConfigError(f"{key}.url", url, "expected an http:// or https:// URL")
@@ -313,74 +454,42 @@ def _upstream(name: str, raw: Any, base: Path) -> UpstreamConfig:
         # check-config) and would not make the upstream private.
         raise ConfigError(f"{key}.url", re.sub(r"//[^/@]*@", "//***@", url),
                           "credentials do not go in the URL: use username and password_file")
-    realms = raw.get("token_realms") or []
-    if not isinstance(realms, list) or not all(
-            isinstance(r, str) and re.fullmatch(r"https?://[^/\s]+(/\S*)?", r) for r in realms):
-        raise ConfigError(f"{key}.token_realms", realms,
-                          "expected a list of token service URLs such as https://auth.example/token")
-    password = raw.get("password")
-    if "password_file" in raw:
-        pf = base / str(raw["password_file"])
-        try:
-            password = pf.read_text().strip()
-        except OSError as e:
-            raise ConfigError(f"{key}.password_file", str(pf), f"cannot read: {e.strerror}") from None
-    if password is not None and not isinstance(password, str):
-        raise ConfigError(f"{key}.password", "***", "expected a string")
-    username = raw.get("username")
-    if username is not None and not isinstance(username, str):
-        raise ConfigError(f"{key}.username", username, "expected a string")
-    if (username is None) != (password is None):
-        raise ConfigError(f"{key}.username", username, "username and password go together")
-    tls_raw = _mapping(f"{key}.tls", raw.get("tls"))
-    _reject_unknown(f"{key}.tls", tls_raw, {"ca_file", "insecure_skip_verify"})
-    ca = tls_raw.get("ca_file")
-    if ca is not None and not (base / str(ca)).is_file():
-        raise ConfigError(f"{key}.tls.ca_file", ca, "no such file")
-    tls = TLSConfig(ca_file=base / str(ca) if ca else None,
-                    insecure_skip_verify=_bool(f"{key}.tls.insecure_skip_verify",
-                                               tls_raw.get("insecure_skip_verify", False)))
-    public = _bool(f"{key}.public", raw.get("public", username is None))
+    given: dict[str, Any] = {"name": normalize_registry(name), "url": url.rstrip("/")}
     if url.rstrip("/") == "https://registry-1.docker.io" and "token_realms" not in raw:
-        realms = ["https://auth.docker.io/token"]    # Docker Hub's token service
-    return UpstreamConfig(name=name, url=url.rstrip("/"), username=username,
-                          password=password, tls=tls, public=public,
-                          token_realms=tuple(r.rstrip("/") for r in realms))
+        given["token_realms"] = ("https://auth.docker.io/token",)    # Docker Hub's token service
+    u = _section(UpstreamConfig, key, raw, base, also=["url"], **given)
+    if "public" not in raw:
+        u = replace(u, public=u.username is None)
+    return u
 
 
-def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
+def _checked(cfg: Config) -> Config:
+    """What no single key can say: keys that must agree (once the files are read)."""
+    for name, u in cfg.upstreams.items():
+        if (u.username is None) != (u.password is None):
+            raise ConfigError(f"upstreams.{name}.username", u.username,
+                              "username and password go together")
+    c = cfg.cache
+    if c.low_watermark > c.high_watermark:
+        raise ConfigError("cache.low_watermark", c.low_watermark,
+                          "must not exceed cache.high_watermark")
+    if cfg.tls is not None and cfg.tls.require_client_cert and cfg.tls.client_ca_file is None:
+        raise ConfigError("tls.require_client_cert", True, "needs tls.client_ca_file")
+    t = cfg.siblings.tls
+    if t is not None and (t.cert_file is None) != (t.key_file is None):
+        raise ConfigError("siblings.tls.key_file" if t.cert_file else "siblings.tls.cert_file",
+                          None, "cert_file and key_file go together")
+    return cfg
+
+
+def parse(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
           base: Path = Path(".")) -> Config:
-    """Validate a parsed YAML document into a Config."""
+    """Each key of a parsed YAML document validated into a Config, touching no
+    file: paths are resolved against `base` (`read_files` checks and reads them;
+    `build` does all three steps)."""
     raw = _mapping("(top level)", raw)
-    _reject_unknown("", raw, {"listen", "data_dir", "cache", "upstreams", "default_upstream",
-                              "tag_ttl", "upstream_timeout", "breaker", "pinned", "prefetch",
-                              "sync", "access", "tls", "siblings", "limits", "server"})
     host, port = _listen(raw.get("listen", "0.0.0.0:5000"))
     data_dir = Path(raw["data_dir"]) if raw.get("data_dir") else default_data_dir(env, uid)
-
-    cache_raw = _mapping("cache", raw.get("cache"))
-    _reject_unknown("cache", cache_raw, {"max_size", "high_watermark", "low_watermark",
-                                         "scrub_interval", "scrub_rate", "evict_interval",
-                                         "abandon_after", "finish_fraction"})
-    hw = cache_raw.get("high_watermark", 0.95)
-    lw = cache_raw.get("low_watermark", 0.85)
-    ff = cache_raw.get("finish_fraction", 0.5)
-    for k, v in (("cache.high_watermark", hw), ("cache.low_watermark", lw),
-                 ("cache.finish_fraction", ff)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
-            raise ConfigError(k, v, "expected a fraction in (0, 1]")
-    if lw > hw:
-        raise ConfigError("cache.low_watermark", lw, "must not exceed cache.high_watermark")
-    cache = CacheConfig(max_size=parse_size("cache.max_size", cache_raw.get("max_size", "20GiB")),
-                        high_watermark=float(hw), low_watermark=float(lw),
-                        scrub_interval=parse_duration("cache.scrub_interval",
-                                                      cache_raw.get("scrub_interval", "24h")),
-                        scrub_rate=parse_size("cache.scrub_rate", cache_raw.get("scrub_rate", "64MiB")),
-                        evict_interval=_positive("cache.evict_interval",
-                                                 cache_raw.get("evict_interval", "30s")),
-                        abandon_after=parse_duration("cache.abandon_after",
-                                                     cache_raw.get("abandon_after", "10s")),
-                        finish_fraction=float(ff))
 
     ups_raw = _mapping("upstreams", raw.get("upstreams"))
     upstreams: dict[str, UpstreamConfig] = {}
@@ -391,7 +500,6 @@ def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
         if key in upstreams:
             raise ConfigError(f"upstreams.{name}", name, f"duplicate of {key}")
         upstreams[key] = _upstream(str(name), u, base)
-        upstreams[key] = UpstreamConfig(**{**upstreams[key].__dict__, "name": key})
     if not upstreams:
         raise ConfigError("upstreams", ups_raw, "at least one upstream is required")
 
@@ -402,207 +510,74 @@ def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
             raise ConfigError("default_upstream", raw.get("default_upstream"),
                               "is not one of the configured upstreams")
 
-    to_raw = _mapping("upstream_timeout", raw.get("upstream_timeout"))
-    _reject_unknown("upstream_timeout", to_raw, {"connect", "read"})
-    timeouts = Timeouts(connect=parse_duration("upstream_timeout.connect", to_raw.get("connect", 3)),
-                        read=parse_duration("upstream_timeout.read", to_raw.get("read", 30)))
-    for k, v in (("upstream_timeout.connect", timeouts.connect), ("upstream_timeout.read", timeouts.read)):
-        if v <= 0:
-            raise ConfigError(k, v, "must be positive")
-
-    br_raw = _mapping("breaker", raw.get("breaker"))
-    _reject_unknown("breaker", br_raw, {"failures", "backoff", "max_backoff"})
-    failures = br_raw.get("failures", 3)
-    if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1:
-        raise ConfigError("breaker.failures", failures, "expected a whole number >= 1")
-    breaker = BreakerConfig(failures=failures,
-                            backoff=parse_duration("breaker.backoff", br_raw.get("backoff", 5)),
-                            max_backoff=parse_duration("breaker.max_backoff",
-                                                       br_raw.get("max_backoff", 60)))
-
-    lists = {}
-    for k in ("pinned", "prefetch"):
-        v = raw.get(k)
-        if v is None:
-            lists[k] = None
-            continue
-        if not isinstance(v, str) or not v:
-            raise ConfigError(k, v, "expected the path of a list file or a directory of them")
-        lists[k] = base / v
-
-    return Config(listen_host=host, listen_port=port, data_dir=data_dir, cache=cache,
-                  upstreams=upstreams, default_upstream=default,
-                  tag_ttl=parse_duration("tag_ttl", raw.get("tag_ttl", 60)),
-                  upstream_timeout=timeouts, breaker=breaker, source=source,
-                  pinned=lists["pinned"], prefetch=lists["prefetch"],
-                  sync=_sync(raw.get("sync")), access=_access(raw.get("access"), base),
-                  tls=_listener_tls(raw.get("tls"), base),
-                  siblings=_siblings(raw.get("siblings"), base),
-                  limits=_limits(raw.get("limits")), server=_server(raw.get("server")))
+    sib = raw.get("siblings")
+    siblings = SiblingsConfig() if sib is None or sib is False else _section(
+        SiblingsConfig, "siblings", {} if sib is True else sib, base, enabled=True)
+    given = {"listen_host": host, "listen_port": port, "data_dir": data_dir,
+             "upstreams": upstreams, "default_upstream": default, "source": source,
+             "siblings": siblings}
+    return _section(Config, "", raw, base,
+                    also=["listen", "data_dir", "upstreams", "default_upstream", "siblings"],
+                    **given)
 
 
-def _positive(key: str, value: Any) -> float:
-    secs = parse_duration(key, value)
-    if secs <= 0:
-        raise ConfigError(key, value, "must be positive")
-    return secs
+def _files(value: Any, key: str) -> Iterator[tuple[str, Path]]:
+    """Every file a config names: (its key, its path)."""
+    if not is_dataclass(value):
+        return
+    for f in fields(value):
+        v = getattr(value, f.name)
+        k = f"{key}.{f.name}" if key else f.name
+        if f.metadata.get("kind") == _FILE and v is not None:
+            yield k, v
+        elif isinstance(v, Mapping):
+            for name, item in v.items():
+                yield from _files(item, f"{k}.{name}")
+        else:
+            yield from _files(v, k)
 
 
-def _limits(value: Any) -> LimitsConfig:
-    raw = _mapping("limits", value)
-    _reject_unknown("limits", raw, {"manifest_bytes", "tag_list_bytes", "tag_list_tags",
-                                    "tag_lists_kept_bytes", "token_bytes"})
-    return LimitsConfig(
-        manifest_bytes=parse_size("limits.manifest_bytes", raw.get("manifest_bytes", "4MiB")),
-        tag_list_bytes=parse_size("limits.tag_list_bytes", raw.get("tag_list_bytes", "1MiB")),
-        tag_list_tags=_count("limits.tag_list_tags", raw.get("tag_list_tags", 10_000), 1, 1_000_000),
-        tag_lists_kept_bytes=parse_size("limits.tag_lists_kept_bytes",
-                                        raw.get("tag_lists_kept_bytes", "16MiB")),
-        token_bytes=parse_size("limits.token_bytes", raw.get("token_bytes", "64KiB")))
+def _read(key: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(key, str(path), f"cannot read: {e.strerror}") from None
 
 
-def _server(value: Any) -> ServerConfig:
-    raw = _mapping("server", value)
-    _reject_unknown("server", raw, {"header_timeout", "idle_timeout"})
-    return ServerConfig(
-        header_timeout=_positive("server.header_timeout", raw.get("header_timeout", "10s")),
-        idle_timeout=_positive("server.idle_timeout", raw.get("idle_timeout", "75s")))
-
-
-def _file(key: str, value: Any, base: Path) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(key, value, "expected a file path")
-    p = base / value
-    if not p.is_file():
-        raise ConfigError(key, value, "no such file")
-    return p
-
-
-def _access(value: Any, base: Path) -> AccessConfig:
-    raw = _mapping("access", value)
-    _reject_unknown("access", raw, {"networks", "htpasswd", "tokens_file", "admin",
-                                    "cli_credentials_file", "password_checks"})
-    nets = raw.get("networks") or []
-    if not isinstance(nets, list):
-        raise ConfigError("access.networks", nets, "expected a list of CIDRs")
-    for n in nets:
-        try:
-            ipaddress.ip_network(str(n), strict=False)
-        except ValueError:
-            raise ConfigError("access.networks", n, "not a CIDR such as 10.0.0.0/8") from None
-    admin = raw.get("admin") or []
-    if not isinstance(admin, list) or not all(isinstance(a, str) and a for a in admin):
-        raise ConfigError("access.admin", admin, "expected a list of user or token names")
-    cli = raw.get("cli_credentials_file")
-    tokens = _file("access.tokens_file", raw["tokens_file"], base) if raw.get("tokens_file") else None
-    if tokens is not None:
-        try:
-            read_tokens(tokens)
-        except ValueError as e:
-            raise ConfigError("access.tokens_file", raw["tokens_file"], str(e)) from None
-    return AccessConfig(
-        networks=tuple(str(n) for n in nets), admin=tuple(admin),
-        password_checks=_count("access.password_checks", raw.get("password_checks", 2), 1, 64),
-        cli_credentials_file=_file("access.cli_credentials_file", cli, base) if cli else None,
-        htpasswd=_file("access.htpasswd", raw["htpasswd"], base) if raw.get("htpasswd") else None,
-        tokens_file=tokens)
-
-
-def _listener_tls(value: Any, base: Path) -> ListenerTLS | None:
-    if value is None:
-        return None
-    raw = _mapping("tls", value)
-    _reject_unknown("tls", raw, {"cert_file", "key_file", "client_ca_file", "require_client_cert"})
-    for k in ("cert_file", "key_file"):
-        if k not in raw:
-            raise ConfigError(f"tls.{k}", None, "required when tls is set")
-    ca = _file("tls.client_ca_file", raw["client_ca_file"], base) if raw.get("client_ca_file") else None
-    require = _bool("tls.require_client_cert", raw.get("require_client_cert", False))
-    if require and ca is None:
-        raise ConfigError("tls.require_client_cert", True, "needs tls.client_ca_file")
-    return ListenerTLS(_file("tls.cert_file", raw["cert_file"], base),
-                       _file("tls.key_file", raw["key_file"], base), ca, require)
-
-
-def _count(key: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ConfigError(key, value, f"expected a whole number from {lo} to {hi}")
-    return value
-
-
-def _siblings(value: Any, base: Path) -> SiblingsConfig:
-    if value is None or value is False:
-        return SiblingsConfig()
-    raw = _mapping("siblings", {} if value is True else value)
-    _reject_unknown("siblings", raw, {"mdns", "interfaces", "peers", "secret_file", "node_id",
-                                      "timeout", "read_timeout", "health_interval", "fail_after",
-                                      "readmit_after", "bad_for", "tls", "min_rate"})
-    ifaces = raw.get("interfaces") or []
-    if not isinstance(ifaces, list) or not all(isinstance(i, str) and i for i in ifaces):
-        raise ConfigError("siblings.interfaces", ifaces, "expected a list of interface names or addresses")
-    peers = raw.get("peers") or []
-    if not isinstance(peers, list):
-        raise ConfigError("siblings.peers", peers, "expected a list of URLs such as http://10.0.0.2:5000")
-    for p in peers:
-        if not isinstance(p, str) or not re.fullmatch(r"https?://[^/\s]+", p.rstrip("/")):
-            raise ConfigError("siblings.peers", p, "expected a URL such as http://10.0.0.2:5000")
-    secret = secret_file = None
-    if raw.get("secret_file"):
-        secret_file = _file("siblings.secret_file", raw["secret_file"], base)
-        secret = secret_file.read_bytes().strip()
+def read_files(cfg: Config) -> Config:
+    """The one place the files a config names are touched: each must exist; the
+    upstreams' password files and the siblings' secret are read into the config, the
+    tokens file is checked line by line (access.py reads the credential files again
+    at every reload: they change without the config)."""
+    for key, path in _files(cfg, ""):
+        if not path.is_file() and not key.endswith(".password_file"):
+            raise ConfigError(key, str(path), "no such file")
+    upstreams = {}
+    for name, u in cfg.upstreams.items():
+        if u.password_file is not None:
+            key = f"upstreams.{name}.password_file"
+            u = replace(u, password=_read(key, u.password_file).decode().strip())
+        upstreams[name] = u
+    s = cfg.siblings
+    if s.secret_file is not None:
+        secret = _read("siblings.secret_file", s.secret_file).strip()
         if len(secret) < 16:
-            raise ConfigError("siblings.secret_file", raw["secret_file"],
+            raise ConfigError("siblings.secret_file", str(s.secret_file),
                               "the secret must be at least 16 bytes")
-    node_id = raw.get("node_id")
-    # 48: "edgecache-<id>" must fit one DNS label (63) in mDNS, with room to spare.
-    if node_id is not None and not (isinstance(node_id, str)
-                                    and re.fullmatch(r"[A-Za-z0-9_-]{1,48}", node_id)):
-        raise ConfigError("siblings.node_id", node_id, "expected 1-48 letters, digits, '_' or '-'")
-    durations = {}
-    for k, default in (("timeout", "2s"), ("read_timeout", "5s"), ("health_interval", "5s"),
-                       ("bad_for", "10m")):
-        durations[k] = parse_duration(f"siblings.{k}", raw.get(k, default))
-        if durations[k] <= 0:
-            raise ConfigError(f"siblings.{k}", raw.get(k), "must be positive")
-    tls = None
-    if raw.get("tls") is not None:
-        tls_raw = _mapping("siblings.tls", raw["tls"])
-        _reject_unknown("siblings.tls", tls_raw, {"ca_file", "cert_file", "key_file"})
-        files = {k: _file(f"siblings.tls.{k}", tls_raw[k], base) if tls_raw.get(k) else None
-                 for k in ("ca_file", "cert_file", "key_file")}
-        if (files["cert_file"] is None) != (files["key_file"] is None):
-            raise ConfigError("siblings.tls.key_file" if files["cert_file"] else "siblings.tls.cert_file",
-                              None, "cert_file and key_file go together")
-        tls = SiblingTLS(**files)
-    return SiblingsConfig(
-        enabled=True, tls=tls,
-        min_rate=parse_size("siblings.min_rate", raw.get("min_rate", "512KiB")), mdns=_bool("siblings.mdns", raw.get("mdns", True)),
-        interfaces=tuple(ifaces), peers=tuple(p.rstrip("/") for p in peers),
-        secret=secret, secret_file=secret_file, node_id=node_id,
-        fail_after=_count("siblings.fail_after", raw.get("fail_after", 3), 1, 100),
-        readmit_after=_count("siblings.readmit_after", raw.get("readmit_after", 2), 1, 100),
-        **durations)
-
-
-def _sync(value: Any) -> SyncConfig:
-    raw = _mapping("sync", value)
-    _reject_unknown("sync", raw, {"schedule", "interval", "concurrency", "retention", "watch_interval"})
-    schedule = raw.get("schedule")
-    if schedule is not None:
+        s = replace(s, secret=secret)
+    if cfg.access.tokens_file is not None:
         try:
-            Cron.parse(str(schedule)).next_after(datetime.datetime.now())
+            read_tokens(cfg.access.tokens_file)
         except ValueError as e:
-            raise ConfigError("sync.schedule", schedule, f"not a cron expression: {e}") from None
-    interval = parse_duration("sync.interval", raw.get("interval", "6h"))
-    if interval <= 0:
-        raise ConfigError("sync.interval", raw.get("interval"), "must be positive")
-    conc = raw.get("concurrency", 4)
-    if isinstance(conc, bool) or not isinstance(conc, int) or not 1 <= conc <= 64:
-        raise ConfigError("sync.concurrency", conc, "expected a whole number from 1 to 64")
-    return SyncConfig(schedule=str(schedule) if schedule is not None else None, interval=interval,
-                      concurrency=conc,
-                      retention=parse_duration("sync.retention", raw.get("retention", "24h")),
-                      watch_interval=_positive("sync.watch_interval", raw.get("watch_interval", "2s")))
+            raise ConfigError("access.tokens_file", str(cfg.access.tokens_file), str(e)) from None
+    return replace(cfg, upstreams=upstreams, siblings=s)
+
+
+def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
+          base: Path = Path(".")) -> Config:
+    """A Config from a parsed YAML document: its keys, then its files, then the keys
+    that must agree."""
+    return _checked(read_files(parse(raw, source=source, env=env, uid=uid, base=base)))
 
 
 def load(path: Path | None, *, env: Mapping[str, str] | None = None, uid: int | None = None) -> Config:
