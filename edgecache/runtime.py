@@ -144,22 +144,22 @@ class open_runtime:
             fills = FillRegistry(store, abandon_after=cfg.cache.abandon_after,
                                  finish_fraction=cfg.cache.finish_fraction)
             stack.push_async_callback(fills.close)
-            confirmer = Confirmer(upstreams, public=self.public)
-            blobs = BlobService(store, fills, upstreams, metrics, confirmer)
-            manifests = ManifestService(store, meta, upstreams, metrics, cfg.tag_ttl,
-                                        confirmer=confirmer,
-                                        max_manifest_bytes=cfg.limits.manifest_bytes)
             siblings = None
             if self.with_siblings:
                 node_id = await asyncio.to_thread(load_node_id, cfg.data_dir, cfg.siblings.node_id)
                 siblings = Siblings(cfg, node_id)
                 stack.push_async_callback(siblings.close)     # also after a failed start
                 await siblings.start()
-                blobs.siblings = manifests.siblings = siblings
-            syncer = Syncer(cfg, store, meta, upstreams, manifests, blobs)
+            confirmer = Confirmer(upstreams, public=self.public)
+            blobs = BlobService(store, fills, upstreams, metrics, confirmer, siblings=siblings)
+            pinned_tags: dict[tuple[str, str, str], str] = {}      # the syncer's, read by manifests
+            manifests = ManifestService(store, meta, upstreams, metrics, cfg.tag_ttl,
+                                        confirmer=confirmer,
+                                        max_manifest_bytes=cfg.limits.manifest_bytes,
+                                        pinned_tags=pinned_tags, siblings=siblings)
+            syncer = Syncer(cfg, store, meta, upstreams, manifests, blobs, pinned_tags=pinned_tags)
             await syncer.open()
             stack.push_async_callback(syncer.close)
-            manifests.tag_override = syncer.pinned_tag
             rt = Runtime(config=cfg, store=store, meta=meta, upstreams=upstreams, fills=fills,
                          blobs=blobs, manifests=manifests,
                          tags=TagListService(meta, upstreams, metrics,

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Protocol
 
 from edgecache.errors import (BlobUnknown, DigestMismatch, FillAbandoned, HopRefused,
                               SizeMismatch, StoreFull, UpstreamError, UpstreamIncomplete,
                               UpstreamNotFound)
 from edgecache.metrics import Metrics
-from edgecache.pull.fill import Fill, SourceKind
+from edgecache.pull.fill import Fill, Source, SourceFactory, SourceKind
 from edgecache.pull.fills import FillRegistry
 from edgecache.pull.links import Confirmer, owner
 from edgecache.pull.routing import Route
@@ -43,6 +45,17 @@ def failure_reason(err: BaseException) -> str:
     return type(err).__name__.lower()
 
 
+class BlobSiblings(Protocol):
+    """What blobs ask of the siblings (edgecache.siblings.service.Siblings)."""
+
+    @property
+    def trusted(self) -> bool: ...
+    def live(self) -> list[Any]: ...
+    def blob_source(self, route: Route, digest: Digest, upstream: SourceFactory,
+                    announce: Callable[[SourceKind], None]
+                    ) -> AbstractAsyncContextManager[Source]: ...
+
+
 class BlobService:
     """`hop=True` marks a request from a sibling: it is answered from the store, a
     fill from the upstream, or the upstream, and never passed on to a sibling.
@@ -52,13 +65,14 @@ class BlobService:
     fetched from that upstream again."""
 
     def __init__(self, store: BlobStore, fills: FillRegistry, upstreams: Upstreams,
-                 metrics: Metrics, confirmer: Confirmer | None = None) -> None:
+                 metrics: Metrics, confirmer: Confirmer | None = None,
+                 siblings: BlobSiblings | None = None) -> None:
         self.store = store
         self.fills = fills
         self.upstreams = upstreams
         self.metrics = metrics
         self.confirmer = confirmer or Confirmer(upstreams)
-        self.siblings = None           # edgecache.siblings.service.Siblings, set by the runtime
+        self.siblings = siblings
         fills.on_finish = self._fill_finished
 
     def local(self, route: Route, digest: Digest) -> LocalBlob | None:

@@ -21,7 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping, Protocol
 
 from edgecache.errors import (DigestMismatch, InvalidName, ManifestUnknown, UpstreamError,
                               UpstreamIncomplete, UpstreamNotFound, UpstreamDenied, is_unavailable)
@@ -83,12 +83,30 @@ def _acceptable(answer: ManifestAnswer, accept: Accept) -> ManifestAnswer:
     return answer
 
 
+class ManifestSiblings(Protocol):
+    """What manifests ask of the siblings (edgecache.siblings.service.Siblings)."""
+
+    @property
+    def trusted(self) -> bool: ...
+    def live(self) -> list[Any]: ...
+    async def manifest(self, route: Route, digest: Digest, cap: int) -> bytes | None: ...
+    async def last_known_tag(self, route: Route, tag: str, accept: list[str],
+                             cap: int) -> tuple[Any, Any] | None: ...
+    def wrong_bytes(self, peer: Any, detail: str) -> None: ...
+
+
 class ManifestService:
+    """`pinned_tags`: (upstream, repository, tag) -> digest, for pinned tracked tags:
+    they answer from the syncer, which switches them only once the new image is
+    complete (not by tag_ttl). `siblings`: asked before the upstream, if any."""
+
     def __init__(self, store: BlobStore, meta: MetaStore, upstreams: Upstreams, metrics: Metrics,
                  tag_ttl: float, *, clock: Callable[[], float] = time.time,
                  body_cache_bytes: int = 32 * 1024 * 1024,
                  confirmer: Confirmer | None = None,
-                 max_manifest_bytes: int = 4 * 1024 * 1024) -> None:
+                 max_manifest_bytes: int = 4 * 1024 * 1024,
+                 pinned_tags: Mapping[tuple[str, str, str], str] | None = None,
+                 siblings: ManifestSiblings | None = None) -> None:
         self.store = store
         self.max_bytes = max_manifest_bytes      # limits.manifest_bytes
         self.confirmer = confirmer or Confirmer(upstreams)
@@ -101,10 +119,8 @@ class ManifestService:
         self._bodies: OrderedDict[str, bytes] = OrderedDict()
         self._bodies_bytes = 0
         self._bodies_cap = body_cache_bytes
-        # Pinned tags answer from the syncer, which switches them only once the new
-        # image is complete (set by the runtime; None: every tag follows tag_ttl).
-        self.tag_override: Callable[[tuple[str, str, str]], str | None] | None = None
-        self.siblings = None      # edgecache.siblings.service.Siblings, set by the runtime
+        self.pinned_tags: Mapping[tuple[str, str, str], str] = {} if pinned_tags is None else pinned_tags
+        self.siblings = siblings
 
     async def get(self, route: Route, reference: str, accept: Accept, *,
                   hop: bool = False) -> ManifestAnswer:
@@ -179,7 +195,7 @@ class ManifestService:
     async def _by_tag(self, route: Route, tag: str, accept: Accept,
                       hop: bool = False) -> ManifestAnswer:
         key = (route.upstream, route.repo, tag)
-        pinned = self.tag_override(key) if self.tag_override else None
+        pinned = self.pinned_tags.get(key)
         if pinned is not None:
             local = await self._local(pinned)
             if local is not None and accept.accepts(local.media_type):

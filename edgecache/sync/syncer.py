@@ -55,7 +55,8 @@ def _owner(kind: str, entry: Entry, digest: str) -> str:
 
 class Syncer:
     def __init__(self, cfg: Config, store: BlobStore, meta: MetaStore, upstreams: Upstreams,
-                 manifests: ManifestService, blobs: BlobService) -> None:
+                 manifests: ManifestService, blobs: BlobService, *,
+                 pinned_tags: dict[tuple[str, str, str], str] | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.meta = meta
@@ -68,7 +69,8 @@ class Syncer:
         self.progress: dict[tuple[str, str], Progress] = {}
         # Persisted: {"pinned": {key: record}, "prefetch": {...}, "retained": [...]}
         self.state: dict[str, Any] = {"pinned": {}, "prefetch": {}, "retained": []}
-        self._tags: dict[tuple[str, str, str], str] = {}
+        # Pinned tracked tags -> the digest they answer with (shared with manifests).
+        self._tags = pinned_tags if pinned_tags is not None else {}
         self._run: asyncio.Task[dict] | None = None
         self._run_keys: set[tuple[str, str]] | None = None
         self._tasks: list[asyncio.Task] = []
