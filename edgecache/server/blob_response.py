@@ -147,13 +147,30 @@ class _Body:
             return True                 # the copying path: aiohttp frames the body
         # Push the buffered status line and headers out before we write beside them.
         writer.send_headers()           # type: ignore[attr-defined]
-        while transport.get_write_buffer_size():
-            if transport.is_closing():
-                raise ClientGone("connection lost while sending headers")
-            await asyncio.sleep(0.001)
+        if transport.get_write_buffer_size():
+            await self._headers_sent(writer, transport)
         self.sock_fd = os.dup(sock.fileno())
         self.owned.append(self.sock_fd)
         return True
+
+    async def _headers_sent(self, writer, transport: asyncio.Transport) -> None:
+        """Until the transport's buffer (the headers, behind a full socket) is empty:
+        with a high-water mark of 0 the protocol is paused while anything is buffered,
+        and drain() returns when the transport resumes it."""
+        low, high = transport.get_write_buffer_limits()
+        transport.set_write_buffer_limits(high=0)
+        try:
+            async with asyncio.timeout(self.sender.idle_timeout):
+                await writer.drain()
+        except TimeoutError:
+            raise ClientGone(f"client took no bytes for {self.sender.idle_timeout:.0f}s") from None
+        except ConnectionError as e:
+            raise ClientGone(f"connection lost while sending headers: {e}") from None
+        finally:
+            if not transport.is_closing():
+                transport.set_write_buffer_limits(high=high, low=low)
+        if transport.is_closing():
+            raise ClientGone("connection lost while sending headers")
 
     async def send(self, offset: int, count: int) -> None:
         try:
