@@ -21,6 +21,7 @@ import yaml
 from edgecache.credentials import read_tokens
 from edgecache.cron import Cron
 from edgecache.errors import ConfigError
+from edgecache.yamlerror import where_and_why
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgecache/config.yaml")
 
@@ -595,7 +596,6 @@ def load(path: Path | None, *, env: Mapping[str, str] | None = None, uid: int | 
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        raise ConfigError("--config", str(path), f"invalid YAML at {where}") from None
+        line, why = where_and_why(e)
+        raise ConfigError("--config", str(path), f"invalid YAML at line {line}: {why}") from None
     return build(raw, source=str(path), env=env, uid=uid, base=Path(path).parent)

@@ -78,6 +78,7 @@ class Cron:
 
 
 def seconds_until_next(cron: Cron | None, interval: float | None, now: dt.datetime | None = None) -> float:
+    """Until the schedule's next run (local time), else one interval."""
     if cron is not None:
         now = now or dt.datetime.now().astimezone()
         return max(0.0, (cron.next_after(now) - now).total_seconds())

@@ -33,7 +33,7 @@ from typing import Awaitable, Callable
 from edgecache.errors import UpstreamBadResponse, UpstreamDenied, UpstreamError, UpstreamNotFound
 from edgecache.mediatypes import PREFERENCE
 from edgecache.pull.routing import Route
-from edgecache.pull.singleflight import SingleFlight
+from edgecache.singleflight import SingleFlight
 from edgecache.store.links import Owner
 from edgecache.upstream.client import UpstreamClient, Upstreams
 

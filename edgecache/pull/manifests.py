@@ -29,7 +29,7 @@ from edgecache.mediatypes import DOCKER_SCHEMA1, OCI_INDEX, OCI_MANIFEST, PREFER
 from edgecache.metrics import Metrics
 from edgecache.pull.links import Confirmer, children, owner
 from edgecache.pull.routing import Route
-from edgecache.pull.singleflight import SingleFlight
+from edgecache.singleflight import SingleFlight
 from edgecache.reference import Digest, digest_of, is_digest, parse_digest, validate_tag
 from edgecache.store.blobs import BlobStore
 from edgecache.store.meta import ManifestRecord, MetaStore, TagRecord

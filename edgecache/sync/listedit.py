@@ -15,6 +15,7 @@ import yaml
 from edgecache.atomic import write_text_atomic
 from edgecache.errors import ListError
 from edgecache.sync.lists import ImageRef, ListProblem, parse_ref, parse_text
+from edgecache.yamlerror import where_and_why
 
 
 def _items(text: str, file: str) -> tuple[yaml.Node | None, yaml.Node | None]:
@@ -22,8 +23,8 @@ def _items(text: str, file: str) -> tuple[yaml.Node | None, yaml.Node | None]:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ListError(ListProblem(file, mark.line + 1 if mark else 1, "does not parse")) from None
+        line, why = where_and_why(e)
+        raise ListError(ListProblem(file, line, f"does not parse: {why}")) from None
     if root is None:
         return None, None
     if not isinstance(root, yaml.MappingNode):

@@ -21,6 +21,7 @@ import yaml
 
 from edgecache.config import normalize_registry
 from edgecache.reference import parse_digest, validate_name, validate_tag
+from edgecache.yamlerror import where_and_why
 
 _PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
 
@@ -109,9 +110,8 @@ def parse_text(text: str, file: str, upstreams: Collection[str] | None = None,
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        return [], [ListProblem(file, mark.line + 1 if mark else 1,
-                                f"does not parse: {getattr(e, 'problem', None) or e}", True)]
+        line, why = where_and_why(e)
+        return [], [ListProblem(file, line, f"does not parse: {why}", True)]
     if root is None:
         return [], []
     if not isinstance(root, yaml.MappingNode):

@@ -27,7 +27,7 @@ from typing import Any
 
 from edgecache.atomic import write_text_atomic
 from edgecache.config import Config
-from edgecache.cron import Cron
+from edgecache.cron import Cron, seconds_until_next
 from edgecache.mediatypes import Accept
 from edgecache.pull.blobs import BlobService
 from edgecache.pull.manifests import ManifestService
@@ -355,13 +355,7 @@ class Syncer:
         cron = Cron.parse(self.cfg.sync.schedule) if self.cfg.sync.schedule else None
         await self.sync()                       # at start: a node after a power cut catches up
         while True:
-            if cron is not None:
-                import datetime as dt
-                now = dt.datetime.now().astimezone()
-                delay = (cron.next_after(now) - now).total_seconds()
-            else:
-                delay = self.cfg.sync.interval
-            await asyncio.sleep(delay)
+            await asyncio.sleep(seconds_until_next(cron, self.cfg.sync.interval))
             await self.sync()
 
     async def _watch_loop(self) -> None:

@@ -5,11 +5,12 @@ the same token share one token request.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import time
 from dataclasses import dataclass
+
+from edgecache.singleflight import SingleFlight
 
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
 
@@ -42,7 +43,7 @@ class Token:
 
 
 class TokenCache:
-    """Bearer tokens by scope, and the single flight that fetches them."""
+    """Bearer tokens by scope, fetched once for all concurrent callers."""
 
     # Refresh a little early so a token does not expire on its way upstream.
     MARGIN = 10.0
@@ -50,7 +51,7 @@ class TokenCache:
     def __init__(self, clock=time.monotonic) -> None:
         self._clock = clock
         self._tokens: dict[str, Token] = {}
-        self._inflight: dict[str, asyncio.Task[str]] = {}
+        self._flight = SingleFlight()
 
     def get(self, scope: str) -> str | None:
         t = self._tokens.get(scope)
@@ -59,25 +60,11 @@ class TokenCache:
         return None
 
     async def fetch(self, scope: str, fetcher) -> str:
-        """Run `fetcher()` -> (token, expires_in) once for all concurrent callers.
-
-        The fetch is a task of its own: a caller that goes away does not cancel it
-        for the others.
-        """
-        task = self._inflight.get(scope)
-        if task is None:
-            task = asyncio.ensure_future(self._fetch(scope, fetcher))
-            self._inflight[scope] = task
-            task.add_done_callback(lambda t: self._done(scope, t))
-        return await asyncio.shield(task)
+        """Run `fetcher()` -> (token, expires_in) once for all concurrent callers (a
+        caller that goes away does not cancel it for the others)."""
+        return await self._flight.do(scope, lambda: self._fetch(scope, fetcher))
 
     async def _fetch(self, scope: str, fetcher) -> str:
         value, expires_in = await fetcher()
         self._tokens[scope] = Token(value, self._clock() + max(1.0, expires_in - self.MARGIN))
         return value
-
-    def _done(self, scope: str, task: asyncio.Task) -> None:
-        if self._inflight.get(scope) is task:
-            del self._inflight[scope]
-        if not task.cancelled():
-            task.exception()            # retrieved even when every caller went away
