@@ -10,7 +10,8 @@ import pytest
 
 from tests.conftest import require_containerd
 from tests.support.containerd import Containerd, write_hosts_toml
-from tests.support.edge import EdgeProcess, make_config, wait_until
+from tests.support.edge import EdgeProcess, make_config
+from tests.support.eventually import wait_until
 from tests.support.images import make_image, make_index, push
 
 pytestmark = pytest.mark.integration

@@ -23,6 +23,7 @@ import pytest
 from edgecache.reference import parse_digest
 from edgecache.store import layout
 from tests.conftest import require_binaries
+from tests.support.eventually import eventually
 from tests.support.edge import EdgeProcess, EdgeServer, make_config
 from tests.support.faulty import FaultyUpstream
 from tests.support.httpserver import HttpServer
@@ -184,7 +185,7 @@ async def test_a_fill_in_progress_is_joined_only_through_a_route_that_may_have_i
             owner = asyncio.ensure_future(req(
                 s, f"{edge.url}/v2/team/secret/blobs/{layer.digest}?ns=private.example",
                 Authorization=ALICE))
-            assert await _until(lambda: edge.services.blobs.fills.get(parse_digest(layer.digest)))
+            assert await eventually(lambda: edge.services.blobs.fills.get(parse_digest(layer.digest)))
             for path in (f"/v2/team/secret/blobs/{layer.digest}",
                          f"/v2/demo/app/blobs/{layer.digest}?ns=public.example"):
                 for method in ("GET", "HEAD"):
@@ -193,14 +194,6 @@ async def test_a_fill_in_progress_is_joined_only_through_a_route_that_may_have_i
             st, _, body = await owner
             assert st == 200 and body == layer.data
             assert priv.count("GET", rf"/v2/team/secret/blobs/{layer.digest}") == 1
-
-
-async def _until(pred, timeout=5.0):
-    for _ in range(int(timeout / 0.02)):
-        if pred():
-            return True
-        await asyncio.sleep(0.02)
-    return bool(pred())
 
 
 def _get(url, auth=None):
@@ -286,7 +279,7 @@ async def test_siblings_give_private_content_only_through_its_route(tmp_path):
             d["siblings"]["peers"] = ["http://" + docs[1 - i]["listen"]]
         async with EdgeServer(docs[0]) as n0, EdgeServer(docs[1]) as n1, \
                 aiohttp.ClientSession() as s:
-            assert await _until(lambda: n0.services.siblings.live() and n1.services.siblings.live(), 10)
+            assert await eventually(lambda: n0.services.siblings.live() and n1.services.siblings.live(), 10)
             await pull_all(s, n0.url, "team/secret", img, "?ns=private.example", ALICE)
             assert all(await asyncio.gather(*(n0.stored(b.digest) for b in img.blobs)))
             # n1 holds what it fetched from the upstream as the rendezvous owner; drop it.
@@ -308,7 +301,7 @@ async def test_siblings_give_private_content_only_through_its_route(tmp_path):
                                         Authorization=ALICE)
                 assert st == 200 and body == b.data
             # n0 counts what it served once its handler is done, a moment after n1 has it.
-            assert await _until(lambda: n0.services.siblings.table.stats["n1"].bytes_to
+            assert await eventually(lambda: n0.services.siblings.table.stats["n1"].bytes_to
                                 >= sum(b.size for b in img.layers))
             assert priv.count("GET", r"/v2/.*/blobs/.*") == 0
 
@@ -349,7 +342,7 @@ async def test_a_request_that_waited_does_not_join_a_private_fill_started_meanwh
         doc["siblings"] = {"mdns": False, "node_id": "n0", "peers": [evil.url],
                            "health_interval": "0.2s", "readmit_after": 1, "timeout": "1s"}
         async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
-            assert await _until(lambda: edge.services.siblings.live(), 10)
+            assert await eventually(lambda: edge.services.siblings.live(), 10)
             attacker = asyncio.ensure_future(
                 req(s, f"{edge.url}/v2/demo/app/blobs/{layer.digest}?ns=public.example"))
             await asyncio.sleep(0.3)
@@ -435,7 +428,7 @@ async def test_a_lie_told_while_a_fill_is_under_way_links_nothing(tmp_path):
         async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
             first = asyncio.ensure_future(
                 cut_short_ok(s, f"{edge.url}/v2/slow/repo/blobs/{layer.digest}?ns=public.example"))
-            assert await _until(lambda: edge.services.blobs.fills.get(parse_digest(layer.digest)))
+            assert await eventually(lambda: edge.services.blobs.fills.get(parse_digest(layer.digest)))
             body = await cut_short_ok(s, f"{edge.url}/v2/x/y/blobs/{layer.digest}?ns=public.example")
             assert body != layer.data
             assert (await first) != layer.data

@@ -17,6 +17,7 @@ from edgecache.reference import parse_digest
 from edgecache.siblings import hopauth
 from edgecache.siblings.peers import PeerTable, rendezvous
 from edgecache.store import layout
+from tests.support.eventually import eventually
 from tests.support.edge import EdgeServer, make_config
 from tests.support.fakesibling import FakeSibling
 from tests.support.faulty import FaultyUpstream
@@ -35,12 +36,7 @@ def node_doc(tmp_path, name, upstream_url, **sib):
 
 
 async def wait_for(pred, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        await asyncio.sleep(0.05)
-    return pred()
+    return await eventually(pred, timeout, 0.05)
 
 
 @asynccontextmanager

@@ -8,6 +8,7 @@ from edgecache.errors import DigestMismatch, SizeMismatch
 from edgecache.reference import digest_of
 from edgecache.store import layout
 from edgecache.store.blobs import BlobStore
+from tests.support.eventually import eventually
 
 
 async def put(store, data):
@@ -18,11 +19,8 @@ async def put(store, data):
 
 async def under(s, limit, timeout=3.0):
     """Wait for the store's evictor to bring the budgeted bytes to <= limit."""
-    for _ in range(int(timeout / 0.01)):
-        if s.budgeted_bytes() <= limit and not s._evict_lock.locked():
-            return True
-        await asyncio.sleep(0.01)
-    return False
+    return await eventually(lambda: s.budgeted_bytes() <= limit and not s._evict_lock.locked(),
+                            timeout, 0.01)
 
 
 async def opened(tmp_path, max_size=10_000, **kw):
