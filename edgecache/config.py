@@ -108,6 +108,12 @@ def _count(lo: int, hi: int) -> Callable[[str, Any], int]:
     return parse
 
 
+def _at_least_one(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, value, "expected a whole number >= 1")
+    return value
+
+
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(key, value, "expected true or false")
@@ -255,7 +261,7 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class BreakerConfig:
-    failures: int = setting(3, _count(1, 1_000_000))  # consecutive connection failures that open it
+    failures: int = setting(3, _at_least_one)  # consecutive connection failures that open it
     backoff: float = setting(5.0, parse_duration)     # first open period; doubles up to max_backoff
     max_backoff: float = setting(60.0, parse_duration)
 
@@ -420,11 +426,14 @@ def _section(cls: type, key: str, raw: Any, base: Path, *, also: Iterable[str] =
         k = f"{key}.{name}" if key else name
         if name in given:
             continue
-        if raw.get(name) is None:
+        value = raw.get(name)
+        optional = f.default is None
+        if name not in raw or (optional and value is None) or (
+                optional and f.metadata.get("kind") == _FILE and not value):
+            # Absent, or an optional key left empty (`node_id: null`, `htpasswd: ""`): unset.
             if f.default is MISSING and f.default_factory is MISSING:
                 raise ConfigError(k, None, f"required when {key} is set")
             continue
-        value = raw[name]
         if "section" in f.metadata:
             values[name] = _section(f.metadata["section"], k, value, base)
         elif f.metadata["kind"]:

@@ -167,3 +167,23 @@ def test_a_zero_watch_interval_is_an_error_not_two_seconds():
     with pytest.raises(ConfigError) as e:
         cfg({"upstreams": {"a.example": {"url": "http://127.0.0.1:1"}}, "sync": {"watch_interval": 0}})
     assert e.value.key == "sync.watch_interval"
+
+
+def test_empty_and_null_values_mean_what_they_meant():
+    """A null for a key with a default is an error (not "the default": `public: null`
+    must not make an upstream with credentials public); an optional key left empty
+    is unset."""
+    up = {"url": "http://127.0.0.1:1", "username": "u", "password": "p"}
+    with pytest.raises(ConfigError) as e:
+        cfg({"upstreams": {"a.example": {**up, "public": None}}})
+    assert e.value.key == "upstreams.a.example.public"
+    with pytest.raises(ConfigError) as e:
+        cfg({"upstreams": {"a.example": up}, "tag_ttl": None})
+    assert e.value.key == "tag_ttl"
+    c = cfg({"upstreams": {"a.example": up},
+             "access": {"htpasswd": "", "tokens_file": None}, "cache": None})
+    assert c.access.htpasswd is None and c.access.tokens_file is None
+    assert c.cache.max_size == 20 * 1024**3 and not c.upstreams["a.example"].public
+    with pytest.raises(ConfigError) as e:
+        cfg({"upstreams": {"a.example": up}, "breaker": {"failures": 0}})
+    assert "whole number >= 1" in str(e.value)

@@ -163,8 +163,10 @@ class _Body:
             async with asyncio.timeout(self.sender.idle_timeout):
                 await writer.drain()
         except TimeoutError:
+            self.abort()            # headers promised a body that will not come
             raise ClientGone(f"client took no bytes for {self.sender.idle_timeout:.0f}s") from None
         except ConnectionError as e:
+            self.abort()
             raise ClientGone(f"connection lost while sending headers: {e}") from None
         finally:
             if not transport.is_closing():

@@ -324,7 +324,7 @@ class BlobStore:
         writer = self.writer(digest)
         try:
             await writer.open()
-            await writer.write(data, 0)
+            await writer.put(data, 0)
         except BaseException:
             await writer.discard()
             raise

@@ -66,6 +66,16 @@ class BlobWriter:
         flight (the hash is of the bytes in order)."""
         return asyncio.get_running_loop().run_in_executor(None, self._write_sync, data, offset)
 
+    async def put(self, data: bytes, offset: int) -> None:
+        """write() and wait for it; a cancelled caller still waits for the thread, so
+        the descriptor is never closed under it."""
+        write = self.write(data, offset)
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await asyncio.wait([write])
+            raise
+
     def _write_sync(self, data: bytes, offset: int) -> None:
         # At an explicit offset: a write that failed half-way leaves no shifted file
         # behind (the next source goes on at the byte count, which counts whole writes).
