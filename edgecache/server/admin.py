@@ -8,10 +8,10 @@ from typing import Iterable
 from aiohttp import web
 
 from edgecache import __version__
-from edgecache.errors import NoSuchEndpoint, StoreUnhealthy
 from edgecache.metrics import counter, gauge, labelled_counter
 from edgecache.server.guard import identity
 from edgecache.siblings import hopauth
+from edgecache.siblings import server as siblings_server
 from edgecache.server.registry_api import SERVICES, Services
 
 STARTED = web.AppKey("started", float)
@@ -22,20 +22,10 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def sibling(request: web.Request) -> web.Response:
-    """Who answers here: siblings check it (our own checks, not mDNS, say who is up)."""
     svc = request.app[SERVICES]
-    if svc.siblings is None:
-        raise NoSuchEndpoint("siblings are not enabled on this node")
-    if not svc.store.healthy():
-        raise StoreUnhealthy("the store is not healthy")
-    doc = {"node_id": svc.siblings.node_id, "version": __version__}
-    challenge = request.query.get("challenge", "")
-    who = identity(request)
-    # Proofs only for signed hop requests: else anyone could have us answer a challenge
-    # that a sibling put to them, and pass for us.
-    if svc.siblings.cfg.secret and challenge and who is not None and who.method == "sibling":
-        doc["proof"] = hopauth.proof(svc.siblings.cfg.secret, svc.siblings.node_id, challenge[:64])
-    return web.json_response(doc)
+    return web.json_response(siblings_server.ping(svc.siblings, svc.store.healthy(),
+                                                  identity(request),
+                                                  request.query.get("challenge", "")))
 
 
 async def status(request: web.Request) -> web.Response:

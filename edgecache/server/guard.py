@@ -3,7 +3,6 @@ token, client certificate, a signed sibling), and the TLS context of the listene
 from __future__ import annotations
 
 import logging
-import re
 import ssl
 
 from aiohttp import web
@@ -12,12 +11,12 @@ from edgecache.access import Access, Identity
 from edgecache.config import ListenerTLS
 from edgecache.errors import Forbidden, Unauthorized
 from edgecache.siblings import hopauth
+from edgecache.siblings import server as siblings_server
 
 log = logging.getLogger("edgecache.access")
 
 ACCESS = web.AppKey("access", Access)
 HOPS = web.AppKey("hops", hopauth.HopVerifier)   # set when siblings share a secret
-NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,63}")
 IDENTITY = web.RequestKey("ec_identity", object)
 # Liveness and the siblings' check say nothing of what is cached: open to every client.
 OPEN_PATHS = frozenset({"/_edgecache/health", hopauth.PING_PATH})
@@ -52,24 +51,16 @@ async def access_middleware(request: web.Request, handler) -> web.StreamResponse
         return await handler(request)
     hop = request.headers.get(hopauth.HOP)
     if hop is not None:
-        if not NODE_ID.fullmatch(hop):
+        try:
+            sibling = siblings_server.admit(request, hop, request.app.get(HOPS))
+        except (Unauthorized, Forbidden):
             access.denied += 1
-            raise Unauthorized("malformed hop marker")
+            raise
         request[HOP_FROM] = hop
-        verifier = request.app.get(HOPS)
-        if verifier is not None:
+        if sibling is not None:
             # Siblings share a secret: a signed hop request is another copy of this
             # cache, served whatever its network, private upstreams included; for pulls.
-            why = verifier.verify(hop, request.headers.get(hopauth.AUTH), request.method,
-                                  request.raw_path)
-            if why is not None:
-                access.denied += 1
-                raise Unauthorized(f"sibling {hop}: {why}")
-            if request.method not in ("GET", "HEAD") or not (
-                    request.path.startswith("/v2/") or request.path == hopauth.PING_PATH):
-                access.denied += 1
-                raise Forbidden("siblings may only pull")
-            request[IDENTITY] = Identity(hop, "sibling")
+            request[IDENTITY] = sibling
             return await handler(request)
         # No secret: an ordinary client, for every check below.
     access.check_network(request.remote)

@@ -26,8 +26,7 @@ from edgecache.pull.tags import TagListService
 from edgecache.reference import is_digest, parse_digest
 from edgecache.server.blob_response import BlobSender, ClientGone, StreamAborted
 from edgecache.server.guard import hop_from, identity
-from edgecache.siblings import hopauth
-from edgecache.siblings.client import CHECKED, HAVE
+from edgecache.siblings import server as siblings_server
 from edgecache.siblings.service import Siblings
 from edgecache.server.oci_errors import API_VERSION
 from edgecache.server.protocol import client_lost
@@ -114,20 +113,15 @@ async def manifest(request: web.Request) -> web.Response:
             if route is None:
                 raise ManifestUnknown(f"{reference}: no such upstream here")
             ans, checked = await svc.manifests.last_known(route, reference, accept)
-            headers[CHECKED] = f"{checked:.3f}"
-            headers["X-Edgecache-Stale"] = "true"     # a last known answer, not a fresh one
-            if svc.siblings is not None and svc.siblings.cfg.secret:
-                headers[hopauth.REPLY] = hopauth.reply_mac(
-                    svc.siblings.cfg.secret, svc.siblings.node_id,
-                    hopauth.nonce_of(request.headers.get(hopauth.AUTH)), ans.digest,
-                    headers[CHECKED], ans.body)
+            headers.update(siblings_server.last_known_headers(svc.siblings, request, ans.digest,
+                                                              ans.body, checked))
         elif route is None:
             raise ManifestUnknown(f"{reference}: no such upstream here")
         elif request.method == "HEAD":
             ans = await svc.manifests.local(route, reference)
             if ans is None or not accept.accepts(ans.media_type):
                 raise ManifestUnknown(f"{reference} is not held here")
-            headers[HAVE] = "stored"
+            headers.update(siblings_server.probe_headers("stored"))
         else:
             ans = await svc.manifests.get(route, reference, accept, hop=True)
     else:
@@ -159,7 +153,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
             if held is None:
                 raise BlobUnknown(f"{digest} is not held here")
             how, size = held
-            headers[HAVE] = how
+            headers.update(siblings_server.probe_headers(how))
         else:
             assert route is not None
             size = await svc.blobs.head(route, digest)
