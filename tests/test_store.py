@@ -19,7 +19,7 @@ async def put(store, data):
 
 async def under(s, limit, timeout=3.0):
     """Wait for the store's evictor to bring the budgeted bytes to <= limit."""
-    return await eventually(lambda: s.budgeted_bytes() <= limit and not s._evict_lock.locked(),
+    return await eventually(lambda: s.budgeted_bytes() <= limit and not s.evicting,
                             timeout, 0.01)
 
 

@@ -380,6 +380,11 @@ class BlobStore:
         """What the budget holds: unpinned blobs stored, and fills under way."""
         return self.index.unpinned_bytes + self.reserved_bytes
 
+    @property
+    def evicting(self) -> bool:
+        """An eviction is under way (a blob may be out of the index, its file not yet gone)."""
+        return self._evict_lock.locked()
+
     def _maybe_evict(self) -> None:
         if self.budgeted_bytes() > self.high:
             self._wake.set()
