@@ -22,6 +22,7 @@ import aiohttp
 from yarl import URL
 
 from edgecache import __version__
+from edgecache.client_failures import Failure, classify, described
 from edgecache.config import SiblingTLS
 from edgecache.errors import SiblingError
 from edgecache.mediatypes import PREFERENCE
@@ -82,14 +83,13 @@ def _translate(peer: Peer, e: BaseException, *, mid_body: bool = False) -> Sibli
     who = peer.node_id or peer.url
     if isinstance(e, SiblingError):
         return e
-    if isinstance(e, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return SiblingError(who, "timeout", f"timed out{' mid-body' if mid_body else ''}")
+    kind = classify(e)
+    if kind is Failure.TIMEOUT:
+        return SiblingError(who, kind.value, f"timed out{' mid-body' if mid_body else ''}")
     if mid_body:
-        return SiblingError(who, "incomplete", f"body broke off: {type(e).__name__}: {e}")
-    if isinstance(e, (aiohttp.ClientConnectionError, OSError)):
-        return SiblingError(who, "unreachable", f"{type(e).__name__}: {e}")
-    if isinstance(e, aiohttp.ClientError):
-        return SiblingError(who, "bad_response", f"{type(e).__name__}: {e}")
+        return SiblingError(who, "incomplete", f"body broke off: {described(e)}")
+    if kind is not None:
+        return SiblingError(who, kind.value, described(e))
     raise e
 
 

@@ -18,6 +18,7 @@ from typing import AsyncIterator, Callable, Mapping
 import aiohttp
 from yarl import URL
 
+from edgecache.client_failures import Failure, classify, described
 from edgecache.config import BreakerConfig, LimitsConfig, Timeouts, UpstreamConfig
 from edgecache.errors import (ManifestTooLarge, UpstreamBadResponse, UpstreamDenied, UpstreamDown, UpstreamError,
                               UpstreamIncomplete, UpstreamNotFound, UpstreamRateLimited, UpstreamTimeout,
@@ -141,17 +142,18 @@ class UpstreamClient:
         if isinstance(e, UpstreamError):
             return e
         if mid_body:
-            return UpstreamIncomplete(self.name, f"body broke off: {type(e).__name__}: {e}")
+            return UpstreamIncomplete(self.name, f"body broke off: {described(e)}")
         if isinstance(getattr(e, "os_error", None), AddressRefused) or \
                 isinstance(e.__cause__, AddressRefused):
             return UpstreamBadResponse(self.name, 0, f"redirect refused when connecting: "
                                        f"{e.__cause__ or e}")
-        if isinstance(e, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        kind = classify(e)
+        if kind is Failure.TIMEOUT:
             return UpstreamTimeout(self.name, f"timed out ({type(e).__name__})")
-        if isinstance(e, (aiohttp.ClientConnectionError, OSError)):
-            return UpstreamUnreachable(self.name, f"{type(e).__name__}: {e}")
-        if isinstance(e, aiohttp.ClientError):
-            return UpstreamBadResponse(self.name, 0, f"{type(e).__name__}: {e}")
+        if kind is Failure.UNREACHABLE:
+            return UpstreamUnreachable(self.name, described(e))
+        if kind is Failure.BAD_RESPONSE:
+            return UpstreamBadResponse(self.name, 0, described(e))
         raise e
 
     def _record_failure(self, err: UpstreamError) -> None:
