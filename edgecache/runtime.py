@@ -22,7 +22,8 @@ from edgecache.siblings.service import Siblings, load_node_id
 from edgecache.store import layout
 from edgecache.store.blobs import BlobStore
 from edgecache.store.meta import MetaStore
-from edgecache.sync.syncer import Syncer, state_path
+from edgecache.sync.state import state_path
+from edgecache.sync.syncer import Syncer
 from edgecache.upgrade import derive_links
 from edgecache.upstream.client import Upstreams
 

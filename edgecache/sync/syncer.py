@@ -14,15 +14,13 @@
   keeps its old entries.
 
 What has been synced (digests, owners, retained pins) is kept in
-data_dir/sync/state.json, written atomically.
+data_dir/sync/state.json, written atomically (sync/state.py).
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from edgecache.atomic import write_text_atomic
@@ -37,16 +35,12 @@ from edgecache.store.meta import MetaStore, TagRecord
 from edgecache.sync import lists
 from edgecache.sync.fetch import ImageFetcher, Progress
 from edgecache.sync.lists import Entry, ListProblem
+from edgecache.sync.state import KINDS, Retained, SyncedImage, SyncState, state_path
 from edgecache.upstream.client import Upstreams
 
 log = logging.getLogger("edgecache.sync")
 
-KINDS = ("pinned", "prefetch")
 ANY_KEY = Accept.parse([]).key()
-
-
-def state_path(data_dir: Path) -> Path:
-    return data_dir / "sync" / "state.json"
 
 
 def _owner(kind: str, entry: Entry, digest: str) -> str:
@@ -67,8 +61,7 @@ class Syncer:
         self.desired: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
         self.problems: list[ListProblem] = []
         self.progress: dict[tuple[str, str], Progress] = {}
-        # Persisted: {"pinned": {key: record}, "prefetch": {...}, "retained": [...]}
-        self.state: dict[str, Any] = {"pinned": {}, "prefetch": {}, "retained": []}
+        self.state = SyncState()        # persisted in state.json
         # Pinned tracked tags -> the digest they answer with (shared with manifests).
         self._tags = pinned_tags if pinned_tags is not None else {}
         self._run: asyncio.Task[dict] | None = None
@@ -87,15 +80,14 @@ class Syncer:
         await asyncio.to_thread(self._load_state)
         await self._release_orphaned_pins()
         await self.reload()
-        for rec in self.state["pinned"].values():
-            if rec.get("tag"):
-                self._refresh_tag(tuple(rec["tag"]))
+        for img in self.state.images["pinned"].values():
+            if img.tag:
+                self._refresh_tag(img.tag)
 
     async def _release_orphaned_pins(self) -> None:
         """Pins whose image state.json never recorded (a sync stopped mid-fetch, a
         damaged state file) would otherwise be held forever."""
-        known = {rec["owner"] for rec in self.state["pinned"].values()}
-        known |= {r["owner"] for r in self.state["retained"]}
+        known = self.state.owners()
         orphans: dict[str, list[str]] = {}
         for digest, owners in self.store.index.pin_items():
             for o in owners:
@@ -120,8 +112,9 @@ class Syncer:
                              return_exceptions=True)
 
     def _load_state(self) -> None:
+        path = state_path(self.cfg.data_dir)
         try:
-            self.state.update(json.loads(state_path(self.cfg.data_dir).read_text()))
+            self.state = SyncState.from_json(path.read_text(), str(path))
         except FileNotFoundError:
             pass
         except ValueError:
@@ -131,7 +124,7 @@ class Syncer:
     async def _save(self) -> None:
         # Serialised on the loop (the state is only changed there), written on a thread,
         # one write at a time.
-        text = json.dumps(self.state, indent=1, sort_keys=True)
+        text = self.state.to_json()
         async with self._save_lock:
             await asyncio.to_thread(write_text_atomic, state_path(self.cfg.data_dir), text)
 
@@ -198,32 +191,32 @@ class Syncer:
         now = time.time()
         dirty = False
         for kind in KINDS:
-            for key in [k for k in self.state[kind] if k not in self.desired[kind]]:
-                rec = self.state[kind].pop(key)
+            images = self.state.images[kind]
+            for key in [k for k in images if k not in self.desired[kind]]:
+                img = images.pop(key)
                 dirty = True
                 if kind == "pinned":
-                    self._retain(rec, now)
-                    if rec.get("tag"):
-                        self._refresh_tag(tuple(rec["tag"]))
-                log.info("%s entry %s removed from the list", kind, rec.get("ref", key))
+                    self._retain(img.owner, img.digests, now)
+                    if img.tag:
+                        self._refresh_tag(img.tag)
+                log.info("%s entry %s removed from the list", kind, img.ref or key)
         if dirty:
             await self._save()
 
-    def _retain(self, rec: dict, now: float) -> None:
-        self.state["retained"].append({"owner": rec["owner"], "digests": rec["digests"],
-                                       "until": now + self.cfg.sync.retention})
+    def _retain(self, owner: str, digests: list[str], now: float) -> None:
+        self.state.retained.append(Retained(owner, list(digests), now + self.cfg.sync.retention))
 
     async def expire_retained(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
         keep, expired = [], []
-        for r in self.state["retained"]:
-            (expired if r["until"] <= now else keep).append(r)
-        current = {rec["owner"] for rec in self.state["pinned"].values()}
+        for r in self.state.retained:
+            (expired if r.until <= now else keep).append(r)
+        current = {img.owner for img in self.state.images["pinned"].values()}
         for r in expired:
-            if r["owner"] not in current:          # the same image came back meanwhile
-                await self.store.unpin_many(r["digests"], r["owner"])
+            if r.owner not in current:             # the same image came back meanwhile
+                await self.store.unpin_many(r.digests, r.owner)
         if expired:
-            self.state["retained"] = keep
+            self.state.retained = keep
             await self._save()
         return len(expired)
 
@@ -267,7 +260,7 @@ class Syncer:
     async def _sync_one(self, kind: str, entry: Entry) -> None:
         p = self.progress.setdefault((kind, entry.key), Progress())
         p.state, p.reason, p.started, p.finished = "fetching", None, time.time(), None
-        rec = self.state[kind].get(entry.key)
+        rec = self.state.images[kind].get(entry.key)
         planned: tuple[str, ...] = ()
         owner = None
         try:
@@ -276,16 +269,16 @@ class Syncer:
             elif entry.track or rec is None:
                 digest = await self.fetcher.resolve(entry.ref)
             else:
-                digest = rec["digest"]
+                digest = rec.digest
             p.digest = digest
             owner = _owner(kind, entry, digest)
             linked_to = (entry.ref.upstream, entry.ref.repo)
-            if rec and rec["digest"] == digest and all(
+            if rec and rec.digest == digest and all(
                     self.store.has(parse_digest(d)) and self.store.linked(d, linked_to)
-                    for d in rec["digests"]):
+                    for d in rec.digests):
                 # Unchanged and whole: one HEAD (for a tracked tag) and nothing else.
-                p.bytes_total = p.bytes_done = rec.get("size", 0)
-                self._switch_tag(kind, entry, digest, rec.get("media_type", ""))
+                p.bytes_total = p.bytes_done = rec.size
+                self._switch_tag(kind, entry, digest, rec.media_type)
                 p.state, p.finished = "complete", time.time()
                 return
 
@@ -299,16 +292,16 @@ class Syncer:
             if entry.key not in self.desired[kind]:
                 # Removed from the list while it was fetched: retained like any removal.
                 if kind == "pinned":
-                    self._retain({"owner": owner, "digests": list(img.digests)}, time.time())
+                    self._retain(owner, list(img.digests), time.time())
                     await self._save()
                 return
-            if rec and rec["owner"] != owner and kind == "pinned":
-                self._retain(rec, time.time())
-            self.state[kind][entry.key] = {
-                "ref": str(entry.ref), "platforms": list(entry.platforms), "digest": digest,
-                "media_type": img.media_type, "digests": list(img.digests), "size": img.size,
-                "owner": owner, "tag": [entry.ref.upstream, entry.ref.repo, entry.ref.tag]
-                if entry.ref.tag else None, "synced": time.time()}
+            if rec and rec.owner != owner and kind == "pinned":
+                self._retain(rec.owner, rec.digests, time.time())
+            self.state.images[kind][entry.key] = SyncedImage(
+                digest=digest, digests=list(img.digests), owner=owner, ref=str(entry.ref),
+                platforms=list(entry.platforms), media_type=img.media_type, size=img.size,
+                tag=(entry.ref.upstream, entry.ref.repo, entry.ref.tag) if entry.ref.tag else None,
+                synced=time.time())
             # Only now, with the new image complete, does the tag switch.
             self._switch_tag(kind, entry, digest, img.media_type)
             await self._save()
@@ -317,8 +310,8 @@ class Syncer:
         except Exception as e:   # noqa: BLE001 - one entry's failure must not stop the others
             p.state, p.reason, p.finished = "failed", f"{type(e).__name__}: {e}", time.time()
             log.warning("%s %s failed: %s", kind, entry.ref, p.reason)
-            if kind == "pinned" and planned and owner and (rec is None or rec["owner"] != owner) \
-                    and owner not in {r["owner"] for r in self.state["retained"]}:
+            if kind == "pinned" and planned and owner and (rec is None or rec.owner != owner) \
+                    and owner not in {r.owner for r in self.state.retained}:
                 await self.store.unpin_many(planned, owner)
 
     def _switch_tag(self, kind: str, entry: Entry, digest: str, media_type: str) -> None:
@@ -341,7 +334,8 @@ class Syncer:
         if not entries:
             self._tags.pop(key, None)
             return
-        digests = {(self.state["pinned"].get(e.key) or {}).get("digest") for e in entries}
+        digests = {img.digest if (img := self.state.images["pinned"].get(e.key)) else None
+                   for e in entries}
         if len(digests) == 1 and None not in digests:
             self._tags[key] = digests.pop()
         # Otherwise some entry is not there yet: the tag keeps its current answer.
@@ -414,5 +408,5 @@ class Syncer:
                                 "started": p.started, "finished": p.finished})
         return {"running": self._run is not None and not self._run.done(), "runs": self.runs,
                 "last_run": self.last_run, "totals": self.totals(), "entries": entries,
-                "retained": len(self.state["retained"]),
+                "retained": len(self.state.retained),
                 "problems": [str(p) for p in self.problems]}
