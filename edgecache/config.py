@@ -1,25 +1,29 @@
 """Typed, frozen configuration: loaded and validated once at start.
 
 Each key is a dataclass field made by `setting` (its default and its parser,
-written once); the known keys, the parsing and `to_dict` are derived from them.
+from config_values.py, written once); the known keys, the parsing and `to_dict`
+are derived from them.
 Every error names the key and the offending value, so a bad config fails with
 one line. `parse` touches no file; `read_files` is the one place that does. The environment (uid, XDG dirs) is passed in, never read globally by
 callers, so tests can build configs without touching the machine.
+
+Longer than most modules on purpose: the dataclasses are the schema, and the
+builder beside them is what reads it; value parsers are in config_values.py.
 """
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import yaml
 
+from edgecache.config_values import (FILE, PATH, REQUIRED, at_least_one, count, flag, fraction,
+                                     networks, node_id_text, parse_duration, parse_size, peers,
+                                     positive, realms, schedule, section, setting, strings, text)
 from edgecache.credentials import read_tokens
-from edgecache.cron import Cron
 from edgecache.errors import ConfigError
 from edgecache.yamlerror import where_and_why
 
@@ -46,200 +50,43 @@ default_upstream: docker.io
 DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
 
-_SIZE_UNITS = {
-    "": 1, "B": 1,
-    "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3,
-    "T": 1000**4, "TB": 1000**4,
-    "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "TIB": 1024**4,
-}
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_size(key: str, value: Any) -> int:
-    """`20GiB`, `500M`, `1T`, or a plain byte count."""
-    if isinstance(value, bool):
-        raise ConfigError(key, value, "expected a size such as 20GiB")
-    if isinstance(value, int):
-        n = value
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
-        if not m or m.group(2).upper() not in _SIZE_UNITS:
-            raise ConfigError(key, value, "expected a size such as 20GiB, 500M or a byte count")
-        n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
-    if n <= 0:
-        raise ConfigError(key, value, "must be positive")
-    return n
-
-
-def parse_duration(key: str, value: Any) -> float:
-    """`60s`, `5m`, `6h`, `250ms`, `1d`, or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ConfigError(key, value, "expected a duration such as 60s")
-    if isinstance(value, (int, float)):
-        secs = float(value)
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", str(value))
-        if not m:
-            raise ConfigError(key, value, "expected a duration such as 60s, 5m or 6h")
-        secs = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
-    if secs < 0:
-        raise ConfigError(key, value, "must not be negative")
-    return secs
-
-
-def _positive(key: str, value: Any) -> float:
-    secs = parse_duration(key, value)
-    if secs <= 0:
-        raise ConfigError(key, value, "must be positive")
-    return secs
-
-
-def _fraction(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ConfigError(key, value, "expected a fraction in (0, 1]")
-    return float(value)
-
-
-def _count(lo: int, hi: int) -> Callable[[str, Any], int]:
-    def parse(key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ConfigError(key, value, f"expected a whole number from {lo} to {hi}")
-        return value
-    return parse
-
-
-def _at_least_one(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(key, value, "expected a whole number >= 1")
-    return value
-
-
-def _bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(key, value, "expected true or false")
-    return value
-
-
-def _strings(what: str) -> Callable[[str, Any], tuple[str, ...]]:
-    def parse(key: str, value: Any) -> tuple[str, ...]:
-        value = value or []
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(key, value, f"expected a list of {what}")
-        return tuple(value)
-    return parse
-
-
-def _networks(key: str, value: Any) -> tuple[str, ...]:
-    nets = value or []
-    if not isinstance(nets, list):
-        raise ConfigError(key, nets, "expected a list of CIDRs")
-    for n in nets:
-        try:
-            ipaddress.ip_network(str(n), strict=False)
-        except ValueError:
-            raise ConfigError(key, n, "not a CIDR such as 10.0.0.0/8") from None
-    return tuple(str(n) for n in nets)
-
-
-def _peers(key: str, value: Any) -> tuple[str, ...]:
-    peers = value or []
-    if not isinstance(peers, list):
-        raise ConfigError(key, peers, "expected a list of URLs such as http://10.0.0.2:5000")
-    for p in peers:
-        if not isinstance(p, str) or not re.fullmatch(r"https?://[^/\s]+", p.rstrip("/")):
-            raise ConfigError(key, p, "expected a URL such as http://10.0.0.2:5000")
-    return tuple(p.rstrip("/") for p in peers)
-
-
-def _node_id(key: str, value: Any) -> str:
-    # 48: "edgecache-<id>" must fit one DNS label (63) in mDNS, with room to spare.
-    if not (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,48}", value)):
-        raise ConfigError(key, value, "expected 1-48 letters, digits, '_' or '-'")
-    return value
-
-
-def _schedule(key: str, value: Any) -> str:
-    try:
-        Cron.parse(str(value)).next_after(datetime.datetime.now())
-    except ValueError as e:
-        raise ConfigError(key, value, f"not a cron expression: {e}") from None
-    return str(value)
-
-
-def _text(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(key, "***" if "password" in key else value, "expected a string")
-    return value
-
-
-def _realms(key: str, value: Any) -> tuple[str, ...]:
-    realms = value or []
-    if not isinstance(realms, list) or not all(
-            isinstance(r, str) and re.fullmatch(r"https?://[^/\s]+(/\S*)?", r) for r in realms):
-        raise ConfigError(key, realms,
-                          "expected a list of token service URLs such as https://auth.example/token")
-    return tuple(r.rstrip("/") for r in realms)
-
-
-# How a field is read from YAML: its parser, and whether it names a path (resolved
-# against the config file's directory) or a file that must exist (checked, and read
-# where its contents are needed, by `read_files`: the one place that touches them).
-_PATH, _FILE = "path", "file"
-
-
-def setting(default: Any, parse: Callable[[str, Any], Any] | None = None, *, kind: str = "",
-            repr: bool = True) -> Any:
-    """A config key: its default and its parser, written once, next to its type."""
-    if default is _REQUIRED:
-        return field(metadata={"parse": parse, "kind": kind}, repr=repr)
-    return field(default=default, metadata={"parse": parse, "kind": kind}, repr=repr)
-
-
-def section(cls: type, default: Any = None) -> Any:
-    """A nested mapping, built by `_section` like the top level."""
-    return field(default=default, metadata={"section": cls})
-
-
-_REQUIRED = object()
-
-
 @dataclass(frozen=True)
 class TLSConfig:
-    ca_file: Path | None = setting(None, kind=_FILE)
-    insecure_skip_verify: bool = setting(False, _bool)
+    ca_file: Path | None = setting(None, kind=FILE)
+    insecure_skip_verify: bool = setting(False, flag)
 
 
 @dataclass(frozen=True)
 class UpstreamConfig:
     name: str                     # the registry host as clients name it
     url: str                      # where to dial it
-    username: str | None = setting(None, _text)
-    password: str | None = setting(None, _text, repr=False)
-    password_file: Path | None = setting(None, kind=_FILE)    # read into password at start
+    username: str | None = setting(None, text)
+    password: str | None = setting(None, text, repr=False)
+    password_file: Path | None = setting(None, kind=FILE)    # read into password at start
     tls: TLSConfig = section(TLSConfig, TLSConfig())
     # Served to anonymous clients? An upstream with credentials is not, unless it says so.
-    public: bool = setting(True, _bool)
+    public: bool = setting(True, flag)
     # Token services on other hosts that may see the credentials (the upstream's own
     # host always may); any other realm is asked without them.
-    token_realms: tuple[str, ...] = setting((), _realms)
+    token_realms: tuple[str, ...] = setting((), realms)
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    connect: float = setting(3.0, _positive)
-    read: float = setting(30.0, _positive)
+    connect: float = setting(3.0, positive)
+    read: float = setting(30.0, positive)
 
 
 @dataclass(frozen=True)
 class CacheConfig:
     max_size: int = setting(20 * 1024**3, parse_size)
-    high_watermark: float = setting(0.95, _fraction)  # start evicting above this fraction of max_size
-    low_watermark: float = setting(0.85, _fraction)   # ... and stop below this one
+    high_watermark: float = setting(0.95, fraction)  # start evicting above this fraction of max_size
+    low_watermark: float = setting(0.85, fraction)   # ... and stop below this one
     scrub_interval: float = setting(24 * 3600.0, parse_duration)  # re-hash every blob this often (0: never)
     scrub_rate: int = setting(64 * 1024**2, parse_size)          # bytes per second the scrub may read
-    evict_interval: float = setting(30.0, _positive)  # how often the budget is checked besides commits
+    evict_interval: float = setting(30.0, positive)  # how often the budget is checked besides commits
     abandon_after: float = setting(10.0, parse_duration)  # a fill nobody waits for is cancelled after this...
-    finish_fraction: float = setting(0.5, _fraction)  # ... unless it is this far along (or sync work)
+    finish_fraction: float = setting(0.5, fraction)  # ... unless it is this far along (or sync work)
 
 
 @dataclass(frozen=True)
@@ -248,60 +95,60 @@ class LimitsConfig:
 
     manifest_bytes: int = setting(4 * 1024**2, parse_size)
     tag_list_bytes: int = setting(1024**2, parse_size)        # one tag list page from the upstream
-    tag_list_tags: int = setting(10_000, _count(1, 1_000_000))  # tags in one page (the `n` asked)
+    tag_list_tags: int = setting(10_000, count(1, 1_000_000))  # tags in one page (the `n` asked)
     tag_lists_kept_bytes: int = setting(16 * 1024**2, parse_size)  # full lists kept for offline answers
     token_bytes: int = setting(64 * 1024, parse_size)         # a token service's answer
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    header_timeout: float = setting(10.0, _positive)  # a request head must arrive whole within this
-    idle_timeout: float = setting(75.0, _positive)    # an idle keep-alive connection is closed after this
+    header_timeout: float = setting(10.0, positive)  # a request head must arrive whole within this
+    idle_timeout: float = setting(75.0, positive)    # an idle keep-alive connection is closed after this
 
 
 @dataclass(frozen=True)
 class BreakerConfig:
-    failures: int = setting(3, _at_least_one)  # consecutive connection failures that open it
+    failures: int = setting(3, at_least_one)  # consecutive connection failures that open it
     backoff: float = setting(5.0, parse_duration)     # first open period; doubles up to max_backoff
     max_backoff: float = setting(60.0, parse_duration)
 
 
 @dataclass(frozen=True)
 class AccessConfig:
-    networks: tuple[str, ...] = setting((), _networks)   # allowed client CIDRs; empty: any
-    htpasswd: Path | None = setting(None, kind=_FILE)     # bcrypt Basic credentials
+    networks: tuple[str, ...] = setting((), networks)   # allowed client CIDRs; empty: any
+    htpasswd: Path | None = setting(None, kind=FILE)     # bcrypt Basic credentials
     # Static bearer tokens, one per line (NAME:TOKEN or TOKEN).
-    tokens_file: Path | None = setting(None, kind=_FILE)
+    tokens_file: Path | None = setting(None, kind=FILE)
     # Who may POST gc/verify/sync; empty: anyone authenticated.
-    admin: tuple[str, ...] = setting((), _strings("user or token names"))
+    admin: tuple[str, ...] = setting((), strings("user or token names"))
     # USER:PASSWORD or a TOKEN the CLI sends the daemon.
-    cli_credentials_file: Path | None = setting(None, kind=_FILE)
-    password_checks: int = setting(2, _count(1, 64))      # bcrypt checks run at once (own threads)
+    cli_credentials_file: Path | None = setting(None, kind=FILE)
+    password_checks: int = setting(2, count(1, 64))      # bcrypt checks run at once (own threads)
 
 
 @dataclass(frozen=True)
 class ListenerTLS:
-    cert_file: Path = setting(_REQUIRED, kind=_FILE)
-    key_file: Path = setting(_REQUIRED, kind=_FILE)
+    cert_file: Path = setting(REQUIRED, kind=FILE)
+    key_file: Path = setting(REQUIRED, kind=FILE)
     # Mutual TLS: a verified client certificate authenticates.
-    client_ca_file: Path | None = setting(None, kind=_FILE)
-    require_client_cert: bool = setting(False, _bool)
+    client_ca_file: Path | None = setting(None, kind=FILE)
+    require_client_cert: bool = setting(False, flag)
 
 
 @dataclass(frozen=True)
 class SyncConfig:
-    schedule: str | None = setting(None, _schedule)   # 5-field cron; when set it wins over interval
-    interval: float = setting(6 * 3600.0, _positive)
-    concurrency: int = setting(4, _count(1, 64))      # images fetched at once
+    schedule: str | None = setting(None, schedule)   # 5-field cron; when set it wins over interval
+    interval: float = setting(6 * 3600.0, positive)
+    concurrency: int = setting(4, count(1, 64))      # images fetched at once
     retention: float = setting(24 * 3600.0, parse_duration)  # a replaced pinned image stays pinned so long
-    watch_interval: float = setting(2.0, _positive)   # how often list files are checked for edits
+    watch_interval: float = setting(2.0, positive)   # how often list files are checked for edits
 
 
 @dataclass(frozen=True)
 class SiblingTLS:
-    ca_file: Path | None = setting(None, kind=_FILE)  # the CA siblings' certificates chain to
-    cert_file: Path | None = setting(None, kind=_FILE)  # our client certificate, for listeners that want one
-    key_file: Path | None = setting(None, kind=_FILE)
+    ca_file: Path | None = setting(None, kind=FILE)  # the CA siblings' certificates chain to
+    cert_file: Path | None = setting(None, kind=FILE)  # our client certificate, for listeners that want one
+    key_file: Path | None = setting(None, kind=FILE)
 
 
 @dataclass(frozen=True)
@@ -309,18 +156,18 @@ class SiblingsConfig:
     """Other edgecaches on the branch LAN, asked for content by digest before the WAN."""
 
     enabled: bool = False                    # the `siblings` key is there at all
-    mdns: bool = setting(True, _bool)        # advertise and browse _edgecache._tcp.local.
-    interfaces: tuple[str, ...] = setting((), _strings("interface names or addresses"))  # empty: all
-    peers: tuple[str, ...] = setting((), _peers)   # static base URLs (other VLANs, no multicast)
+    mdns: bool = setting(True, flag)        # advertise and browse _edgecache._tcp.local.
+    interfaces: tuple[str, ...] = setting((), strings("interface names or addresses"))  # empty: all
+    peers: tuple[str, ...] = setting((), peers)   # static base URLs (other VLANs, no multicast)
     secret: bytes | None = field(default=None, repr=False)   # HMAC key for hop requests, from:
-    secret_file: Path | None = setting(None, kind=_FILE)
-    node_id: str | None = setting(None, _node_id)  # default: generated once, kept in data_dir
-    timeout: float = setting(2.0, _positive)       # connect + response headers from a sibling
-    read_timeout: float = setting(5.0, _positive)  # longest silence inside a sibling's body
-    health_interval: float = setting(5.0, _positive)
-    fail_after: int = setting(3, _count(1, 100))   # failed checks that drop a sibling
-    readmit_after: int = setting(2, _count(1, 100))  # good checks that bring it back
-    bad_for: float = setting(600.0, _positive)     # how long a sibling that sent wrong bytes is shunned
+    secret_file: Path | None = setting(None, kind=FILE)
+    node_id: str | None = setting(None, node_id_text)  # default: generated once, kept in data_dir
+    timeout: float = setting(2.0, positive)       # connect + response headers from a sibling
+    read_timeout: float = setting(5.0, positive)  # longest silence inside a sibling's body
+    health_interval: float = setting(5.0, positive)
+    fail_after: int = setting(3, count(1, 100))   # failed checks that drop a sibling
+    readmit_after: int = setting(2, count(1, 100))  # good checks that bring it back
+    bad_for: float = setting(600.0, positive)     # how long a sibling that sent wrong bytes is shunned
     min_rate: int = setting(512 * 1024, parse_size)  # bytes/s below which a sibling's body is given up
     tls: "SiblingTLS | None" = section(SiblingTLS)   # for https siblings: whom to trust, what to present
 
@@ -337,8 +184,8 @@ class Config:
     cache: CacheConfig = section(CacheConfig, CacheConfig())
     upstream_timeout: Timeouts = section(Timeouts, Timeouts())
     breaker: BreakerConfig = section(BreakerConfig, BreakerConfig())
-    pinned: Path | None = setting(None, kind=_PATH)    # a list file or a directory of them
-    prefetch: Path | None = setting(None, kind=_PATH)
+    pinned: Path | None = setting(None, kind=PATH)    # a list file or a directory of them
+    prefetch: Path | None = setting(None, kind=PATH)
     sync: SyncConfig = section(SyncConfig, SyncConfig())
     access: AccessConfig = section(AccessConfig, AccessConfig())
     tls: ListenerTLS | None = section(ListenerTLS)
@@ -429,7 +276,7 @@ def _section(cls: type, key: str, raw: Any, base: Path, *, also: Iterable[str] =
         value = raw.get(name)
         optional = f.default is None
         if name not in raw or (optional and value is None) or (
-                optional and f.metadata.get("kind") == _FILE and not value):
+                optional and f.metadata.get("kind") == FILE and not value):
             # Absent, or an optional key left empty (`node_id: null`, `htpasswd: ""`): unset.
             if f.default is MISSING and f.default_factory is MISSING:
                 raise ConfigError(k, None, f"required when {key} is set")
@@ -438,7 +285,7 @@ def _section(cls: type, key: str, raw: Any, base: Path, *, also: Iterable[str] =
             values[name] = _section(f.metadata["section"], k, value, base)
         elif f.metadata["kind"]:
             if not isinstance(value, str) or not value:
-                raise ConfigError(k, value, "expected a file path" if f.metadata["kind"] == _FILE
+                raise ConfigError(k, value, "expected a file path" if f.metadata["kind"] == FILE
                                   else "expected the path of a list file or a directory of them")
             values[name] = base / value
         else:
@@ -538,7 +385,7 @@ def _files(value: Any, key: str) -> Iterator[tuple[str, Path]]:
     for f in fields(value):
         v = getattr(value, f.name)
         k = f"{key}.{f.name}" if key else f.name
-        if f.metadata.get("kind") == _FILE and v is not None:
+        if f.metadata.get("kind") == FILE and v is not None:
             yield k, v
         elif isinstance(v, Mapping):
             for name, item in v.items():

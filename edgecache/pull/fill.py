@@ -22,6 +22,10 @@ any other, last byte held: clients must not wait minutes for a first byte (the
 container runtimes give up). If that sibling then fails, the fill goes on from the
 upstream where it stopped; only wrong bytes already sent cannot be taken back,
 and those fail the fill, as from the upstream.
+
+Longer than most modules on purpose: the writing side and the readers share one
+state (bytes landed, verification, the relay) and one change signal; split, that
+state would sit behind an interface with a single user.
 """
 from __future__ import annotations
 

@@ -12,6 +12,9 @@ With siblings: a manifest by digest we do not hold is asked of them before the
 upstream; a tag is only ever resolved by the upstream, except when it cannot be
 reached: then the freshest last known answer of this node and its siblings is
 served, marked stale. Requests from siblings (`hop`) go nowhere but upstream.
+
+Longer than most modules on purpose: the order of the lookup (pinned tag, fresh
+record, siblings, upstream, last known) reads top to bottom in one place.
 """
 from __future__ import annotations
 

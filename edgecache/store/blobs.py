@@ -10,6 +10,10 @@ wrote to a temp file; commit checks size and digest, fsyncs, renames into place,
 then records it in the index (validate -> move -> link -> clean up). A blob on
 disk is therefore always whole and verified. All file-system work runs on
 threads: the event loop never blocks on the disk.
+
+Longer than most modules on purpose: it is the one owner of data_dir's blobs, and
+commit, eviction, pins, verification and repair change the same index and files
+under the same rules (the layout, index, links and writer are modules of their own).
 """
 from __future__ import annotations
 

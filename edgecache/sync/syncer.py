@@ -15,6 +15,10 @@
 
 What has been synced (digests, owners, retained pins) is kept in
 data_dir/sync/state.json, written atomically (sync/state.py).
+
+Longer than most modules on purpose: lists, runs, retention and tag switches all
+change the same state and pins, which it alone owns (the state's shape is in
+sync/state.py, fetching an image in sync/fetch.py).
 """
 from __future__ import annotations
 

@@ -3,6 +3,10 @@
 Owns one aiohttp ClientSession (opened in `start`, closed in `close`) with the
 configured timeouts and TLS. Every aiohttp exception is translated into our
 UpstreamError family here, and nowhere else.
+
+Longer than most modules on purpose: it is the one boundary with an upstream, and
+redirects, challenges, caps and the translation of failures have to be read
+together to check where credentials and bytes may go.
 """
 from __future__ import annotations
 
