@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from edgecache.config import AccessConfig, UpstreamConfig
+from edgecache.addresses import parse_address
 from edgecache.credentials import read_htpasswd, read_tokens
 from edgecache.errors import Forbidden, Unauthorized
 from edgecache.passwords import PasswordChecker, dummy_hash
@@ -98,12 +99,9 @@ class Access:
     def check_network(self, remote: str | None) -> None:
         if not self.networks:
             return
-        try:
-            addr = ipaddress.ip_address((remote or "").split("%")[0])
-        except ValueError:
-            raise Forbidden(f"client address {remote!r} is not allowed") from None
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
+        addr = parse_address(remote)
+        if addr is None:
+            raise Forbidden(f"client address {remote!r} is not allowed")
         if not any(addr in net for net in self.networks):
             self.denied += 1
             raise Forbidden(f"client {addr} is outside access.networks")

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
 
+from edgecache.addresses import parse_address
 from edgecache.errors import TooManyRequests
 
 PER_CLIENT = 8            # checks one client address may have queued or running
@@ -49,13 +50,12 @@ def dummy_hash(users: dict[str, bytes]) -> bytes:
 def client_key(address: str) -> str:
     """Whose queue a check waits in: the address, an IPv6 client's /64 (one host
     has a whole /64 to pick addresses from)."""
-    try:
-        addr = ipaddress.ip_address(address.split("%")[0])
-    except ValueError:
+    addr = parse_address(address)
+    if addr is None:
         return address
-    if isinstance(addr, ipaddress.IPv6Address) and not addr.ipv4_mapped:
+    if isinstance(addr, ipaddress.IPv6Address):
         return str(ipaddress.ip_network(f"{addr}/64", strict=False))
-    return str(addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else addr)
+    return str(addr)
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:

@@ -19,8 +19,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
+from edgecache.addresses import Address, parse_address
+
 MAX_REDIRECTS = 5
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Cloud metadata services outside the link-local ranges: AWS over IPv6, Alibaba, Azure's
 # wire server. Never a redirect's target, wherever the upstream is.
 METADATA = frozenset(ipaddress.ip_address(a) for a in
@@ -29,16 +30,6 @@ METADATA = frozenset(ipaddress.ip_address(a) for a in
 
 class AddressRefused(OSError):
     """A name resolved only to addresses a redirect may not go to (at connect time)."""
-
-
-def _ip(host: str) -> Address | None:
-    try:
-        addr = ipaddress.ip_address(host.strip("[]").split("%")[0])
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        return addr.ipv4_mapped
-    return addr
 
 
 def _is_local_interface(addr: Address) -> bool:
@@ -67,7 +58,7 @@ def address_refusal(addr: Address, port: int, *, upstream_near: frozenset[str],
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
         addr = addr.ipv4_mapped           # ::ffff:127.0.0.1 is 127.0.0.1
     host, own_port = listen
-    own = _ip(host)
+    own = parse_address(host)
     # Listening on every address (or a name): any address of this machine is ours.
     if port == own_port and (addr == own or ((own is None or own.is_unspecified)
                                              and _is_local_interface(addr))):
@@ -114,7 +105,7 @@ class GuardedResolver(AbstractResolver):
         results = await self._inner.resolve(host, port, family)
         if host.lower().rstrip(".") == self._own:
             return results
-        kept = [r for r in results if (a := _ip(r["host"])) is not None
+        kept = [r for r in results if (a := parse_address(r["host"])) is not None
                 and await self._allowed(a, r["port"]) is None]
         if not kept:
             raise AddressRefused(f"{host} resolves to no address a redirect may go to")
@@ -126,8 +117,8 @@ class GuardedResolver(AbstractResolver):
 
 async def addresses_of(host: str, port: int) -> list[Address]:
     """The addresses a name resolves to (an IP literal: itself)."""
-    literal = _ip(host)
+    literal = parse_address(host)
     if literal is not None:
         return [literal]
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [a for a in (_ip(info[4][0]) for info in infos) if a is not None]
+    return [a for a in (parse_address(info[4][0]) for info in infos) if a is not None]
