@@ -61,3 +61,19 @@ def test_availability_decides_between_503_and_502():
 def test_unmapped_errors_are_left_to_the_500():
     assert to_oci(RuntimeError("boom")) is None
     assert to_oci(KeyError("x")) is None
+
+
+def test_aiohttp_refusals_keep_their_status_and_get_an_oci_code():
+    from aiohttp import web
+
+    from edgecache.server.oci_errors import _http_error
+    allow = _http_error(web.HTTPMethodNotAllowed("PUT", ["GET", "HEAD"]))
+    assert (allow.oci.code, allow.status, allow.headers["Allow"]) == ("UNSUPPORTED", 405, "GET,HEAD")
+    assert (_http_error(web.HTTPNotFound()).oci.code, _http_error(web.HTTPNotFound()).status) == \
+        ("NAME_UNKNOWN", 404)
+    assert _http_error(web.HTTPRequestEntityTooLarge(10, 20)).status == 413
+    for exc, code in ((web.HTTPUnauthorized(), "UNAUTHORIZED"), (web.HTTPForbidden(), "DENIED"),
+                      (web.HTTPTooManyRequests(), "TOOMANYREQUESTS")):
+        assert (_http_error(exc).oci.code, _http_error(exc).status) == (code, exc.status)
+    teapot = _http_error(web.HTTPBadRequest())
+    assert (teapot.oci.code, teapot.status) == ("UNKNOWN", 400)

@@ -158,10 +158,19 @@ _HTTP = {
 }
 
 
+# aiohttp's other refusals keep their status, with its OCI code where the table has one.
+_HTTP_CODES = {401: "UNAUTHORIZED", 403: "DENIED", 429: "TOOMANYREQUESTS"}
+
+
 def _http_error(exc: web.HTTPException) -> OciError:
     make = _HTTP.get(exc.status)
-    oci = to_oci(make(exc)) if make else None
-    return oci or OciError("UNKNOWN", exc.reason, exc.status, exc.reason.lower())
+    if make is not None:
+        oci = to_oci(make(exc))
+        assert oci is not None
+        return oci
+    code = _HTTP_CODES.get(exc.status, "UNKNOWN")
+    message = CODES[code].message if code != "UNKNOWN" else exc.reason.lower()
+    return OciError(code, exc.reason, exc.status, message)
 
 
 class DenialLog:
