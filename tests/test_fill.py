@@ -174,7 +174,9 @@ async def test_a_local_write_error_is_not_blamed_on_the_source_nor_papered_over(
     def failing(writer, chunk, offset):
         calls.append(offset)
         if len(calls) == 12:
-            os.pwrite(writer._wfd, chunk[:3000], offset)   # part of it lands, then the disk fails
+            fd = os.open(writer.tmp, os.O_WRONLY)          # part of it lands, then the disk fails
+            os.pwrite(fd, chunk[:3000], offset)
+            os.close(fd)
             raise OSError(5, "Input/output error")
         return real(writer, chunk, offset)
 

@@ -38,16 +38,20 @@ def test_an_unaddressed_signature_is_good_for_the_health_check_only():
     assert "not for this node" in v.verify("n1", blob, "GET", PATH)
 
 
-def test_nonces_are_forgotten_after_the_window():
+def test_nonces_are_forgotten_after_the_window(monkeypatch):
+    """At most MAX_REMEMBERED nonces in a window (past that, signed requests wait);
+    once the window has passed, they are forgotten and room is made."""
+    monkeypatch.setattr(hopauth, "MAX_REMEMBERED", 50)
     now = [1000.0]
     v = HopVerifier(SECRET, "n2", clock=lambda: now[0])
-    for i in range(50):
-        assert v.verify("n1", sign(SECRET, "n1", "n2", "GET", PATH, now=now[0])[AUTH],
-                        "GET", PATH) is None
-    assert len(v._seen) == 50
+
+    def ask():
+        return v.verify("n1", sign(SECRET, "n1", "n2", "GET", PATH, now=now[0])[AUTH], "GET", PATH)
+
+    assert all(ask() is None for _ in range(50))
+    assert ask() == "too many hop requests in the last minute"
     now[0] += 2 * hopauth.WINDOW + 1
-    v.verify("n1", sign(SECRET, "n1", "n2", "GET", PATH, now=now[0])[AUTH], "GET", PATH)
-    assert len(v._seen) == 1                       # the old ones expired
+    assert all(ask() is None for _ in range(50))          # the old ones expired
 
 
 def test_unsigned_without_a_secret_and_proofs_bound_to_node_and_challenge():
