@@ -102,7 +102,7 @@ def _synced(path: Path, upstreams: Collection[str]) -> list[tuple[str, str, list
         if not isinstance(rec, dict):
             continue
         ref = rec.get("ref")
-        if not isinstance(ref, str):
+        if not isinstance(ref, str) or not ref:
             # A retained image: its owner is "pinned:<ref>|<platforms>@<digest>".
             owner = rec.get("owner")
             ref = owner.partition(":")[2].partition("|")[0] if isinstance(owner, str) else None

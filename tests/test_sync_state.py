@@ -43,3 +43,14 @@ def test_older_records_without_the_later_fields_get_defaults():
     doc = {"pinned": {"k": {"digest": "sha256:" + "a" * 64, "digests": [], "owner": "o"}}}
     img = SyncState.from_json(json.dumps(doc)).images["pinned"]["k"]
     assert (img.media_type, img.size, img.tag, img.platforms) == ("", 0, None, [])
+
+
+def test_a_key_from_another_version_is_ignored_not_the_record():
+    """A downgrade: a record with a key this version does not know keeps its image
+    (skipped, its pins would be released as orphans at start)."""
+    doc = json.loads(json.dumps(OLD))
+    doc["pinned"]["r.example/app:v1|linux/amd64"]["referrers"] = ["sha256:" + "e" * 64]
+    doc["retained"][0]["reason"] = "moved"
+    state = SyncState.from_json(json.dumps(doc))
+    assert len(state.images["pinned"]) == 1 and len(state.retained) == 1
+    assert state.owners() == SyncState.from_json(json.dumps(OLD)).owners()

@@ -74,6 +74,8 @@ class BlobWriter:
             await asyncio.shield(write)
         except asyncio.CancelledError:
             await asyncio.wait([write])
+            if not write.cancelled():
+                write.exception()           # retrieved: the caller is gone, not the error
             raise
 
     def _write_sync(self, data: bytes, offset: int) -> None:

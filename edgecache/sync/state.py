@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,13 @@ class Retained:
     until: float
 
 
+def _known(cls: type, rec: dict) -> dict:
+    """The keys of rec that cls has: a key written by another version (a downgrade)
+    costs nothing, where a record skipped would cost its image's pins."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in rec.items() if k in names}
+
+
 @dataclass
 class SyncState:
     images: dict[str, dict[str, SyncedImage]] = field(
@@ -75,12 +82,12 @@ class SyncState:
                 try:
                     tag = rec.get("tag")
                     state.images[kind][key] = SyncedImage(**{
-                        **rec, "tag": tuple(tag) if tag else None})
+                        **_known(SyncedImage, rec), "tag": tuple(tag) if tag else None})
                 except (TypeError, AttributeError) as e:
                     log.warning("%s: %s entry %s skipped (%s)", where, kind, key, e)
         for rec in doc.get("retained") or []:
             try:
-                state.retained.append(Retained(**rec))
-            except TypeError as e:
+                state.retained.append(Retained(**_known(Retained, rec)))
+            except (TypeError, AttributeError) as e:
                 log.warning("%s: a retained image skipped (%s)", where, e)
         return state
