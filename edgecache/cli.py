@@ -15,9 +15,9 @@ import yaml
 from edgecache import __version__
 from edgecache.atomic import write_text_atomic
 from edgecache.config import Config, ConfigError, load
-from edgecache.daemon import Daemon, DaemonError
+from edgecache.daemon import Daemon
 from edgecache.runtime import open_store
-from edgecache.errors import ListError, StoreLocked
+from edgecache.errors import DaemonError, ListError, StoreLocked
 from edgecache.sync import listedit
 from edgecache.sync.lists import list_files, parse_ref
 from edgecache.sync.lists import load as load_list

@@ -9,16 +9,9 @@ import urllib.request
 from pathlib import Path
 
 from edgecache.config import Config
+from edgecache.errors import DaemonError, DaemonTimeout
 
 FIND_TIMEOUT = 2.0
-
-
-class DaemonError(Exception):
-    """A daemon answered, but not as asked; the message says what to do."""
-
-
-class DaemonTimeout(DaemonError):
-    pass
 
 
 def read_credentials(path: Path) -> str:

@@ -225,6 +225,14 @@ class SiblingError(EdgecacheError):
         super().__init__(f"sibling {sibling}: {detail}")
 
 
+class DaemonError(EdgecacheError):
+    """The CLI's call to a running daemon did not go as asked; the message says what to do."""
+
+
+class DaemonTimeout(DaemonError):
+    """The daemon did not answer in time."""
+
+
 class DiscoveryError(EdgecacheError):
     """mDNS could not start (translated from zeroconf's own errors)."""
 

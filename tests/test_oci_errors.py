@@ -8,7 +8,7 @@ from edgecache.server.oci_errors import CODES, RULES, to_oci
 # Errors that never reach a client's request: start-up, CLI and background work, or
 # (siblings) turned into a fill from the upstream before anyone hears of them.
 NOT_FOR_CLIENTS = {errors.EdgecacheError, errors.StoreLocked, errors.DiscoveryError,
-                   errors.ConfigError, errors.ListError,
+                   errors.ConfigError, errors.ListError, errors.DaemonError, errors.DaemonTimeout,
                    errors.SiblingError, errors.NoMatchingPlatform}
 
 

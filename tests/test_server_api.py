@@ -7,6 +7,7 @@ import aiohttp
 import pytest
 import yarl
 
+from tests.support.eventually import eventually
 from tests.support.edge import EdgeServer, edge_world, make_config
 from tests.support.faulty import FaultyUpstream
 from tests.support.images import make_image
@@ -146,7 +147,7 @@ async def test_access_log_has_one_structured_line_per_request(world, caplog):
     import logging
     caplog.set_level(logging.INFO, logger="aiohttp.access")
     await req(edge, session, "GET", f"/v2/demo/app/blobs/{img.layers[0].digest}")
-    await asyncio.sleep(0.05)
+    assert await eventually(lambda: any("/blobs/" in r.getMessage() for r in caplog.records), 2)
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith("{")]
     line = [x for x in lines if "/blobs/" in x["path"]][-1]
     assert line["method"] == "GET" and line["status"] == 200 and line["source"] == "upstream"

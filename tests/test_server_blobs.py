@@ -6,6 +6,7 @@ import aiohttp
 import pytest
 
 from edgecache.store import layout
+from tests.support.eventually import eventually
 from tests.support.edge import EdgeServer, edge_world, make_config
 from tests.support.faulty import FaultyUpstream
 from tests.support.images import make_image
@@ -196,9 +197,8 @@ async def test_an_upstream_stall_past_the_read_timeout_aborts_and_recovers(world
     assert list(layout.tmp_dir(edge.config.data_dir).iterdir()) == []
     status, _, body = await edge.get(session, blob_path(img))
     assert status == 200 and body == layer.data
-    await asyncio.sleep(0.2)
     # Nothing left behind by the stalled fill: no fill task, no fill in the registry.
-    assert edge.services.blobs.fills.active() == []
+    assert await eventually(lambda: edge.services.blobs.fills.active() == [], 2)
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("fill ")]
 
 

@@ -6,6 +6,7 @@ import aiohttp
 
 from edgecache.reference import parse_digest
 from edgecache.server.app import BACKGROUND_SYNC
+from tests.support.eventually import eventually
 from tests.support.edge import EdgeServer, make_config
 from tests.support.faulty import FaultyUpstream
 from tests.support.images import make_image, make_index
@@ -55,8 +56,7 @@ async def test_pinned_set_is_fetched_whole_with_the_platform_filter_and_survives
                 for b in filler.layers:
                     assert (await edge.get(s, f"/v2/other/big/blobs/{b.digest}"))[0] == 200
                     await edge.stored(b.digest)
-            await asyncio.sleep(0.1)
-            assert edge.services.store.stats.evictions > 0
+            assert await eventually(lambda: edge.services.store.stats.evictions > 0, 2)
             for d in [idx.digest, *blobs_of(arm), *blobs_of(by_digest)]:
                 assert has(edge, d), d
             st = edge.services.syncer.status()

@@ -26,6 +26,8 @@ COPY_CHUNK = 1 << 20
 SENDFILE_CHUNK = 1 << 30
 
 
+# Not domain errors (errors.py): connection signals, ConnectionResetError on purpose, so
+# aiohttp and the error middleware take them as the connection gone (499, one log line).
 class ClientGone(ConnectionResetError):
     """The client went away or stalled mid-body; the connection is closed."""
 

@@ -29,7 +29,9 @@ METADATA = frozenset(ipaddress.ip_address(a) for a in
 
 
 class AddressRefused(OSError):
-    """A name resolved only to addresses a redirect may not go to (at connect time)."""
+    """A name resolved only to addresses a redirect may not go to (at connect time).
+    An OSError on purpose, not a domain error: aiohttp's connector takes it as a failed
+    connect; upstream/client.py translates it."""
 
 
 def _is_local_interface(addr: Address) -> bool:
