@@ -17,6 +17,9 @@ from edgecache.atomic import write_text_atomic
 from edgecache.config import Config, ConfigError, load
 from edgecache.daemon import Daemon
 from edgecache.runtime import open_store
+from edgecache.seed.importer import Importer
+from edgecache.store import layout
+from edgecache.store.meta import MetaStore
 from edgecache.errors import DaemonError, ListError, StoreLocked
 from edgecache.sync import listedit
 from edgecache.sync.lists import list_files, parse_ref
@@ -89,6 +92,36 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
         print(f"BAD {digest}: quarantined", file=sys.stderr)
     print(json.dumps(out))
     return 1 if out["bad"] else 0
+
+
+def cmd_import(cfg: Config, args: argparse.Namespace) -> int:
+    """Archives into the store: through the daemon when one runs (it holds the store),
+    else directly. Progress on stderr, the report as JSON on stdout."""
+    paths = [str(Path(p).resolve()) for p in args.paths]
+    if (daemon := _daemon(cfg, args)) is not None:
+        report: dict = {}
+        for line in daemon.lines("/_edgecache/import", {"paths": paths, "pin": args.pin},
+                                 args.timeout):
+            if "progress" in line:
+                print(line["progress"], file=sys.stderr, flush=True)
+            report = line.get("report", report)
+    else:
+        async def in_process() -> dict:
+            async with open_store(cfg) as store:
+                meta = MetaStore(layout.meta_dir(cfg.data_dir),
+                                 tag_lists_bytes=cfg.limits.tag_lists_kept_bytes)
+                await asyncio.to_thread(meta.load)
+                try:
+                    importer = Importer(store, meta, tuple(cfg.upstreams))
+                    done = await importer.run([Path(p) for p in paths], pin=args.pin,
+                                              progress=lambda m: print(m, file=sys.stderr,
+                                                                       flush=True))
+                    return done.as_dict()
+                finally:
+                    await asyncio.to_thread(meta.close)
+        report = _run(in_process())
+    print(json.dumps(report))
+    return 1 if report.get("skipped") or not report.get("images") else 0
 
 
 class _Progress:
@@ -269,13 +302,19 @@ def parser() -> argparse.ArgumentParser:
             ("gc", cmd_gc, "evict down to the budget now", 600),
             ("verify", cmd_verify, "re-hash every blob, quarantine the bad ones", 24 * 3600),
             ("sync", cmd_sync, "sync the pinned set and prefetch lists now (via the daemon if one runs)",
-             30)):
+             30),
+            ("import", cmd_import, "import image archives (OCI layout, docker-archive, K3s "
+             "air-gap tarball; .tar, .tar.gz, .tar.zst)", 24 * 3600)):
         sp = add(name, fn, help_)
         sp.add_argument("--credentials-file", type=Path, default=None,
                         help="USER:PASSWORD or a token, sent to a daemon that wants credentials "
                              "(default: access.cli_credentials_file)")
         sp.add_argument("--timeout", type=float, default=wait,
                         help=f"seconds to wait for the daemon's answer (default: {wait})")
+    imp = sub.choices["import"]
+    imp.add_argument("paths", nargs="+", type=Path, help="archives or OCI layout directories")
+    imp.add_argument("--pin", action="store_true",
+                     help="pin the images (never evicted); without: ordinary LRU content")
     cc = add("client-config", cmd_client_config, "print (or write) client configuration for this mirror")
     cc.add_argument("client", choices=("k3s", "containerd", "docker", "podman"))
     cc.add_argument("--endpoint", help="the mirror's URL as clients reach it (default: http://HOSTNAME:PORT)")

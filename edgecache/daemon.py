@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+from contextlib import contextmanager
+from typing import Any, Iterator
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -47,12 +49,28 @@ class Daemon:
         return d if st.get("data_dir") == str(cfg.data_dir) else None
 
     def call(self, method: str, path: str, timeout: float) -> dict:
+        with self._open(method, path, timeout) as r:
+            return json.loads(r.read())
+
+    def lines(self, path: str, body: dict, timeout: float) -> Iterator[dict]:
+        """POST body as JSON; each JSON line of the answer as it comes (progress)."""
+        with self._open("POST", path, timeout, json.dumps(body).encode()) as r:
+            for line in r:
+                if line.strip():
+                    yield json.loads(line)
+
+    @contextmanager
+    def _open(self, method: str, path: str, timeout: float,
+              data: bytes | None = None) -> Iterator[Any]:
+        headers = {"Authorization": self._auth} if self._auth else {}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
         req = urllib.request.Request(self.url + path, method=method,
-                                     data=b"" if method == "POST" else None,
-                                     headers={"Authorization": self._auth} if self._auth else {})
+                                     data=data if data is not None else
+                                     (b"" if method == "POST" else None), headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
-                return json.loads(r.read())
+                yield r
         except urllib.error.HTTPError as e:
             with e:
                 detail = _oci_message(e.read())

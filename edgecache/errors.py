@@ -225,6 +225,14 @@ class SiblingError(EdgecacheError):
         super().__init__(f"sibling {sibling}: {detail}")
 
 
+class BadRequest(EdgecacheError):
+    """A request to an operator endpoint that does not say what it must."""
+
+
+class ArchiveError(EdgecacheError):
+    """An image archive that cannot be imported: unreadable, unsafe, or incomplete."""
+
+
 class DaemonError(EdgecacheError):
     """The CLI's call to a running daemon did not go as asked; the message says what to do."""
 

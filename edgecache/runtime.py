@@ -15,6 +15,7 @@ from edgecache.config import Config
 from edgecache.metrics import Metrics
 from edgecache.pull.blobs import BlobService
 from edgecache.pull.fills import FillRegistry
+from edgecache.seed.importer import Importer
 from edgecache.pull.links import Confirmer
 from edgecache.pull.manifests import ManifestService
 from edgecache.pull.tags import TagListService
@@ -44,6 +45,7 @@ class Runtime:
     tags: TagListService
     metrics: Metrics
     syncer: Syncer
+    importer: Importer
     siblings: Siblings | None = None
 
 
@@ -165,7 +167,8 @@ class open_runtime:
                          blobs=blobs, manifests=manifests,
                          tags=TagListService(meta, upstreams, metrics,
                                               max_tags=cfg.limits.tag_list_tags), metrics=metrics,
-                         syncer=syncer, siblings=siblings)
+                         syncer=syncer, siblings=siblings,
+                         importer=Importer(store, meta, tuple(upstreams.clients)))
             log.info("store %s: %d blobs, %d bytes of %d budget", cfg.data_dir,
                      len(store.index), store.index.total_bytes, store.max_size)
             return rt

@@ -9,6 +9,7 @@ from edgecache.server.oci_errors import CODES, RULES, to_oci
 # (siblings) turned into a fill from the upstream before anyone hears of them.
 NOT_FOR_CLIENTS = {errors.EdgecacheError, errors.StoreLocked, errors.DiscoveryError,
                    errors.ConfigError, errors.ListError, errors.DaemonError, errors.DaemonTimeout,
+                   errors.ArchiveError,
                    errors.SiblingError, errors.NoMatchingPlatform}
 
 

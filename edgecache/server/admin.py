@@ -1,13 +1,17 @@
-"""Operator endpoints: /_edgecache/health, /_edgecache/status, /metrics, and the
-siblings' health check /_edgecache/sibling."""
+"""Operator endpoints: /_edgecache/health, /_edgecache/status, /metrics, gc, verify,
+sync and import for the CLI, and the siblings' health check /_edgecache/sibling."""
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+from pathlib import Path
 from typing import Iterable
 
 from aiohttp import web
 
 from edgecache import __version__
+from edgecache.errors import BadRequest
 from edgecache.metrics import counter, gauge, labelled_counter
 from edgecache.server.guard import identity
 from edgecache.siblings import hopauth
@@ -83,6 +87,41 @@ async def verify(request: web.Request) -> web.Response:
     """`edgecache verify` against a running daemon: re-hash every blob, quarantine the bad."""
     report = await request.app[SERVICES].store.verify()
     return web.json_response({"checked": report.checked, "bytes": report.bytes, "bad": report.bad})
+
+
+async def import_archives(request: web.Request) -> web.StreamResponse:
+    """`edgecache import` against a running daemon: the archives at these paths (on
+    this box) imported; progress as JSON lines, the report last."""
+    try:
+        doc = await request.json()
+        paths = doc["paths"]
+        pin = doc.get("pin", False)
+        if not (isinstance(paths, list) and paths and all(isinstance(p, str) for p in paths)
+                and isinstance(pin, bool)):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise BadRequest('expected {"paths": ["/path/to/archive", ...], "pin": false}') from None
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def work() -> dict:
+        try:
+            report = await request.app[SERVICES].importer.run(
+                [Path(p) for p in paths], pin=pin, progress=lines.put_nowait)
+            return report.as_dict()
+        finally:
+            lines.put_nowait(None)
+    # A task of its own: a client that goes away does not leave an import half done.
+    task = asyncio.ensure_future(work())
+    try:
+        while (line := await lines.get()) is not None:
+            await resp.write(json.dumps({"progress": line}).encode() + b"\n")
+    finally:
+        report = await asyncio.shield(task)     # finished even if the client went away
+    await resp.write(json.dumps({"report": report}).encode() + b"\n")
+    await resp.write_eof()
+    return resp
 
 
 async def sync_status(request: web.Request) -> web.Response:
@@ -165,4 +204,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/_edgecache/sync", sync_start)
     app.router.add_post("/_edgecache/gc", gc)
     app.router.add_post("/_edgecache/verify", verify)
+    app.router.add_post("/_edgecache/import", import_archives)
     app.router.add_get("/_edgecache/sync", sync_status)

@@ -41,6 +41,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             svc = Services(config=rt.config, store=rt.store, blobs=rt.blobs,
                            manifests=rt.manifests, tags=rt.tags, sender=sender,
                            metrics=rt.metrics, syncer=rt.syncer, access=access,
+                           importer=rt.importer,
                            siblings=rt.siblings, default_upstream=cfg.default_upstream)
             rt.metrics.add_state(admin.state_collector(svc))
             if rt.siblings is not None and rt.siblings.verifier is not None:

@@ -33,6 +33,7 @@ from edgecache.server.protocol import client_lost
 from edgecache.server.ranges import parse_range
 from edgecache.store.blobs import BlobStore
 from edgecache.metrics import Metrics
+from edgecache.seed.importer import Importer
 from edgecache.sync.syncer import Syncer
 
 
@@ -50,6 +51,7 @@ class Services:
     metrics: Metrics
     syncer: Syncer
     access: Access
+    importer: Importer
     siblings: Siblings | None = None
     default_upstream: str | None = None       # as started (routing does not change on reload)
 

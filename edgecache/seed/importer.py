@@ -1,0 +1,178 @@
+"""Importing archives into the store: every blob verified against its digest, then
+renamed into place (unpacked on the store's file system), linked to the registry and
+repository the image's name gives, its manifests recorded and its tag answering
+offline (a tag record, as a prefetched image's). With `pin`, the image is pinned under
+an owner of its own, `imported:<reference>@<digest>`, before its blobs land, so none
+is evicted meanwhile; without, it is ordinary LRU content.
+
+An image whose name is missing, or names a registry that is not an upstream here, is
+skipped with a reason (content belongs to a route: it could not be served anyway).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import shutil
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgecache.errors import ArchiveError
+from edgecache.mediatypes import Accept
+from edgecache.pull.manifests import media_type_of
+from edgecache.reference import Digest, parse_digest
+from edgecache.seed.archive import unpack
+from edgecache.seed.images import ArchiveImage, read_images
+from edgecache.store.blobs import BlobStore
+from edgecache.store.meta import ManifestRecord, MetaStore, TagRecord
+from edgecache.sync.lists import parse_ref
+
+log = logging.getLogger("edgecache.seed")
+
+ANY_KEY = Accept.parse([]).key()
+ROOM_MARGIN = 64 << 20          # left free on data_dir's file system while unpacking
+
+
+@dataclass
+class Imported:
+    ref: str
+    digest: str
+    blobs: int
+    bytes: int
+    pinned: bool
+
+
+@dataclass
+class ImportReport:
+    images: list[Imported] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)     # why, per image or archive
+    new_blobs: int = 0
+    new_bytes: int = 0
+
+    def as_dict(self) -> dict:
+        return {"images": [vars(i) for i in self.images], "skipped": self.skipped,
+                "new_blobs": self.new_blobs, "new_bytes": self.new_bytes}
+
+
+def _hash(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Importer:
+    def __init__(self, store: BlobStore, meta: MetaStore, upstreams: Collection[str], *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.meta = meta
+        self.upstreams = upstreams
+        self.clock = clock
+
+    async def run(self, paths: list[Path], *, pin: bool = False,
+                  progress: Callable[[str], None] = lambda _msg: None) -> ImportReport:
+        report = ImportReport()
+        for path in paths:
+            try:
+                await self._archive(Path(path), pin, progress, report)
+            except (ArchiveError, OSError) as e:
+                report.skipped.append(f"{path}: {e}")
+                progress(f"{path}: skipped: {e}")
+        await self.store.flush()
+        await asyncio.to_thread(self.meta.flush)
+        return report
+
+    async def _archive(self, path: Path, pin: bool, progress: Callable[[str], None],
+                       report: ImportReport) -> None:
+        work = self.store.temp_path()
+        try:
+            room = shutil.disk_usage(self.store.data_dir).free - ROOM_MARGIN
+            done = [0]
+
+            def unpacked(n: int) -> None:
+                done[0] += n
+            progress(f"{path}: unpacking")
+            size = await asyncio.to_thread(unpack, path, work, max(0, room), unpacked)
+            images = await asyncio.to_thread(read_images, work)
+            progress(f"{path}: {len(images)} image(s), {size} bytes")
+            for img in images:
+                await self._image(img, pin, progress, report)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+
+    async def _image(self, img: ArchiveImage, pin: bool, progress: Callable[[str], None],
+                     report: ImportReport) -> None:
+        if img.name is None:
+            report.skipped.append(f"{img.digest}: the archive gives it no name")
+            progress(f"{img.digest}: skipped, no name")
+            return
+        try:
+            ref = parse_ref(img.name, self.upstreams)
+        except ValueError as e:
+            report.skipped.append(f"{img.name}: {e}")
+            progress(f"{img.name}: skipped: {e}")
+            return
+        owner = (ref.upstream, ref.repo)
+        digests = [*img.written, *img.files]
+        pin_owner = f"imported:{ref.upstream}/{ref.repo}@{img.digest}"
+        if pin:
+            await self.store.pin_many(digests, pin_owner)
+        total = 0
+        for digest, body in img.written.items():
+            new = not self.store.has(parse_digest(digest))
+            await self.store.put_bytes(parse_digest(digest), body, link=owner)
+            self._record(digest, body)
+            total += len(body)
+            report.new_blobs += new
+            report.new_bytes += len(body) if new else 0
+        # Manifests read before their files are renamed into the store.
+        bodies = {d: await asyncio.to_thread(img.files[d].read_bytes) for d in img.manifests
+                  if img.files[d].exists()}
+        for n, (digest, path) in enumerate(img.files.items(), 1):
+            d = parse_digest(digest)
+            size = await self._blob(d, path, owner)
+            if size is None:
+                continue                                    # already here, now linked
+            total += size
+            report.new_blobs += 1
+            report.new_bytes += size
+            progress(f"{img.name}: {n}/{len(img.files)} blobs")
+        for digest, body in bodies.items():
+            self._record(digest, body)
+        if ref.tag is not None:
+            size = self.store.size(parse_digest(img.digest)) or 0
+            self.meta.put_tag((ref.upstream, ref.repo, ref.tag), ANY_KEY,
+                              TagRecord(img.digest, img.media_type, size, self.clock()))
+        name = f"{ref.upstream}/{ref.repo}" + (f":{ref.tag}" if ref.tag else "")
+        report.images.append(Imported(name, img.digest, len(digests), total, pin))
+        progress(f"{name}: imported {img.digest} ({len(digests)} blobs{', pinned' if pin else ''})")
+        log.info("imported %s as %s (%d blobs%s)", name, img.digest, len(digests),
+                 ", pinned" if pin else "")
+
+    def _record(self, digest: str, body: bytes) -> None:
+        self.meta.put_manifest(ManifestRecord(digest, media_type_of(body), len(body)))
+
+    async def _blob(self, digest: Digest, path: Path, owner: tuple[str, str]) -> int | None:
+        """Verify one file and rename it into the store; None when the store has it."""
+        if self.store.has(digest):
+            await self.store.link([digest], owner)
+            return None
+        if not path.exists():
+            # Shared with an image of this archive imported just before: renamed into
+            # place already (and then evicted again? the store says).
+            if self.store.has(digest):
+                await self.store.link([digest], owner)
+                return None
+            raise ArchiveError(f"blob {digest} is gone from the unpacked archive")
+        size = path.stat().st_size
+        computed = await asyncio.to_thread(_hash, path, digest.algorithm)
+        if computed != digest.hex:
+            raise ArchiveError(f"blob {digest} in the archive has the bytes of "
+                               f"{digest.algorithm}:{computed}")
+        await self.store.commit(path, digest, size=size, computed=computed, written=size,
+                                links=[owner])
+        return size
