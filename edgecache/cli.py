@@ -17,9 +17,11 @@ from edgecache.atomic import write_text_atomic
 from edgecache.config import Config, ConfigError, load
 from edgecache.daemon import Daemon
 from edgecache.runtime import open_store
+from edgecache.seed.exporter import Exporter, pinned_set
 from edgecache.seed.importer import Importer
 from edgecache.store import layout
 from edgecache.store.meta import MetaStore
+from edgecache.sync.state import SyncState, state_path
 from edgecache.errors import DaemonError, ListError, StoreLocked
 from edgecache.sync import listedit
 from edgecache.sync.lists import list_files, parse_ref
@@ -120,6 +122,42 @@ def cmd_import(cfg: Config, args: argparse.Namespace) -> int:
                 finally:
                     await asyncio.to_thread(meta.close)
         report = _run(in_process())
+    if "error" in report:
+        print(f"edgecache: {report['error']}", file=sys.stderr)
+        return 1
+    print(json.dumps(report))
+    return 1 if report.get("skipped") or not report.get("images") else 0
+
+
+def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
+    """The pinned set into an OCI layout tarball, through the daemon when one runs."""
+    out = str(args.out.resolve())
+    if (daemon := _daemon(cfg, args)) is not None:
+        report: dict = {}
+        for line in daemon.lines("/_edgecache/export", {"out": out}, args.timeout):
+            if "progress" in line:
+                print(line["progress"], file=sys.stderr, flush=True)
+            report = line.get("report", report)
+    else:
+        async def in_process() -> dict:
+            async with open_store(cfg) as store:
+                meta = MetaStore(layout.meta_dir(cfg.data_dir),
+                                 tag_lists_bytes=cfg.limits.tag_lists_kept_bytes)
+                await asyncio.to_thread(meta.load)
+                try:
+                    path = state_path(cfg.data_dir)
+                    state = SyncState.from_json(path.read_text(), str(path)) \
+                        if path.exists() else SyncState()
+                    done = await Exporter(store).run(
+                        pinned_set(state, store, meta), Path(out),
+                        progress=lambda m: print(m, file=sys.stderr, flush=True))
+                    return done.as_dict()
+                finally:
+                    await asyncio.to_thread(meta.close)
+        report = _run(in_process())
+    if "error" in report:
+        print(f"edgecache: {report['error']}", file=sys.stderr)
+        return 1
     print(json.dumps(report))
     return 1 if report.get("skipped") or not report.get("images") else 0
 
@@ -304,7 +342,8 @@ def parser() -> argparse.ArgumentParser:
             ("sync", cmd_sync, "sync the pinned set and prefetch lists now (via the daemon if one runs)",
              30),
             ("import", cmd_import, "import image archives (OCI layout, docker-archive, K3s "
-             "air-gap tarball; .tar, .tar.gz, .tar.zst)", 24 * 3600)):
+             "air-gap tarball; .tar, .tar.gz, .tar.zst)", 24 * 3600),
+            ("export", cmd_export, "write the pinned set as an OCI layout tarball", 24 * 3600)):
         sp = add(name, fn, help_)
         sp.add_argument("--credentials-file", type=Path, default=None,
                         help="USER:PASSWORD or a token, sent to a daemon that wants credentials "
@@ -315,6 +354,9 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("paths", nargs="+", type=Path, help="archives or OCI layout directories")
     imp.add_argument("--pin", action="store_true",
                      help="pin the images (never evicted); without: ordinary LRU content")
+    exp = sub.choices["export"]
+    exp.add_argument("--pinned", dest="out", type=Path, required=True, metavar="OUT",
+                     help="the file to write (.tar, .tar.gz or .tar.zst)")
     cc = add("client-config", cmd_client_config, "print (or write) client configuration for this mirror")
     cc.add_argument("client", choices=("k3s", "containerd", "docker", "podman"))
     cc.add_argument("--endpoint", help="the mirror's URL as clients reach it (default: http://HOSTNAME:PORT)")
@@ -342,5 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgecache: {e}", file=sys.stderr)
         return 3
     except DaemonError as e:
+        print(f"edgecache: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:             # a path to read or write (import, export): no traceback
         print(f"edgecache: {e}", file=sys.stderr)
         return 1

@@ -138,8 +138,8 @@ def test_a_k3s_style_archive_of_several_images_imports_pinned(
     with EdgeProcess(tmp_path / "edge", doc) as edge:
         assert len(_pull(edge.url, "demo/app:v1", tmp_path / "a")) == 2
         assert len(_pull(edge.url, "demo/tool:v2", tmp_path / "t")) == 3
-        st = json.loads(__import__("urllib.request").request.urlopen(
-            edge.url + "/_edgecache/status").read())
+        import urllib.request
+        st = json.loads(urllib.request.urlopen(edge.url + "/_edgecache/status").read())
         assert st["store"]["pinned_bytes"] > 0 and st["store"]["unpinned_bytes"] == 0
 
 
@@ -208,3 +208,54 @@ def test_a_tampered_blob_is_refused_and_not_stored(tmp_path, archives):
     assert r.returncode == 1
     assert "has the bytes of" in json.loads(r.stdout)["skipped"][0]
     assert not (Path(doc["data_dir"]) / "blobs" / "sha256" / layer[:2] / layer).exists()
+
+
+def test_export_the_pinned_set_then_import_on_a_second_cache_and_ctr_pulls_offline(
+        tmp_path, archives):
+    """Box A: a K3s-style archive imported pinned, exported (once through its daemon,
+    once without one). Box B, never online: imports the export, and containerd's ctr
+    (a hosts dir, as K3s) pulls both images from it, the same digests as on A."""
+    from tests.conftest import require_containerd
+    from tests.support.containerd import Containerd, write_hosts_toml
+    out, one, two = archives
+    k3s = _k3s_style(out, [out / "app.docker.tar", out / "tool.docker.tar"], tmp_path / "k3s.tar")
+    config_a, doc_a = _config(tmp_path, "a")
+    assert edgecache(config_a, "import", "--pin", str(k3s)).returncode == 0
+    offline = tmp_path / "usb" / "pinned.tar.zst"
+    offline.parent.mkdir()
+    r = edgecache(config_a, "export", "--pinned", str(offline))
+    assert r.returncode == 0, r.stderr
+    exported = json.loads(r.stdout)
+    assert sorted(exported["images"]) == ["registry.example/demo/app:v1",
+                                          "registry.example/demo/tool:v2"]
+    with EdgeProcess(tmp_path / "a", doc_a) as a:
+        via_daemon = tmp_path / "usb" / "pinned-daemon.tar"
+        r = edgecache(config_a, "export", "--pinned", str(via_daemon))
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["images"] == exported["images"]
+        digests_a = {ref: head_digest(a.url, ref) for ref in ("demo/app:v1", "demo/tool:v2")}
+    config_b, doc_b = _config(tmp_path, "b")
+    r = edgecache(config_b, "import", str(offline))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["new_blobs"] == exported["blobs"]
+    with EdgeProcess(tmp_path / "b", doc_b) as b:
+        for ref, digest in digests_a.items():
+            assert head_digest(b.url, ref) == digest               # the same manifests
+        require_containerd()
+        hosts = tmp_path / "certs.d"
+        write_hosts_toml(hosts, "registry.example", b.url)
+        with Containerd(tmp_path / "ctrd") as ctrd:
+            for ref in ("registry.example/demo/app:v1", "registry.example/demo/tool:v2"):
+                r = ctrd.pull(ref, hosts)
+                assert r.returncode == 0, r.stderr + ctrd.log_tail()
+
+
+def head_digest(base: str, ref: str) -> str:
+    """The digest the cache answers for repo:tag (the manifest's own, by HEAD)."""
+    import urllib.request
+    repo, _, tag = ref.partition(":")
+    req = urllib.request.Request(f"{base}/v2/{repo}/manifests/{tag}", method="HEAD", headers={
+        "Accept": "application/vnd.oci.image.manifest.v1+json, "
+                  "application/vnd.docker.distribution.manifest.v2+json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.headers["Docker-Content-Digest"]

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from edgecache import __version__
 from edgecache.errors import BadRequest
+from edgecache.seed.exporter import Exporter, pinned_set
 from edgecache.metrics import counter, gauge, labelled_counter
 from edgecache.server.guard import identity
 from edgecache.siblings import hopauth
@@ -101,18 +102,40 @@ async def import_archives(request: web.Request) -> web.StreamResponse:
             raise ValueError
     except (ValueError, KeyError, TypeError):
         raise BadRequest('expected {"paths": ["/path/to/archive", ...], "pin": false}') from None
+    svc = request.app[SERVICES]
+    return await _with_progress(request, lambda progress: svc.importer.run(
+        [Path(p) for p in paths], pin=pin, progress=progress))
+
+
+async def export_pinned(request: web.Request) -> web.StreamResponse:
+    """`edgecache export --pinned OUT` against a running daemon: OUT written on this box."""
+    try:
+        out = (await request.json())["out"]
+        if not isinstance(out, str) or not out:
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise BadRequest('expected {"out": "/path/to/pinned.tar"}') from None
+    svc = request.app[SERVICES]
+    images = pinned_set(svc.syncer.state, svc.store, svc.manifests.meta)
+    return await _with_progress(request, lambda progress: Exporter(svc.store).run(
+        images, Path(out), progress=progress))
+
+
+async def _with_progress(request: web.Request, job) -> web.StreamResponse:
+    """Run job(progress) to the end whatever the client does; its progress lines and
+    then its report (as_dict) as JSON lines."""
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
     lines: asyncio.Queue[str | None] = asyncio.Queue()
 
     async def work() -> dict:
         try:
-            report = await request.app[SERVICES].importer.run(
-                [Path(p) for p in paths], pin=pin, progress=lines.put_nowait)
-            return report.as_dict()
+            return (await job(lines.put_nowait)).as_dict()
+        except OSError as e:                # a path it cannot read or write, a full disk
+            return {"error": f"{type(e).__name__}: {e}"}
         finally:
             lines.put_nowait(None)
-    # A task of its own: a client that goes away does not leave an import half done.
+    # A task of its own: a client that goes away does not leave the job half done.
     task = asyncio.ensure_future(work())
     try:
         while (line := await lines.get()) is not None:
@@ -205,4 +228,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/_edgecache/gc", gc)
     app.router.add_post("/_edgecache/verify", verify)
     app.router.add_post("/_edgecache/import", import_archives)
+    app.router.add_post("/_edgecache/export", export_pinned)
     app.router.add_get("/_edgecache/sync", sync_status)
