@@ -126,6 +126,14 @@ class Access:
             return Identity(cert_subject, "cert")
         return None
 
+    def _token_named(self, user: str, password: str) -> str | None:
+        """The token's name when password is a token issued to the name `user`."""
+        found = None
+        for token, name in self.tokens.items():
+            if hmac.compare_digest(token.encode(), password.encode()) and name == user:
+                found = name
+        return found
+
     async def _basic(self, value: str, client: str) -> Identity | None:
         key = hashlib.sha256(value.encode()).digest()
         hit = self._verified.get(key)
@@ -139,6 +147,10 @@ class Access:
             raise Unauthorized("malformed Basic credentials") from None
         if not user and not password:
             return None      # empty credentials (skopeo sends them when it has none): anonymous
+        if (name := self._token_named(user, password)) is not None:
+            # A token as the password of its name: what clients that speak only Basic
+            # (containerd's registries.yaml, docker and podman login) can send. No bcrypt.
+            return Identity(name, "token")
         hashed = self.users.get(user)
         # An unknown user is hashed too (against the dummy): the same time as a wrong
         # password, so names cannot be told apart. Bounded threads, fair per client.

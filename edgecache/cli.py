@@ -58,6 +58,9 @@ def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
+    from edgecache.clientconfig import warnings
+    for w in warnings(cfg):
+        print(f"warning: {w}", file=sys.stderr)
     print(f"# effective configuration from {cfg.source}")
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
@@ -286,10 +289,30 @@ def cmd_list_edit(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_credentials(path: Path | None) -> tuple[str, str] | None:
+    """USER:PASSWORD or NAME:TOKEN from a file (the first line)."""
+    if path is None:
+        return None
+    lines = path.read_text().strip().splitlines()
+    user, sep, secret = lines[0].strip().partition(":") if lines else ("", "", "")
+    if not sep or not user or not secret:
+        raise ConfigError("--credentials-file", str(path), "expected USER:PASSWORD or NAME:TOKEN")
+    return user, secret
+
+
 def cmd_client_config(cfg: Config, args: argparse.Namespace) -> int:
     import socket
     from edgecache import clientconfig as cc
     endpoint = (args.endpoint or cc.default_endpoint(cfg, socket.gethostname())).rstrip("/")
+    creds = _client_credentials(args.credentials_file)
+    for w in cc.warnings(cfg, args.client):
+        print(f"warning: {w}", file=sys.stderr)
+    if creds is None and any(not u.public for u in cfg.upstreams.values()):
+        print("note: this mirror has private upstreams: give the nodes credentials "
+              "(--credentials-file NAME:TOKEN prints them)", file=sys.stderr)
+    if creds is not None and args.client in ("containerd", "docker", "podman"):
+        print(cc.containerd_auth(endpoint, creds) if args.client == "containerd"
+              else cc.login(args.client, endpoint, creds), file=sys.stderr)
     if args.client == "containerd":
         files = cc.containerd(cfg, endpoint)
         if args.output:
@@ -303,7 +326,7 @@ def cmd_client_config(cfg: Config, args: argparse.Namespace) -> int:
                 print(f"# --- certs.d/{name}/hosts.toml ---\n{text}")
         return 0
     if args.client == "k3s":
-        text = cc.k3s(cfg, endpoint, wildcard=args.wildcard)
+        text = cc.k3s(cfg, endpoint, wildcard=args.wildcard, credentials=creds)
     elif args.client == "docker":
         text, note = cc.docker(cfg, endpoint)
         print(f"note: {note}", file=sys.stderr)
@@ -362,6 +385,9 @@ def parser() -> argparse.ArgumentParser:
     cc.add_argument("--endpoint", help="the mirror's URL as clients reach it (default: http://HOSTNAME:PORT)")
     cc.add_argument("--output", type=Path, help="write into this directory (containerd: DIR/<registry>/hosts.toml)")
     cc.add_argument("--wildcard", action="store_true", help='k3s: one "*" mirror entry for every registry')
+    cc.add_argument("--credentials-file", type=Path, default=None,
+                    help="USER:PASSWORD or NAME:TOKEN the nodes pull with (k3s: written into "
+                         "registries.yaml; containerd, docker, podman: printed on stderr)")
     for name, what in (("pin", "the pinned list"), ("prefetch", "the prefetch list")):
         sp = add(name, cmd_list_edit, f"edit {what}")
         sp.add_argument("action", choices=("add", "rm", "ls"))
@@ -380,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     try:
         return args.fn(cfg, args)
+    except ConfigError as e:         # an argument that names a bad file (--credentials-file)
+        print(f"edgecache: {e}", file=sys.stderr)
+        return 2
     except StoreLocked as e:
         print(f"edgecache: {e}", file=sys.stderr)
         return 3

@@ -23,14 +23,65 @@ def _plain_http(endpoint: str) -> bool:
     return urlsplit(endpoint).scheme == "http"
 
 
-def k3s(cfg: Config, endpoint: str, wildcard: bool = False) -> str:
-    """/etc/rancher/k3s/registries.yaml: one mirror entry per upstream (or "*")."""
+Credentials = tuple[str, str]       # (user or token name, password or token)
+
+
+def warnings(cfg: Config, client: str | None = None) -> list[str]:
+    """What would make a client's pulls fail or go around the mirror, for this config
+    (client None: for any client, as check-config says)."""
+    out = []
+    if client in (None, "docker") and cfg.default_upstream is None:
+        out.append("Docker names no registry in its mirror requests: without "
+                   "`default_upstream: docker.io` a dockerd gets 404 from this mirror and "
+                   "silently pulls from Docker Hub instead")
+    elif client == "docker" and cfg.default_upstream != "docker.io":
+        out.append(f"Docker's mirror requests (Docker Hub names such as library/alpine) go to "
+                   f"default_upstream {cfg.default_upstream}, not to Docker Hub")
+    a = cfg.access
+    if not (a.htpasswd or a.tokens_file or (cfg.tls and cfg.tls.client_ca_file)):
+        private = [n for n, u in cfg.upstreams.items() if not u.public]
+        if private:
+            out.append(f"upstream(s) {', '.join(private)} are private (they have credentials, "
+                       "or public: false) but no client can authenticate here: set "
+                       "access.tokens_file or access.htpasswd, or every pull of them gets 401")
+    return out
+
+
+def k3s(cfg: Config, endpoint: str, wildcard: bool = False,
+        credentials: Credentials | None = None) -> str:
+    """/etc/rancher/k3s/registries.yaml: one mirror entry per upstream (or "*"), and
+    the credentials for the mirror's endpoint (K3s keys `configs` by endpoint host)."""
     names = ["*"] if wildcard else list(cfg.upstreams)
     lines = ["# /etc/rancher/k3s/registries.yaml -- written by `edgecache client-config k3s`",
              "mirrors:"]
     for name in names:
         lines += [f'  "{name}":', f'    endpoint: ["{endpoint}"]']
+    if credentials:
+        user, password = credentials
+        lines += ["configs:", f'  "{_hostport(endpoint)}":', "    auth:",
+                  f"      username: {json.dumps(user)}", f"      password: {json.dumps(password)}"]
     return "\n".join(lines) + "\n"
+
+
+def containerd_auth(endpoint: str, credentials: Credentials) -> str:
+    """The CRI plugin's credentials for the mirror (hosts.toml holds none)."""
+    user, password = credentials
+    return ("# /etc/containerd/config.toml (CRI plugin): credentials for the mirror\n"
+            f'[plugins."io.containerd.grpc.v1.cri".registry.configs."{_hostport(endpoint)}".auth]\n'
+            f"  username = {json.dumps(user)}\n  password = {json.dumps(password)}\n")
+
+
+def login(client: str, endpoint: str, credentials: Credentials) -> str:
+    """docker/podman: credentials are stored by a login to the mirror's host."""
+    user = credentials[0]
+    insecure = " --tls-verify=false" if client == "podman" and _plain_http(endpoint) else ""
+    text = (f"# credentials for the mirror: give the password or token on stdin\n"
+            f"{client} login{insecure} --username {user} --password-stdin {_hostport(endpoint)}\n")
+    if client == "docker":
+        text += ("# dockerd sends no credentials of this mirror with registry-mirrors requests: "
+                 "pull private images by the mirror's name,\n"
+                 f"#   docker pull {_hostport(endpoint)}/<registry>/<repository>:<tag>\n")
+    return text
 
 
 def containerd(cfg: Config, endpoint: str) -> dict[str, str]:

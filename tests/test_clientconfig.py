@@ -73,3 +73,73 @@ def test_generated_hosts_toml_drives_a_real_ctr_pull(tmp_path, registry):
         paths = [line["path"] for line in edge.access_log()]
         assert any(p.startswith("/v2/pos/app/manifests/v1?ns=central.example") for p in paths)
         assert any("/blobs/" in p and "ns=central.example" in p for p in paths)
+
+
+def test_warnings_for_configs_a_client_cannot_use(tmp_path):
+    no_default = build({"upstreams": {"docker.io": {"url": "https://registry-1.docker.io"}}},
+                       source="<t>", env={}, uid=0)
+    assert any("default_upstream: docker.io" in w for w in cc.warnings(no_default, "docker"))
+    assert cc.warnings(no_default, "k3s") == []            # K3s and containerd send ?ns=
+    private = build({"upstreams": {"harbor.example": {"url": "https://h", "username": "u",
+                                                      "password": "p"}},
+                     "default_upstream": "harbor.example"}, source="<t>", env={}, uid=0)
+    [w] = cc.warnings(private, "k3s")
+    assert "harbor.example" in w and "401" in w
+    (tmp_path / "tokens").write_text("node:tok\n")
+    fixed = build({"upstreams": {"harbor.example": {"url": "https://h", "username": "u",
+                                                    "password": "p"}},
+                   "default_upstream": "harbor.example", "access": {"tokens_file": "tokens"}},
+                  source="<t>", env={}, uid=0, base=tmp_path)
+    assert cc.warnings(fixed, "k3s") == []
+    # check-config says it too, on stderr, and still succeeds.
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"upstreams": {"harbor.example": {
+        "url": "https://h", "username": "u", "password": "p"}}}))
+    r = subprocess.run([sys.executable, "-m", "edgecache", "check-config", str(p)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "warning:" in r.stderr and "401" in r.stderr
+
+
+def test_nodes_pull_a_private_image_with_the_credentials_client_config_wrote(tmp_path):
+    """A private upstream (Distribution with htpasswd); the cache hands its images to
+    token holders only; `client-config k3s --credentials-file` writes the node's
+    registries.yaml with the token; ctr pulls with those credentials (and gets 401
+    without them)."""
+    from tests.conftest import require_binaries
+    from tests.support.registry import Registry
+    require_binaries("docker-registry")
+    require_containerd()
+    priv = Registry(workdir=tmp_path / "priv", users={"robot": "s3cret"}).start()
+    try:
+        idx = make_index(61, layers=2)
+        pushed = push(priv.url, "team/app", "v1", idx, auth=("robot", "s3cret"))
+        (tmp_path / "tokens").write_text("branch-berlin:tok-4f9a\n")
+        (tmp_path / "node.creds").write_text("branch-berlin:tok-4f9a\n")
+        doc = make_config(tmp_path / "data", {"harbor.example": priv.url},
+                          access={"tokens_file": str(tmp_path / "tokens")})
+        doc["upstreams"]["harbor.example"].update(username="robot", password="s3cret")
+        with EdgeProcess(tmp_path, doc) as edge:
+            r = subprocess.run([sys.executable, "-m", "edgecache", "client-config", "k3s",
+                                "--config", str(edge.config_path), "--endpoint", edge.url,
+                                "--credentials-file", str(tmp_path / "node.creds")],
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            reg = yaml.safe_load(r.stdout)
+            auth = reg["configs"][edge.url.split("://")[1]]["auth"]
+            assert auth == {"username": "branch-berlin", "password": "tok-4f9a"}
+            hosts = tmp_path / "certs.d"
+            d = hosts / "harbor.example"
+            d.mkdir(parents=True)
+            (d / "hosts.toml").write_text(cc.containerd(build(doc, source="<t>", env={}, uid=0),
+                                                        edge.url)["harbor.example"])
+            with Containerd(tmp_path / "ctrd") as ctrd:
+                denied = ctrd.pull("harbor.example/team/app:v1", hosts)
+                assert denied.returncode != 0
+                args = ["images", "pull", "--hosts-dir", str(hosts), "--platform", "linux/amd64",
+                        "--plain-http", "--user", f"{auth['username']}:{auth['password']}",
+                        "harbor.example/team/app:v1"]
+                ok = ctrd.ctr(*args, check=False)
+                assert ok.returncode == 0, ok.stderr + ctrd.log_tail()
+                assert ctrd.image_digest("harbor.example/team/app:v1") == pushed
+    finally:
+        priv.cleanup()

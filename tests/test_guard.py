@@ -93,3 +93,22 @@ async def test_without_a_secret_a_hop_is_checked_like_any_client(tmp_path):
             assert (await _get(s, srv.url + "/v2/x", {"X-Edgecache-Hop": "n1"}))[0] == 403
     finally:
         access.close()
+
+
+async def test_a_token_is_also_the_basic_password_of_its_name(tmp_path):
+    """Clients that speak only Basic (containerd's registries.yaml configs, docker and
+    podman login) send a token as NAME:TOKEN; only under its own name."""
+    import base64
+
+    def basic(cred: str) -> dict:
+        return {"Authorization": "Basic " + base64.b64encode(cred.encode()).decode()}
+    srv, access = _server(tmp_path)
+    try:
+        async with srv, aiohttp.ClientSession() as s:
+            assert await _get(s, srv.url + "/v2/x", basic("ci:tok-123")) == \
+                (200, {"who": "ci", "how": "token"})
+            assert (await _get(s, srv.url + "/v2/x", basic("ci:tok-124")))[0] == 401
+            assert (await _get(s, srv.url + "/v2/x", basic("someone:tok-123")))[0] == 401
+            assert access.passwords.hashed == 0            # no bcrypt for a token
+    finally:
+        access.close()
