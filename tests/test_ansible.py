@@ -47,9 +47,11 @@ def test_syntax_check():
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory):
+    """The wheelhouse as docs/deploy.md builds it on the control node: edgecache and
+    every dependency."""
     d = tmp_path_factory.mktemp("wheels")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                        "-w", str(d), ROOT], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(d), ROOT],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     return d
 
@@ -68,15 +70,21 @@ def test_role_runs_into_a_throwaway_root_twice(tmp_path, wheels):
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     inventory.write_text(yaml.safe_dump({"all": {"children": {
         "branches": {"children": {"branch_berlin": {"hosts": {
-            "cache-box": {**local, "edgecache_root": str(root)}}}}},
+            "cache-box": {**local, "edgecache_root": str(root),
+                          "ansible_host": "edge-berlin-1"},
+            # The site's second box: only named here (--limit leaves it out of the run).
+            "cache-box-2": {**local, "ansible_host": "edge-berlin-2"}}}}},
         "k3s_nodes": {"children": {"k3s_berlin": {"hosts": {
             "k3s-node": {**local, "edgecache_root": str(node_root),
-                         "edgecache_endpoint": "http://edge-berlin-1:5000"}}}}}}}}))
+                         "edgecache_cache_group": "branch_berlin"}}}}}}}}))
     extra = {
         "edgecache_install_os_packages": False,
         "edgecache_create_user": False, "edgecache_manage_services": False,
-        "edgecache_pip_extra_args": f"--find-links {wheels}",
-        "edgecache_upstreams": {"registry.corp.example": {"url": "https://harbor.corp.example"},
+        "edgecache_wheelhouse": str(wheels),
+        "edgecache_site_token": "tok-berlin-4f9a2c",
+        # Private: the nodes need the site's token.
+        "edgecache_upstreams": {"registry.corp.example": {"url": "https://harbor.corp.example",
+                                                          "public": False},
                                 "docker.io": {"url": "https://registry-1.docker.io"},
                                 # the registries the repository's images/ lists name
                                 "registry.k8s.io": {"url": "https://registry.k8s.io"},
@@ -91,8 +99,10 @@ def test_role_runs_into_a_throwaway_root_twice(tmp_path, wheels):
     }
     vars_file = tmp_path / "vars.json"
     vars_file.write_text(json.dumps(extra))
-    cmd = ["ansible-playbook", "-i", str(inventory), "-e", f"@{vars_file}", "site.yml"]
-    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0")
+    cmd = ["ansible-playbook", "-i", str(inventory), "-e", f"@{vars_file}", "site.yml",
+           "--limit", "cache-box,k3s-node"]
+    # No package index: everything comes from the wheelhouse.
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", PIP_INDEX_URL="http://127.0.0.1:9/simple")
 
     # --check on the empty root works (and writes nothing).
     r = run([*cmd, "--check"], env=env)
@@ -128,8 +138,16 @@ def test_role_runs_into_a_throwaway_root_twice(tmp_path, wheels):
                         text=True, timeout=60)
     assert ls.returncode == 0 and "registry.corp.example/kiosk/app:3.2" in ls.stdout, ls.stderr
     reg = yaml.safe_load((root / "etc" / "rancher" / "k3s" / "registries.yaml").read_text())
-    assert reg == {"mirrors": {name: {"endpoint": ["http://127.0.0.1:5000"]}
-                               for name in extra["edgecache_upstreams"]}}
+    assert reg["mirrors"] == {name: {"endpoint": ["http://127.0.0.1:5000"]}
+                              for name in extra["edgecache_upstreams"]}
+    assert reg["configs"] == {"127.0.0.1:5000": {"auth": {"username": "berlin",
+                                                          "password": "tok-berlin-4f9a2c"}}}
+    # The site's token, in the tokens file the config names.
+    tokens = root / "etc" / "edgecache" / "tokens"
+    assert tokens.read_text() == "berlin:tok-berlin-4f9a2c\n" and tokens.stat().st_mode & 0o777 == 0o640
+    assert eff["access"]["tokens_file"] == str(tokens)
+    assert "tok-berlin-4f9a2c" not in r.stdout                   # no_log
+    assert (root / "opt" / "edgecache" / "wheelhouse").is_dir()
     unit = root / "etc" / "systemd" / "system" / "edgecache.service"
     assert unit.read_text() == open(os.path.join(ROOT, "systemd", "edgecache.service")).read()
     link = root / "etc" / "systemd" / "system" / "multi-user.target.wants" / "edgecache.service"
@@ -137,7 +155,11 @@ def test_role_runs_into_a_throwaway_root_twice(tmp_path, wheels):
 
     # The site's K3s nodes get only the client side, pointing at the cache box.
     node_reg = yaml.safe_load((node_root / "etc" / "rancher" / "k3s" / "registries.yaml").read_text())
-    assert node_reg["mirrors"]["registry.corp.example"] == {"endpoint": ["http://edge-berlin-1:5000"]}
+    # Every cache box of the site, in order (then K3s's fallback: the registry itself).
+    boxes = ["http://edge-berlin-1:5000", "http://edge-berlin-2:5000"]
+    assert node_reg["mirrors"]["registry.corp.example"] == {"endpoint": boxes}
+    assert node_reg["configs"] == {f"edge-berlin-{n}:5000": {"auth": {
+        "username": "berlin", "password": "tok-berlin-4f9a2c"}} for n in (1, 2)}
     assert not (node_root / "opt").exists() and not (node_root / "etc" / "edgecache").exists()
     dropin = root / "etc" / "systemd" / "system" / "edgecache.service.d" / "ansible.conf"
     assert "ExecStart=/opt/edgecache/venv/bin/edgecache serve" in dropin.read_text()
@@ -156,3 +178,11 @@ def test_role_runs_into_a_throwaway_root_twice(tmp_path, wheels):
     hosts = tomllib.loads((root / "etc" / "containerd" / "certs.d" / "docker.io" / "hosts.toml").read_text())
     assert hosts["server"] == "https://registry-1.docker.io"
     assert hosts["host"]["http://127.0.0.1:5000"]["capabilities"] == ["pull", "resolve"]
+    node_hosts = (node_root / "etc" / "containerd" / "certs.d" / "docker.io" / "hosts.toml").read_text()
+    assert list(tomllib.loads(node_hosts)["host"]) == boxes           # in order
+
+    # A private upstream and no token: the role stops, saying why (nodes would get 401).
+    extra["edgecache_site_token"] = ""
+    vars_file.write_text(json.dumps(extra))
+    r = run([*cmd[:-2], "--limit", "cache-box", "--check"], env=env)
+    assert r.returncode != 0 and "private" in r.stdout and "401" in r.stdout, r.stdout[-2000:]
