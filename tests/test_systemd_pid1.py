@@ -1,0 +1,145 @@
+"""The unit under a real systemd as PID 1: a Debian root (debootstrap) booted with
+systemd-nspawn, edgecache installed into a virtualenv from a wheelhouse (no index),
+the repository's unit file as it is. `systemctl start` returns only once edgecache
+said READY; `systemctl reload` re-reads (a token added to the tokens file works);
+the watchdog restarts a hung process; the hardening holds (read-only system, no
+capabilities, no new privileges, only the state directory writable)."""
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import IN_CI
+from tests.support import nspawn
+from tests.support.eventually import wait_until
+from tests.support.ports import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+ROOT = Path(__file__).resolve().parent.parent
+BASE = Path("/var/tmp/edgecache-test-root")       # made once per machine, copied per run
+
+
+def _status(url: str, token: str | None = None) -> int:
+    req = urllib.request.Request(url + "/_edgecache/status",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+@pytest.fixture(scope="module")
+def machine(tmp_path_factory):
+    why = nspawn.available()
+    if why:
+        pytest.fail(why) if IN_CI else pytest.skip(why)
+    work = tmp_path_factory.mktemp("pid1")
+    nspawn.make_root(BASE)
+    root = work / "root"
+    subprocess.run(["cp", "-a", "--reflink=auto", str(BASE), str(root)], check=True, timeout=300)
+    wheels = root / "opt" / "edgecache" / "wheelhouse"
+    wheels.mkdir(parents=True)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(ROOT)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+
+    def chroot(*cmd):
+        subprocess.run(["chroot", str(root), *cmd], check=True, capture_output=True, timeout=600)
+    chroot("python3", "-m", "venv", "/opt/edgecache/venv")
+    chroot("/opt/edgecache/venv/bin/pip", "install", "-q", "--no-index", "--find-links",
+           "/opt/edgecache/wheelhouse", "edgecache")
+    chroot("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "edgecache")
+    shutil.copy(ROOT / "systemd" / "edgecache.service", root / "etc/systemd/system/edgecache.service")
+    dropin = root / "etc/systemd/system/edgecache.service.d"
+    dropin.mkdir(parents=True)
+    # Shorter than a box's 30 s, so the test does not wait: the mechanism is the same.
+    (dropin / "test.conf").write_text("[Service]\nWatchdogSec=3s\nTimeoutAbortSec=3s\n")
+    port = free_port()
+    conf = root / "etc/edgecache"
+    conf.mkdir(parents=True)
+    (conf / "tokens").write_text("ops:tok-ops-1\n")
+    chroot("chgrp", "edgecache", "/etc/edgecache/tokens")
+    (conf / "tokens").chmod(0o640)
+    (conf / "config.yaml").write_text(yaml.safe_dump({
+        "listen": f"127.0.0.1:{port}",
+        "upstreams": {"registry.example": {"url": "http://127.0.0.1:9"}},
+        "default_upstream": "registry.example",
+        "access": {"tokens_file": "/etc/edgecache/tokens"}}))
+    m = nspawn.Machine(root)
+    m.boot()
+    m.url = f"http://127.0.0.1:{port}"
+    m.conf = conf
+    yield m
+    m.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def test_start_returns_once_ready_and_reload_rereads(machine):
+    t0 = time.monotonic()
+    machine.run("systemctl", "start", "edgecache.service")
+    took = time.monotonic() - t0
+    # Type=notify: start returned only after READY, so the cache answers at once.
+    assert machine.show("edgecache.service", "ActiveState") == "active"
+    assert _status(machine.url, "tok-ops-1") == 200, machine.run(
+        "journalctl", "-u", "edgecache", "--no-pager", check=False).stdout[-2000:]
+    assert _status(machine.url, "tok-ops-2") == 401
+    (machine.conf / "tokens").write_text("ops:tok-ops-1\nci:tok-ops-2\n")
+    machine.run("systemctl", "reload", "edgecache.service")
+    assert wait_until(lambda: _status(machine.url, "tok-ops-2") == 200, 5)   # re-read on reload
+    assert machine.show("edgecache.service", "NRestarts") == "0"    # reloaded, not restarted
+    print(f"systemctl start took {took:.1f} s")
+
+
+def test_the_watchdog_restarts_a_hung_process(machine):
+    machine.run("systemctl", "start", "edgecache.service")
+    pid = machine.show("edgecache.service", "MainPID")
+    machine.run("systemctl", "kill", "--kill-whom=main", "--signal=SIGSTOP",
+                "edgecache.service")                      # hung: no more watchdog pings
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        if machine.show("edgecache.service", "NRestarts") != "0" and \
+                machine.show("edgecache.service", "ActiveState") == "active":
+            break
+        time.sleep(0.5)
+    assert machine.show("edgecache.service", "NRestarts") == "1"
+    assert machine.show("edgecache.service", "MainPID") != pid
+    journal = machine.run("journalctl", "-u", "edgecache", "--no-pager", check=False).stdout
+    assert "Watchdog timeout" in journal, journal[-2000:]
+    assert _status(machine.url, "tok-ops-1") == 200
+
+
+def test_the_hardening_holds(machine):
+    machine.run("systemctl", "start", "edgecache.service")
+    pid = machine.show("edgecache.service", "MainPID")
+    status = dict(line.split(":\t", 1) for line in machine.run(
+        "cat", f"/proc/{pid}/status").stdout.splitlines() if ":\t" in line)
+    assert status["NoNewPrivs"].strip() == "1"
+    assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
+    assert status["Uid"].split()[0] != "0"
+
+    uid, gid = status["Uid"].split()[0], status["Gid"].split()[0]
+
+    def inside(*cmd):        # in the service's namespaces, as its user
+        return machine.run("nsenter", "-t", pid, "-a", "-S", uid, "-G", gid, *cmd, check=False)
+
+    def as_root(*cmd):       # in its mount namespace, as root: read-only is read-only
+        return machine.run("nsenter", "-t", pid, "-m", *cmd, check=False)
+    assert "Read-only file system" in as_root("touch", "/usr/lib/edgecache-was-here").stderr
+    assert "Read-only file system" in as_root("touch", "/opt/edgecache/venv/x").stderr
+    assert inside("touch", "/etc/edgecache/x").returncode != 0          # its own config: no
+    assert inside("touch", "/var/lib/edgecache/x").returncode == 0      # its state directory
+    assert as_root("ls", "/home").stdout.strip() == ""                  # ProtectHome
+    exposure = machine.run("systemd-analyze", "security", "--no-pager", "edgecache.service",
+                           check=False).stdout
+    assert "Overall exposure level" in exposure
+    level = float(exposure.split("Overall exposure level for edgecache.service:")[1].split()[0])
+    assert level <= 2.0, exposure[-1500:]
+    json.dumps(status)       # (kept readable in a failure report)
