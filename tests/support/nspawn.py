@@ -13,14 +13,14 @@ MIRROR = "http://deb.debian.org/debian"
 PACKAGES = "systemd,systemd-sysv,dbus,python3,python3-venv"
 
 
-def make_root(path: Path) -> Path:
-    """A bookworm root with systemd and python3, made once and reused (about a minute)."""
+def make_root(path: Path, packages: str = PACKAGES) -> Path:
+    """A bookworm root with systemd (and python3), made once and reused (about a minute)."""
     done = path / ".edgecache-root-ok"
     if done.exists():
         return path
     if path.exists():
         shutil.rmtree(path)
-    subprocess.run(["debootstrap", "--variant=minbase", f"--include={PACKAGES}", "bookworm",
+    subprocess.run(["debootstrap", "--variant=minbase", f"--include={packages}", "bookworm",
                     str(path), MIRROR], check=True, capture_output=True, timeout=900)
     done.touch()
     return path
