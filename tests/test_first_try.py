@@ -70,7 +70,17 @@ def test_the_readme_set_up_command_installs_and_runs_on_a_fresh_debian(tmp_path)
             assert resp.status == 200
         assert (root / "var/lib/edgecache/blobs").is_dir()       # its data, as root
     finally:
-        proc.terminate()
-        subprocess.run(["pkill", "-f", "/root/edgecache/.venv/bin/edgecache serve"],
-                       check=False)
+        _kill_all_in(root)
         proc.wait(timeout=30)
+
+
+def _kill_all_in(root: Path) -> None:
+    """Every process whose root directory is the chroot: the cache and its shell."""
+    import os
+    import signal
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/root") == str(root):
+                os.kill(int(pid), signal.SIGTERM)
+        except OSError:
+            pass
