@@ -259,3 +259,30 @@ def head_digest(base: str, ref: str) -> str:
                   "application/vnd.docker.distribution.manifest.v2+json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         return r.headers["Docker-Content-Digest"]
+
+
+def test_export_brings_the_signature_tags_of_pinned_images(tmp_path, registry, archives):
+    """A cosign-style `sha256-<hex>.sig` tag held here goes out with the pinned image it
+    signs, though it was not pinned itself."""
+    out, one, _ = archives
+    host = registry.url.split("://")[1]
+    digest = json.loads(subprocess.run(
+        ["skopeo", "inspect", "--tls-verify=false", f"docker://{host}/demo/app:v1"],
+        capture_output=True, text=True, check=True, timeout=60).stdout)["Digest"]
+    sig_tag = f"sha256-{digest.split(':')[1]}.sig"
+    push(registry.url, "demo/app", sig_tag, make_image(43, layers=1, layer_size=1024))
+    skopeo("copy", "--src-tls-verify=false", f"docker://{host}/demo/app:{sig_tag}",
+           f"oci-archive:{out}/sig.oci.tar:registry.example/demo/app:{sig_tag}")
+    config, doc = _config(tmp_path)
+    assert edgecache(config, "import", "--pin", str(out / "app.oci.tar")).returncode == 0
+    assert edgecache(config, "import", str(out / "sig.oci.tar")).returncode == 0    # not pinned
+    dest = tmp_path / "pinned.tar"
+    r = edgecache(config, "export", "--pinned", str(dest))
+    assert r.returncode == 0, r.stderr
+    assert sorted(json.loads(r.stdout)["images"]) == [
+        f"registry.example/demo/app:{sig_tag}", "registry.example/demo/app:v1"]
+    with tarfile.open(dest) as tf:
+        index = json.loads(tf.extractfile("index.json").read())
+        names = {m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]}
+        assert names == {f"registry.example/demo/app:{sig_tag}", "registry.example/demo/app:v1"}
+        assert any(m["digest"] == digest for m in index["manifests"])   # the registry's own
