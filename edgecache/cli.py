@@ -3,10 +3,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import sys
+import tarfile
+import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Coroutine
 
@@ -17,7 +22,7 @@ from edgecache.atomic import write_text_atomic
 from edgecache.config import Config, ConfigError, load
 from edgecache.daemon import Daemon
 from edgecache.runtime import open_store
-from edgecache.seed.exporter import Exporter, pinned_set
+from edgecache.seed.exporter import Exporter, open_compressed, pinned_set
 from edgecache.seed.importer import Importer
 from edgecache.store import layout
 from edgecache.store.meta import MetaStore
@@ -99,17 +104,42 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
     return 1 if out["bad"] else 0
 
 
+@contextlib.contextmanager
+def _as_archive(path: Path):
+    """(a binary file, its size): the file itself, or a directory as a plain tar."""
+    if not path.is_dir():
+        with open(path, "rb") as f:
+            yield f, os.fstat(f.fileno()).st_size
+        return
+    with tempfile.TemporaryFile() as f:
+        with tarfile.open(fileobj=f, mode="w") as tf:
+            tf.add(str(path), arcname=".")
+        size = f.tell()
+        f.seek(0)
+        yield f, size
+
+
 def cmd_import(cfg: Config, args: argparse.Namespace) -> int:
     """Archives into the store: through the daemon when one runs (it holds the store),
     else directly. Progress on stderr, the report as JSON on stdout."""
     paths = [str(Path(p).resolve()) for p in args.paths]
     if (daemon := _daemon(cfg, args)) is not None:
-        report: dict = {}
-        for line in daemon.lines("/_edgecache/import", {"paths": paths, "pin": args.pin},
-                                 args.timeout):
-            if "progress" in line:
-                print(line["progress"], file=sys.stderr, flush=True)
-            report = line.get("report", report)
+        # The daemon is sent the bytes (it opens no path of ours): a directory as a tar.
+        report = {"images": [], "skipped": [], "new_blobs": 0, "new_bytes": 0}
+        for path in paths:
+            with _as_archive(Path(path)) as (f, size):
+                query = urllib.parse.urlencode({"pin": "true" if args.pin else "false",
+                                                "name": path})
+                for line in daemon.upload(f"/_edgecache/import?{query}", f, size, args.timeout):
+                    if "progress" in line:
+                        print(line["progress"], file=sys.stderr, flush=True)
+                    if "error" in line.get("report", {}):
+                        report["error"] = line["report"]["error"]
+                    for k, v in line.get("report", {}).items():
+                        if k in ("images", "skipped"):
+                            report[k] += v
+                        elif k in ("new_blobs", "new_bytes"):
+                            report[k] += v
     else:
         async def in_process() -> dict:
             async with open_store(cfg) as store:
@@ -136,11 +166,16 @@ def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
     """The pinned set into an OCI layout tarball, through the daemon when one runs."""
     out = str(args.out.resolve())
     if (daemon := _daemon(cfg, args)) is not None:
-        report: dict = {}
-        for line in daemon.lines("/_edgecache/export", {"out": out}, args.timeout):
-            if "progress" in line:
-                print(line["progress"], file=sys.stderr, flush=True)
-            report = line.get("report", report)
+        # The daemon sends the tarball; this process writes OUT (compressed as named).
+        part = Path(out).with_name(f".{Path(out).name}.part")
+        try:
+            with open_compressed(part) as sink:
+                report = daemon.download("/_edgecache/export", sink, args.timeout)
+            part.replace(out)
+        finally:
+            part.unlink(missing_ok=True)
+        for name in report.get("images", []):
+            print(f"{name}: exported", file=sys.stderr)
     else:
         async def in_process() -> dict:
             async with open_store(cfg) as store:

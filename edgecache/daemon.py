@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -52,19 +53,26 @@ class Daemon:
         with self._open(method, path, timeout) as r:
             return json.loads(r.read())
 
-    def lines(self, path: str, body: dict, timeout: float) -> Iterator[dict]:
-        """POST body as JSON; each JSON line of the answer as it comes (progress)."""
-        with self._open("POST", path, timeout, json.dumps(body).encode()) as r:
+    def upload(self, path: str, body: BinaryIO, size: int, timeout: float) -> Iterator[dict]:
+        """POST a file as the body; each JSON line of the answer as it comes (progress)."""
+        with self._open("POST", path, timeout, body, size) as r:
             for line in r:
                 if line.strip():
                     yield json.loads(line)
 
+    def download(self, path: str, sink: BinaryIO, timeout: float) -> dict:
+        """POST, the answer's body into sink; the report its X-Edgecache-Report gives."""
+        with self._open("POST", path, timeout) as r:
+            shutil.copyfileobj(r, sink, 1 << 20)
+            return json.loads(r.headers.get("X-Edgecache-Report") or "{}")
+
     @contextmanager
     def _open(self, method: str, path: str, timeout: float,
-              data: bytes | None = None) -> Iterator[Any]:
+              data: BinaryIO | None = None, size: int = 0) -> Iterator[Any]:
         headers = {"Authorization": self._auth} if self._auth else {}
         if data is not None:
-            headers["Content-Type"] = "application/json"
+            headers.update({"Content-Type": "application/octet-stream",
+                            "Content-Length": str(size)})
         req = urllib.request.Request(self.url + path, method=method,
                                      data=data if data is not None else
                                      (b"" if method == "POST" else None), headers=headers)

@@ -225,10 +225,6 @@ class SiblingError(EdgecacheError):
         super().__init__(f"sibling {sibling}: {detail}")
 
 
-class BadRequest(EdgecacheError):
-    """A request to an operator endpoint that does not say what it must."""
-
-
 class ArchiveError(EdgecacheError):
     """An image archive that cannot be imported: unreadable, unsafe, or incomplete."""
 

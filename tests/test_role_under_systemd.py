@@ -54,9 +54,14 @@ def box(tmp_path_factory):
 
 
 def _play(box, extra: dict) -> subprocess.CompletedProcess:
-    inventory = {"all": {"children": {"branches": {"children": {"branch_berlin": {"hosts": {
-        "cache-box": {"ansible_connection": "local",
-                      "ansible_python_interpreter": "/opt/ansible/bin/python"}}}}}}}}
+    local = {"ansible_connection": "local", "ansible_python_interpreter": "/opt/ansible/bin/python"}
+    inventory = {"all": {"children": {
+        "branches": {"children": {"branch_berlin": {"hosts": {
+            "cache-box": {**local, "ansible_host": "127.0.0.1"}}}}},
+        # A node of the site, its files under /srv/node (the role's client side only).
+        "k3s_nodes": {"children": {"k3s_berlin": {"hosts": {
+            "node": {**local, "edgecache_root": "/srv/node",
+                     "edgecache_cache_group": "branch_berlin"}}}}}}}}
     (box.root / REPO.lstrip("/") / "test-hosts.yml").write_text(yaml.safe_dump(inventory))
     (box.root / REPO.lstrip("/") / "test-vars.json").write_text(json.dumps(extra))
     return box.run("sh", "-c", f"cd {REPO}/ansible && ANSIBLE_FORCE_COLOR=0 "
@@ -72,19 +77,33 @@ def _recap(out: str) -> dict:
     return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups())))
 
 
-def test_the_role_installs_starts_and_reloads_under_systemd(box):
+def test_the_role_installs_starts_and_reloads_under_systemd(box, tmp_path):
+    """And the node it configured pulls a private image through it with the token the
+    role wrote (ctr with a hosts dir, the node's registries.yaml credentials)."""
+    from tests.conftest import require_binaries, require_containerd
+    from tests.support.containerd import Containerd, write_hosts_toml
+    from tests.support.images import make_index, push
+    from tests.support.registry import Registry
+    require_binaries("docker-registry")
+    harbor = Registry(workdir=tmp_path / "harbor", users={"robot": "s3cret"}).start()
+    pushed = push(harbor.url, "kiosk/app", "3.2", make_index(71, layers=2),
+                  auth=("robot", "s3cret"))
+    (box.root / "etc/edgecache").mkdir(parents=True, exist_ok=True)
+    (box.root / "etc/edgecache/harbor.pass").write_text("s3cret\n")
     extra = {
         "edgecache_install_os_packages": False,        # python3-venv is in the root already
         "edgecache_wheelhouse": f"{REPO}/wheelhouse",
         "edgecache_listen": f"127.0.0.1:{box.port}",
-        "edgecache_upstreams": {"registry.corp.example": {"url": "http://127.0.0.1:9",
-                                                          "public": False},
+        "edgecache_upstreams": {"registry.corp.example": {
+                                    "url": harbor.url, "username": "robot",
+                                    "password_file": "/etc/edgecache/harbor.pass"},
                                 "docker.io": {"url": "https://registry-1.docker.io"},
                                 "registry.k8s.io": {"url": "https://registry.k8s.io"},
                                 "ghcr.io": {"url": "https://ghcr.io"}},
         "edgecache_default_upstream": "registry.corp.example",
         "edgecache_site_token": "tok-berlin-77",
-        "edgecache_client": "none",
+        "edgecache_client": "k3s",
+        "edgecache_k3s_services": [],                  # no K3s in the box to restart
         "edgecache_siblings": False,
     }
     r = _play(box, extra)
@@ -124,3 +143,23 @@ def test_the_role_installs_starts_and_reloads_under_systemd(box):
     assert "RUNNING HANDLER [edgecache : Restart edgecache]" in changed.stdout
     assert box.show("edgecache.service", "MainPID") != pid
     assert box.show("edgecache.service", "ActiveState") == "active"
+
+    # The node: the registries.yaml the role wrote names the box and the site's token.
+    reg = yaml.safe_load((box.root / "srv/node/etc/rancher/k3s/registries.yaml").read_text())
+    endpoint = f"http://127.0.0.1:{box.port}"
+    assert reg["mirrors"]["registry.corp.example"] == {"endpoint": [endpoint]}
+    auth = reg["configs"][f"127.0.0.1:{box.port}"]["auth"]
+    require_containerd()
+    hosts = tmp_path / "certs.d"
+    write_hosts_toml(hosts, "registry.corp.example", endpoint)
+    try:
+        with Containerd(tmp_path / "ctrd") as ctrd:
+            ref = "registry.corp.example/kiosk/app:3.2"
+            assert ctrd.pull(ref, hosts).returncode != 0                # no token: 401
+            ok = ctrd.ctr("images", "pull", "--hosts-dir", str(hosts), "--platform",
+                          "linux/amd64", "--plain-http", "--user",
+                          f"{auth['username']}:{auth['password']}", ref, check=False)
+            assert ok.returncode == 0, ok.stderr + ctrd.log_tail()
+            assert ctrd.image_digest(ref) == pushed
+    finally:
+        harbor.cleanup()

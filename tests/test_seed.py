@@ -286,3 +286,63 @@ def test_export_brings_the_signature_tags_of_pinned_images(tmp_path, registry, a
         names = {m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]}
         assert names == {f"registry.example/demo/app:{sig_tag}", "registry.example/demo/app:v1"}
         assert any(m["digest"] == digest for m in index["manifests"])   # the registry's own
+
+
+def test_through_the_daemon_only_an_admin_may_import_or_export(tmp_path, archives):
+    """A node's token is not enough to put images under a route (every client of that
+    route would be served them): import and export through the daemon need a name in
+    access.admin. The daemon is sent the archive; it opens no path it is given."""
+    out, one, _ = archives
+    config, doc = _config(tmp_path)
+    (tmp_path / "tokens").write_text("node:tok-node\nops:tok-ops\n")
+    doc["access"] = {"tokens_file": str(tmp_path / "tokens"), "admin": ["ops"]}
+    config.write_text(yaml.safe_dump(doc))
+    node, ops = tmp_path / "node.creds", tmp_path / "ops.creds"
+    node.write_text("tok-node\n")
+    ops.write_text("tok-ops\n")
+    with EdgeProcess(tmp_path / "edge", doc):
+        r = edgecache(config, "import", "--credentials-file", str(node), str(out / "app.oci.tar"))
+        assert r.returncode == 1 and "access.admin" in r.stderr, r.stderr
+        r = edgecache(config, "export", "--credentials-file", str(node), "--pinned",
+                      str(tmp_path / "x.tar"))
+        assert r.returncode == 1 and "access.admin" in r.stderr, r.stderr
+        assert not (tmp_path / "x.tar").exists()
+        r = edgecache(config, "import", "--pin", "--credentials-file", str(ops),
+                      str(out / "app.oci.tar"))
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["images"][0]["ref"] == "registry.example/demo/app:v1"
+        r = edgecache(config, "export", "--credentials-file", str(ops), "--pinned",
+                      str(tmp_path / "pinned.tar.gz"))
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["images"] == ["registry.example/demo/app:v1"]
+        with open(tmp_path / "pinned.tar.gz", "rb") as f:
+            assert f.read(2) == b"\x1f\x8b"                        # compressed as named
+        assert list((Path(doc["data_dir"]) / "tmp").iterdir()) == []   # nothing left behind
+
+
+def test_a_blob_already_held_is_linked_only_when_the_archive_has_its_bytes(tmp_path, archives):
+    """An archive that names a digest held here (another route's) but carries other
+    bytes for it links nothing: the store's copy is never lent on the archive's word."""
+    out, one, _ = archives
+    config, doc = _config(tmp_path)
+    assert edgecache(config, "import", str(out / "app.oci.tar")).returncode == 0
+    layer = one.layers[0].digest.split(":")[1]
+    forged = tmp_path / "forged.tar"
+    with tarfile.open(out / "app.oci.tar") as src, tarfile.open(forged, "w") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read() if m.isfile() else None
+            if m.name == "index.json":
+                data = data.replace(b"registry.example/demo/app:v1", b"registry.example/evil/x:1")
+            if m.name == f"blobs/sha256/{layer}":
+                data = b"junk"
+            if data is not None:
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data) if data is not None else None)
+    r = edgecache(config, "import", str(forged))
+    assert r.returncode == 1 and "has the bytes of" in json.loads(r.stdout)["skipped"][0]
+    with EdgeProcess(tmp_path / "edge", doc) as edge:
+        import urllib.error
+        import urllib.request
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{edge.url}/v2/evil/x/blobs/sha256:{layer}", timeout=10)
+        assert e.value.code >= 400                 # not served: never linked to evil/x

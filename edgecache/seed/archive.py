@@ -48,6 +48,19 @@ def _open(path: Path) -> BinaryIO:
     return f
 
 
+MAX_HEADER = 1 << 20        # a long name or pax header: tarfile reads it whole into memory
+
+
+class _CappedTarInfo(tarfile.TarInfo):
+    """Refuses extended headers larger than MAX_HEADER before tarfile reads them."""
+
+    def _proc_member(self, tarfile_):         # type: ignore[override]
+        if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                         tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE) and self.size > MAX_HEADER:
+            raise ArchiveError(f"a {self.size}-byte extended header (at most {MAX_HEADER})")
+        return super()._proc_member(tarfile_)
+
+
 def _inside(name: str) -> PurePosixPath:
     """The member's path, relative and inside the archive, or ArchiveError."""
     p = PurePosixPath(name)
@@ -66,7 +79,8 @@ def unpack(src: Path, into: Path, limit: int,
     written = members = 0
     links: list[tuple[PurePosixPath, PurePosixPath]] = []
     try:
-        with _open(src) as stream, tarfile.open(fileobj=stream, mode="r|") as tf:
+        with _open(src) as stream, tarfile.open(fileobj=stream, mode="r|",
+                                                tarinfo=_CappedTarInfo) as tf:
             for m in tf:
                 members += 1
                 if members > MAX_MEMBERS:

@@ -88,13 +88,13 @@ def pinned_set(state: SyncState, store: BlobStore, meta: MetaStore) -> list[Expo
     return images
 
 
-def _open(out: Path) -> BinaryIO:
-    raw = open(out, "wb")
-    if out.name.endswith((".gz", ".tgz")):
-        return gzip.GzipFile(fileobj=raw, mode="wb")          # type: ignore[return-value]
-    if out.name.endswith(".zst"):
-        return zstandard.ZstdCompressor().stream_writer(raw, closefd=True)   # type: ignore[return-value]
-    return raw
+def open_compressed(out: Path) -> BinaryIO:
+    """A file to write, gzip or zstd compressed when its name ends so."""
+    if out.name.endswith((".gz", ".tgz")) or out.name.endswith((".gz.part", ".tgz.part")):
+        return gzip.open(out, "wb")                              # type: ignore[return-value]
+    if out.name.endswith((".zst", ".zst.part")):
+        return zstandard.open(out, "wb")                         # type: ignore[return-value]
+    return open(out, "wb")
 
 
 class Exporter:
@@ -160,7 +160,7 @@ class Exporter:
         return stack
 
     def _write(self, tmp: Path, index: bytes, blobs: dict[str, int]) -> None:
-        with _open(tmp) as f, tarfile.open(fileobj=f, mode="w|") as tf:
+        with open_compressed(tmp) as f, tarfile.open(fileobj=f, mode="w|") as tf:
             def add(name: str, data: bytes) -> None:
                 info = tarfile.TarInfo(name)
                 info.size = len(data)

@@ -55,13 +55,22 @@ def _sha256_file(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+MAX_ENTRIES = 1_000_000        # blobs over all images of one archive (each image lists its own)
+
+
 def read_images(root: Path) -> list[ArchiveImage]:
     if (root / "index.json").is_file() and (root / "oci-layout").is_file():
-        return _oci_layout(root)
+        return _bounded(_oci_layout(root))
     if (root / "manifest.json").is_file():
-        return _docker_archive(root)
+        return _bounded(_docker_archive(root))
     raise ArchiveError("neither an OCI image layout (index.json, oci-layout) nor a "
                        "docker-archive (manifest.json)")
+
+
+def _bounded(images: list[ArchiveImage]) -> list[ArchiveImage]:
+    if sum(len(i.files) for i in images) > MAX_ENTRIES:
+        raise ArchiveError(f"more than {MAX_ENTRIES} blobs named over its images")
+    return images
 
 
 def _json(path: Path, what: str) -> object:
@@ -84,10 +93,12 @@ def _oci_layout(root: Path) -> list[ArchiveImage]:
     if not isinstance(entries, list):
         raise ArchiveError("index.json lists no manifests")
     images = []
+    named = 0
     for desc in entries:
         if not isinstance(desc, dict) or not isinstance(desc.get("digest"), str):
             raise ArchiveError("index.json has an entry without a digest")
-        notes = desc.get("annotations") or {}
+        notes = desc.get("annotations")
+        notes = notes if isinstance(notes, dict) else {}
         name = next((notes[k] for k in NAME_ANNOTATIONS if isinstance(notes.get(k), str)), None)
         img = ArchiveImage(name, desc["digest"], "")
         todo = [(desc["digest"], True)]
@@ -99,6 +110,9 @@ def _oci_layout(root: Path) -> list[ArchiveImage]:
             if not path.is_file():
                 raise ArchiveError(f"{name or desc['digest']}: blob {digest} is not in the archive")
             img.files[digest] = path
+            named += 1
+            if named > MAX_ENTRIES:             # many entries naming the same many blobs
+                raise ArchiveError(f"more than {MAX_ENTRIES} blobs named over its images")
             if is_manifest:
                 img.manifests.add(digest)
                 if path.stat().st_size > MAX_MANIFEST:
@@ -165,7 +179,8 @@ def _docker_archive(root: Path) -> list[ArchiveImage]:
         body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
         mdigest = "sha256:" + hashlib.sha256(body).hexdigest()
         files = {cdigest: cpath, **{d: p for p, d, _, _ in layers}}
-        for name in entry.get("RepoTags") or [None]:
+        tags = entry.get("RepoTags")
+        for name in (tags if isinstance(tags, list) and tags else [None]):
             images.append(ArchiveImage(name if isinstance(name, str) else None, mdigest,
                                        doc["mediaType"], dict(files), {mdigest: body}))
     return images

@@ -16,6 +16,7 @@ import logging
 import shutil
 import time
 from collections.abc import Collection
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -79,8 +80,9 @@ class Importer:
         for path in paths:
             try:
                 await self._archive(Path(path), pin, progress, report)
-            except (ArchiveError, OSError) as e:
-                report.skipped.append(f"{path}: {e}")
+            except Exception as e:   # noqa: BLE001 - an operator's file: say why, go on
+                report.skipped.append(f"{path}: {e}" if isinstance(e, (ArchiveError, OSError))
+                                      else f"{path}: not a usable archive ({type(e).__name__}: {e})")
                 progress(f"{path}: skipped: {e}")
         await self.store.flush()
         await asyncio.to_thread(self.meta.flush)
@@ -99,13 +101,14 @@ class Importer:
             size = await asyncio.to_thread(unpack, path, work, max(0, room), unpacked)
             images = await asyncio.to_thread(read_images, work)
             progress(f"{path}: {len(images)} image(s), {size} bytes")
+            verified: set[str] = set()          # digests whose archive file was hashed
             for img in images:
-                await self._image(img, pin, progress, report)
+                await self._image(img, pin, progress, report, verified)
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
 
     async def _image(self, img: ArchiveImage, pin: bool, progress: Callable[[str], None],
-                     report: ImportReport) -> None:
+                     report: ImportReport, verified: set[str]) -> None:
         if img.name is None:
             report.skipped.append(f"{img.digest}: the archive gives it no name")
             progress(f"{img.digest}: skipped, no name")
@@ -119,60 +122,91 @@ class Importer:
         owner = (ref.upstream, ref.repo)
         digests = [*img.written, *img.files]
         pin_owner = f"imported:{ref.upstream}/{ref.repo}@{img.digest}"
+        name = f"{ref.upstream}/{ref.repo}" + (f":{ref.tag}" if ref.tag else "")
         if pin:
             await self.store.pin_many(digests, pin_owner)
+        try:
+            with ExitStack() as leases:
+                # Held while the image comes in: an import bigger than the budget must
+                # not evict its own first blobs before its last one lands.
+                for d in digests:
+                    leases.enter_context(self.store.lease(parse_digest(d)))
+                total = await self._bring(img, name, owner, progress, report, verified)
+                missing = [d for d in digests if not self.store.has(parse_digest(d))]
+                if missing:
+                    raise ArchiveError(f"{len(missing)} blob(s) evicted meanwhile: the budget "
+                                       "is too small for it (import it with --pin)")
+        except BaseException:
+            if pin:
+                await self.store.unpin_many(digests, pin_owner)
+            raise
+        if ref.tag is not None:
+            self._tag((ref.upstream, ref.repo, ref.tag), img)
+        report.images.append(Imported(name, img.digest, len(digests), total, pin))
+        progress(f"{name}: imported {img.digest} ({len(digests)} blobs{', pinned' if pin else ''})")
+        log.info("imported %s as %s (%d blobs%s)", name, img.digest, len(digests),
+                 ", pinned" if pin else "")
+
+    async def _bring(self, img: ArchiveImage, name: str, owner: tuple[str, str],
+                     progress: Callable[[str], None], report: ImportReport,
+                     verified: set[str]) -> int:
+        """Every blob of the image verified and in the store, linked to its route."""
         total = 0
-        for digest, body in img.written.items():
+        for digest, body in img.written.items():          # manifests written here
             new = not self.store.has(parse_digest(digest))
             await self.store.put_bytes(parse_digest(digest), body, link=owner)
             self._record(digest, body)
             total += len(body)
             report.new_blobs += new
             report.new_bytes += len(body) if new else 0
-        # Manifests read before their files are renamed into the store.
+        # Manifests read before their files are renamed into the store; recorded once
+        # verified (below), never from unverified bytes.
         bodies = {d: await asyncio.to_thread(img.files[d].read_bytes) for d in img.manifests
                   if img.files[d].exists()}
         for n, (digest, path) in enumerate(img.files.items(), 1):
-            d = parse_digest(digest)
-            size = await self._blob(d, path, owner)
-            if size is None:
-                continue                                    # already here, now linked
+            size, new = await self._blob(parse_digest(digest), path, owner, verified)
             total += size
-            report.new_blobs += 1
-            report.new_bytes += size
-            progress(f"{img.name}: {n}/{len(img.files)} blobs")
+            report.new_blobs += new
+            report.new_bytes += size if new else 0
+            progress(f"{name}: {n}/{len(img.files)} blobs")
         for digest, body in bodies.items():
             self._record(digest, body)
-        if ref.tag is not None:
-            size = self.store.size(parse_digest(img.digest)) or 0
-            self.meta.put_tag((ref.upstream, ref.repo, ref.tag), ANY_KEY,
-                              TagRecord(img.digest, img.media_type, size, self.clock()))
-        name = f"{ref.upstream}/{ref.repo}" + (f":{ref.tag}" if ref.tag else "")
-        report.images.append(Imported(name, img.digest, len(digests), total, pin))
-        progress(f"{name}: imported {img.digest} ({len(digests)} blobs{', pinned' if pin else ''})")
-        log.info("imported %s as %s (%d blobs%s)", name, img.digest, len(digests),
-                 ", pinned" if pin else "")
+        return total
+
+    def _tag(self, key: tuple[str, str, str], img: ArchiveImage) -> None:
+        """The tag answers with the imported image, as of no time at all: an upstream
+        that can be asked is asked first; offline, this is the answer (stale-if-error).
+        A record the upstream confirmed is not replaced."""
+        if any(rec.checked > 0 for rec in self.meta.tags(key).values()):
+            return
+        size = self.store.size(parse_digest(img.digest)) or 0
+        self.meta.put_tag(key, ANY_KEY, TagRecord(img.digest, img.media_type, size, 0.0))
 
     def _record(self, digest: str, body: bytes) -> None:
         self.meta.put_manifest(ManifestRecord(digest, media_type_of(body), len(body)))
 
-    async def _blob(self, digest: Digest, path: Path, owner: tuple[str, str]) -> int | None:
-        """Verify one file and rename it into the store; None when the store has it."""
-        if self.store.has(digest):
+    async def _blob(self, digest: Digest, path: Path, owner: tuple[str, str],
+                    verified: set[str]) -> tuple[int, bool]:
+        """Verify the archive's file and rename it into the store (or, when the store
+        has the digest already, link it: the archive has proven it holds the bytes);
+        (size, whether it is new here)."""
+        key = str(digest)
+        if key not in verified:
+            if not path.exists():
+                raise ArchiveError(f"blob {digest} is gone from the unpacked archive")
+            computed = await asyncio.to_thread(_hash, path, digest.algorithm)
+            if computed != digest.hex:
+                raise ArchiveError(f"blob {digest} in the archive has the bytes of "
+                                   f"{digest.algorithm}:{computed}")
+            verified.add(key)
+        size = self.store.size(digest)
+        if size is not None:
             await self.store.link([digest], owner)
-            return None
+            return size, False
         if not path.exists():
-            # Shared with an image of this archive imported just before: renamed into
-            # place already (and then evicted again? the store says).
-            if self.store.has(digest):
-                await self.store.link([digest], owner)
-                return None
-            raise ArchiveError(f"blob {digest} is gone from the unpacked archive")
+            raise ArchiveError(f"blob {digest} was evicted during the import (budget too "
+                               "small: import it with --pin)")
         size = path.stat().st_size
-        computed = await asyncio.to_thread(_hash, path, digest.algorithm)
-        if computed != digest.hex:
-            raise ArchiveError(f"blob {digest} in the archive has the bytes of "
-                               f"{digest.algorithm}:{computed}")
-        await self.store.commit(path, digest, size=size, computed=computed, written=size,
+        await self.store.commit(path, digest, size=size, computed=digest.hex, written=size,
                                 links=[owner])
-        return size
+        return size, True

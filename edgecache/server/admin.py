@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
-from pathlib import Path
 from typing import Iterable
 
 from aiohttp import web
 
 from edgecache import __version__
-from edgecache.errors import BadRequest
+from edgecache.addresses import parse_address
+from edgecache.errors import Forbidden, StoreFull
+from edgecache.seed.importer import ROOM_MARGIN
 from edgecache.seed.exporter import Exporter, pinned_set
 from edgecache.metrics import counter, gauge, labelled_counter
 from edgecache.server.guard import identity
@@ -90,35 +92,67 @@ async def verify(request: web.Request) -> web.Response:
     return web.json_response({"checked": report.checked, "bytes": report.bytes, "bad": report.bad})
 
 
+def _may_seed(request: web.Request, svc: Services) -> None:
+    """Import and export name what every client of a route is served: only someone
+    in access.admin, or, on a box with no credentials at all, its own loopback (the
+    CLI on the box). A node's token is not enough."""
+    who = identity(request)
+    if svc.access.any_credentials or svc.access.admins:
+        if who is None or who.name not in svc.access.admins:
+            raise Forbidden("import and export through the daemon need access.admin to "
+                            f"name who may ({who.name if who else 'anonymous'} is not in it)")
+    elif not (addr := parse_address(request.remote)) or not addr.is_loopback:
+        raise Forbidden("import and export: from this box only (or name access.admin)")
+
+
 async def import_archives(request: web.Request) -> web.StreamResponse:
-    """`edgecache import` against a running daemon: the archives at these paths (on
-    this box) imported; progress as JSON lines, the report last."""
-    try:
-        doc = await request.json()
-        paths = doc["paths"]
-        pin = doc.get("pin", False)
-        if not (isinstance(paths, list) and paths and all(isinstance(p, str) for p in paths)
-                and isinstance(pin, bool)):
-            raise ValueError
-    except (ValueError, KeyError, TypeError):
-        raise BadRequest('expected {"paths": ["/path/to/archive", ...], "pin": false}') from None
+    """`edgecache import` against a running daemon: the archive is the request body (the
+    CLI reads the file; the daemon opens no path it is given), kept in data_dir/tmp
+    while it is imported; progress as JSON lines, the report last."""
     svc = request.app[SERVICES]
-    return await _with_progress(request, lambda progress: svc.importer.run(
-        [Path(p) for p in paths], pin=pin, progress=progress))
+    _may_seed(request, svc)
+    pin = request.query.get("pin", "false") == "true"
+    name = request.query.get("name", "archive")[:200]
+    upload = svc.store.temp_path()
+    room = shutil.disk_usage(svc.store.data_dir).free - ROOM_MARGIN
+    try:
+        got = 0
+        with await asyncio.to_thread(open, upload, "xb") as f:
+            async for chunk in request.content.iter_chunked(1 << 20):
+                got += len(chunk)
+                if got > room:
+                    raise StoreFull(f"the archive is larger than the room under data_dir ({room} bytes)")
+                await asyncio.to_thread(f.write, chunk)
+        return await _with_progress(request, lambda progress: svc.importer.run(
+            [upload], pin=pin, progress=lambda m: progress(m.replace(str(upload), name))))
+    finally:
+        await asyncio.to_thread(upload.unlink, True)
 
 
 async def export_pinned(request: web.Request) -> web.StreamResponse:
-    """`edgecache export --pinned OUT` against a running daemon: OUT written on this box."""
-    try:
-        out = (await request.json())["out"]
-        if not isinstance(out, str) or not out:
-            raise ValueError
-    except (ValueError, KeyError, TypeError):
-        raise BadRequest('expected {"out": "/path/to/pinned.tar"}') from None
+    """`edgecache export --pinned OUT` against a running daemon: the tarball is the
+    answer (the CLI writes OUT; the daemon writes only under data_dir/tmp), its report
+    in X-Edgecache-Report."""
     svc = request.app[SERVICES]
-    images = pinned_set(svc.syncer.state, svc.store, svc.manifests.meta)
-    return await _with_progress(request, lambda progress: Exporter(svc.store).run(
-        images, Path(out), progress=progress))
+    _may_seed(request, svc)
+    out = svc.store.temp_path().with_suffix(".tar")
+    try:
+        images = pinned_set(svc.syncer.state, svc.store, svc.manifests.meta)
+        report = (await Exporter(svc.store).run(images, out)).as_dict()
+        text = json.dumps(report)
+        if len(text) > 48_000:              # a header line: the counts will do
+            text = json.dumps({**report, "images": report["images"][:100]})
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-tar",
+                                           "X-Edgecache-Report": text})
+        resp.content_length = out.stat().st_size
+        await resp.prepare(request)
+        with open(out, "rb") as f:
+            while chunk := await asyncio.to_thread(f.read, 1 << 20):
+                await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+    finally:
+        await asyncio.to_thread(out.unlink, True)
 
 
 async def _with_progress(request: web.Request, job) -> web.StreamResponse:

@@ -94,7 +94,6 @@ RULES = (
     Rule(e.Unsupported, "UNSUPPORTED", 405, "the operation is unsupported",
          lambda err: {"Allow": err.allow} if err.allow else {}),
     Rule(e.RequestTooLarge, "UNSUPPORTED", 413, "the operation is unsupported"),
-    Rule(e.BadRequest, "UNKNOWN", 400, "bad request"),
     Rule(e.UpstreamRateLimited, "TOOMANYREQUESTS", 429, "too many requests",
          lambda err: {"Retry-After": err.retry_after} if err.retry_after else {}),
     Rule(e.Unauthorized, "UNAUTHORIZED", 401, "authentication required",
