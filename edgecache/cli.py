@@ -3,15 +3,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import os
 import sys
-import tarfile
-import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Coroutine
 
@@ -21,12 +16,8 @@ from edgecache import __version__
 from edgecache.atomic import write_text_atomic
 from edgecache.config import Config, ConfigError, load
 from edgecache.daemon import Daemon
-from edgecache.runtime import open_store
-from edgecache.seed.exporter import Exporter, open_compressed, pinned_set
-from edgecache.seed.importer import Importer
-from edgecache.store import layout
-from edgecache.store.meta import MetaStore
-from edgecache.sync.state import SyncState, state_path
+from edgecache.runtime import open_store, run_loop
+from edgecache.seed.commands import cmd_export, cmd_import
 from edgecache.errors import DaemonError, ListError, StoreLocked
 from edgecache.sync import listedit
 from edgecache.sync.lists import list_files, parse_ref
@@ -51,9 +42,7 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def _run(coro: Coroutine) -> object:
-    """Run on uvloop: the server's loop everywhere, not only in `serve`."""
-    import uvloop
-    return uvloop.run(coro)
+    return run_loop(coro)
 
 
 def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
@@ -102,102 +91,6 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
         print(f"BAD {digest}: quarantined", file=sys.stderr)
     print(json.dumps(out))
     return 1 if out["bad"] else 0
-
-
-@contextlib.contextmanager
-def _as_archive(path: Path):
-    """(a binary file, its size): the file itself, or a directory as a plain tar."""
-    if not path.is_dir():
-        with open(path, "rb") as f:
-            yield f, os.fstat(f.fileno()).st_size
-        return
-    with tempfile.TemporaryFile() as f:
-        with tarfile.open(fileobj=f, mode="w") as tf:
-            tf.add(str(path), arcname=".")
-        size = f.tell()
-        f.seek(0)
-        yield f, size
-
-
-def cmd_import(cfg: Config, args: argparse.Namespace) -> int:
-    """Archives into the store: through the daemon when one runs (it holds the store),
-    else directly. Progress on stderr, the report as JSON on stdout."""
-    paths = [str(Path(p).resolve()) for p in args.paths]
-    if (daemon := _daemon(cfg, args)) is not None:
-        # The daemon is sent the bytes (it opens no path of ours): a directory as a tar.
-        report = {"images": [], "skipped": [], "new_blobs": 0, "new_bytes": 0}
-        for path in paths:
-            with _as_archive(Path(path)) as (f, size):
-                query = urllib.parse.urlencode({"pin": "true" if args.pin else "false",
-                                                "name": path})
-                for line in daemon.upload(f"/_edgecache/import?{query}", f, size, args.timeout):
-                    if "progress" in line:
-                        print(line["progress"], file=sys.stderr, flush=True)
-                    if "error" in line.get("report", {}):
-                        report["error"] = line["report"]["error"]
-                    for k, v in line.get("report", {}).items():
-                        if k in ("images", "skipped"):
-                            report[k] += v
-                        elif k in ("new_blobs", "new_bytes"):
-                            report[k] += v
-    else:
-        async def in_process() -> dict:
-            async with open_store(cfg) as store:
-                meta = MetaStore(layout.meta_dir(cfg.data_dir),
-                                 tag_lists_bytes=cfg.limits.tag_lists_kept_bytes)
-                await asyncio.to_thread(meta.load)
-                try:
-                    importer = Importer(store, meta, tuple(cfg.upstreams))
-                    done = await importer.run([Path(p) for p in paths], pin=args.pin,
-                                              progress=lambda m: print(m, file=sys.stderr,
-                                                                       flush=True))
-                    return done.as_dict()
-                finally:
-                    await asyncio.to_thread(meta.close)
-        report = _run(in_process())
-    if "error" in report:
-        print(f"edgecache: {report['error']}", file=sys.stderr)
-        return 1
-    print(json.dumps(report))
-    return 1 if report.get("skipped") or not report.get("images") else 0
-
-
-def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
-    """The pinned set into an OCI layout tarball, through the daemon when one runs."""
-    out = str(args.out.resolve())
-    if (daemon := _daemon(cfg, args)) is not None:
-        # The daemon sends the tarball; this process writes OUT (compressed as named).
-        part = Path(out).with_name(f".{Path(out).name}.part")
-        try:
-            with open_compressed(part) as sink:
-                report = daemon.download("/_edgecache/export", sink, args.timeout)
-            part.replace(out)
-        finally:
-            part.unlink(missing_ok=True)
-        for name in report.get("images", []):
-            print(f"{name}: exported", file=sys.stderr)
-    else:
-        async def in_process() -> dict:
-            async with open_store(cfg) as store:
-                meta = MetaStore(layout.meta_dir(cfg.data_dir),
-                                 tag_lists_bytes=cfg.limits.tag_lists_kept_bytes)
-                await asyncio.to_thread(meta.load)
-                try:
-                    path = state_path(cfg.data_dir)
-                    state = SyncState.from_json(path.read_text(), str(path)) \
-                        if path.exists() else SyncState()
-                    done = await Exporter(store).run(
-                        pinned_set(state, store, meta), Path(out),
-                        progress=lambda m: print(m, file=sys.stderr, flush=True))
-                    return done.as_dict()
-                finally:
-                    await asyncio.to_thread(meta.close)
-        report = _run(in_process())
-    if "error" in report:
-        print(f"edgecache: {report['error']}", file=sys.stderr)
-        return 1
-    print(json.dumps(report))
-    return 1 if report.get("skipped") or not report.get("images") else 0
 
 
 class _Progress:

@@ -49,6 +49,13 @@ class Runtime:
     siblings: Siblings | None = None
 
 
+def run_loop(coro):
+    """Run a command's coroutine on uvloop: the server's loop everywhere, not only in
+    `serve`."""
+    import uvloop
+    return uvloop.run(coro)
+
+
 @asynccontextmanager
 async def open_store(cfg: Config) -> AsyncIterator[BlobStore]:
     """The store alone (for gc and verify without a daemon), opened and closed."""

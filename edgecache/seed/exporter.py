@@ -77,7 +77,7 @@ def pinned_set(state: SyncState, store: BlobStore, meta: MetaStore) -> list[Expo
         for t in named or [None]:
             key = f"{up}/{repo}:{t}" if t else f"{up}/{repo}@{digest}"
             found.setdefault((up, repo, digest + (t or "")), Exportable(key, up, repo, digest))
-    images = list(found.values())
+    images = sorted(found.values(), key=lambda i: i.name)     # the same order every time
     for img in list(images):
         hexpart = parse_digest(img.digest).hex
         for (u, r, t), recs in tags:
@@ -85,7 +85,7 @@ def pinned_set(state: SyncState, store: BlobStore, meta: MetaStore) -> list[Expo
                     and t.endswith(SUPPLY_CHAIN):
                 for rec in recs.values():
                     images.append(Exportable(f"{u}/{r}:{t}", u, r, rec.digest))
-    return images
+    return list({(i.name, i.digest): i for i in images}.values())
 
 
 def open_compressed(out: Path) -> BinaryIO:
