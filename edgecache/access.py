@@ -96,6 +96,17 @@ class Access:
             self.denied += 1
             raise Forbidden(f"{who.name if who else 'anonymous'} is not in access.admin")
 
+    def check_seeder(self, who: Identity | None, remote: str | None) -> None:
+        """Import and export through the daemon name what every client of a route is
+        served: only someone in access.admin, or, on a box with no credentials at
+        all, its own loopback (the CLI on the box). A node's token is not enough."""
+        if self.any_credentials or self.admins:
+            if who is None or who.name not in self.admins:
+                raise Forbidden("import and export through the daemon need access.admin to "
+                                f"name who may ({who.name if who else 'anonymous'} is not in it)")
+        elif not (addr := parse_address(remote)) or not addr.is_loopback:
+            raise Forbidden("import and export: from this box only (or name access.admin)")
+
     def check_network(self, remote: str | None) -> None:
         if not self.networks:
             return

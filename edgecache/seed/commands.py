@@ -24,10 +24,6 @@ from edgecache.store.meta import MetaStore
 from edgecache.sync.state import SyncState, state_path
 
 
-def _daemon(cfg: Config, args: argparse.Namespace) -> Daemon | None:
-    return Daemon.find(cfg, args.credentials_file)
-
-
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -73,7 +69,7 @@ def cmd_import(cfg: Config, args: argparse.Namespace) -> int:
     """Archives into the store: through the daemon when one runs (it holds the store),
     else directly. Progress on stderr, the report as JSON on stdout."""
     paths = [str(Path(p).resolve()) for p in args.paths]
-    if (daemon := _daemon(cfg, args)) is not None:
+    if (daemon := Daemon.find(cfg, args.credentials_file)) is not None:
         # The daemon is sent the bytes (it opens no path of ours): a directory as a tar.
         report = {"images": [], "skipped": [], "new_blobs": 0, "new_bytes": 0}
         for path in paths:
@@ -103,7 +99,7 @@ def cmd_import(cfg: Config, args: argparse.Namespace) -> int:
 def cmd_export(cfg: Config, args: argparse.Namespace) -> int:
     """The pinned set into an OCI layout tarball, through the daemon when one runs."""
     out = str(args.out.resolve())
-    if (daemon := _daemon(cfg, args)) is not None:
+    if (daemon := Daemon.find(cfg, args.credentials_file)) is not None:
         # The daemon sends the tarball; this process writes OUT (compressed as named).
         part = Path(out).with_name(f".{Path(out).name}.part")
         try:

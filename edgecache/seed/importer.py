@@ -37,6 +37,11 @@ ANY_KEY = Accept.parse([]).key()
 ROOM_MARGIN = 64 << 20          # left free on data_dir's file system while unpacking
 
 
+def room_under(data_dir: Path) -> int:
+    """Bytes an archive may take on data_dir's file system (kept or unpacked)."""
+    return max(0, shutil.disk_usage(data_dir).free - ROOM_MARGIN)
+
+
 @dataclass
 class Imported:
     ref: str
@@ -92,13 +97,13 @@ class Importer:
                        report: ImportReport) -> None:
         work = self.store.temp_path()
         try:
-            room = shutil.disk_usage(self.store.data_dir).free - ROOM_MARGIN
+            room = room_under(self.store.data_dir)
             done = [0]
 
             def unpacked(n: int) -> None:
                 done[0] += n
             progress(f"{path}: unpacking")
-            size = await asyncio.to_thread(unpack, path, work, max(0, room), unpacked)
+            size = await asyncio.to_thread(unpack, path, work, room, unpacked)
             images = await asyncio.to_thread(read_images, work)
             progress(f"{path}: {len(images)} image(s), {size} bytes")
             verified: set[str] = set()          # digests whose archive file was hashed

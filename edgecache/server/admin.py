@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from typing import Iterable
 
 from aiohttp import web
 
 from edgecache import __version__
-from edgecache.addresses import parse_address
-from edgecache.errors import Forbidden, StoreFull
-from edgecache.seed.importer import ROOM_MARGIN
+from edgecache.errors import StoreFull
+from edgecache.seed.importer import room_under
 from edgecache.seed.exporter import Exporter, pinned_set
 from edgecache.metrics import counter, gauge, labelled_counter
 from edgecache.server.guard import identity
@@ -92,29 +90,16 @@ async def verify(request: web.Request) -> web.Response:
     return web.json_response({"checked": report.checked, "bytes": report.bytes, "bad": report.bad})
 
 
-def _may_seed(request: web.Request, svc: Services) -> None:
-    """Import and export name what every client of a route is served: only someone
-    in access.admin, or, on a box with no credentials at all, its own loopback (the
-    CLI on the box). A node's token is not enough."""
-    who = identity(request)
-    if svc.access.any_credentials or svc.access.admins:
-        if who is None or who.name not in svc.access.admins:
-            raise Forbidden("import and export through the daemon need access.admin to "
-                            f"name who may ({who.name if who else 'anonymous'} is not in it)")
-    elif not (addr := parse_address(request.remote)) or not addr.is_loopback:
-        raise Forbidden("import and export: from this box only (or name access.admin)")
-
-
 async def import_archives(request: web.Request) -> web.StreamResponse:
     """`edgecache import` against a running daemon: the archive is the request body (the
     CLI reads the file; the daemon opens no path it is given), kept in data_dir/tmp
     while it is imported; progress as JSON lines, the report last."""
     svc = request.app[SERVICES]
-    _may_seed(request, svc)
+    svc.access.check_seeder(identity(request), request.remote)
     pin = request.query.get("pin", "false") == "true"
     name = request.query.get("name", "archive")[:200]
     upload = svc.store.temp_path()
-    room = shutil.disk_usage(svc.store.data_dir).free - ROOM_MARGIN
+    room = room_under(svc.store.data_dir)
     try:
         got = 0
         with await asyncio.to_thread(open, upload, "xb") as f:
@@ -134,7 +119,7 @@ async def export_pinned(request: web.Request) -> web.StreamResponse:
     answer (the CLI writes OUT; the daemon writes only under data_dir/tmp), its report
     in X-Edgecache-Report."""
     svc = request.app[SERVICES]
-    _may_seed(request, svc)
+    svc.access.check_seeder(identity(request), request.remote)
     out = svc.store.temp_path().with_suffix(".tar")
     try:
         images = pinned_set(svc.syncer.state, svc.store, svc.manifests.meta)
