@@ -29,6 +29,16 @@ def require_containerd() -> None:
         pytest.skip("containerd needs root")
 
 
+def require_nspawn() -> None:
+    """A Debian root booted under systemd-nspawn (tests/support/nspawn.py) can run here."""
+    from tests.support import nspawn
+    why = nspawn.available()
+    if why:
+        if IN_CI:
+            pytest.fail(why)
+        pytest.skip(why)
+
+
 @pytest.fixture
 def registry(tmp_path):
     """The real CNCF Distribution registry as the upstream, with an access log to count in."""

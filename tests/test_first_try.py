@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI
+from tests.conftest import require_binaries, require_nspawn
 from tests.support import nspawn
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -26,12 +26,9 @@ def readme_command() -> str:
 
 
 def test_the_readme_set_up_command_installs_and_runs_on_a_fresh_debian(tmp_path):
-    why = nspawn.available()
-    if why or shutil.which("git") is None:
-        pytest.fail(why or "git missing") if IN_CI else pytest.skip(why or "git missing")
-    nspawn.make_root(FRESH, packages="python3,ca-certificates")
-    root = tmp_path / "root"
-    subprocess.run(["cp", "-a", "--reflink=auto", str(FRESH), str(root)], check=True, timeout=300)
+    require_nspawn()
+    require_binaries("git")
+    root = nspawn.copy_of(FRESH, tmp_path / "root", packages="python3,ca-certificates")
     assert not (root / "usr/lib/python3.11/ensurepip").exists()     # no python3-venv yet
     # This sandbox's plumbing, not the product's: its resolver, its CA bundle (a proxy may
     # sit in front of the registries) and pip's setting for it.

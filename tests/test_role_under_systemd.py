@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import IN_CI
+from tests.conftest import require_nspawn
 from tests.support import nspawn
 from tests.support.eventually import wait_until
 from tests.support.ports import free_port
@@ -26,13 +26,9 @@ REPO = "/srv/edgecache"                  # the repository's copy inside the box
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):
-    why = nspawn.available()
-    if why:
-        pytest.fail(why) if IN_CI else pytest.skip(why)
+    require_nspawn()
     work = tmp_path_factory.mktemp("role")
-    nspawn.make_root(BASE)
-    root = work / "root"
-    subprocess.run(["cp", "-a", "--reflink=auto", str(BASE), str(root)], check=True, timeout=300)
+    root = nspawn.copy_of(BASE, work / "root")
     repo = root / REPO.lstrip("/")
     for part in ("ansible", "systemd", "images"):
         shutil.copytree(ROOT / part, repo / part)

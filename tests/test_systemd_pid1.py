@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import IN_CI
+from tests.conftest import require_nspawn
 from tests.support import nspawn
 from tests.support.eventually import wait_until
 from tests.support.ports import free_port
@@ -38,13 +38,9 @@ def _status(url: str, token: str | None = None) -> int:
 
 @pytest.fixture(scope="module")
 def machine(tmp_path_factory):
-    why = nspawn.available()
-    if why:
-        pytest.fail(why) if IN_CI else pytest.skip(why)
+    require_nspawn()
     work = tmp_path_factory.mktemp("pid1")
-    nspawn.make_root(BASE)
-    root = work / "root"
-    subprocess.run(["cp", "-a", "--reflink=auto", str(BASE), str(root)], check=True, timeout=300)
+    root = nspawn.copy_of(BASE, work / "root")
     wheels = root / "opt" / "edgecache" / "wheelhouse"
     wheels.mkdir(parents=True)
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(ROOT)],

@@ -26,6 +26,13 @@ def make_root(path: Path, packages: str = PACKAGES) -> Path:
     return path
 
 
+def copy_of(base: Path, dest: Path, packages: str = PACKAGES) -> Path:
+    """A root of this run's own at dest: a copy of base (made first if need be)."""
+    make_root(base, packages)
+    subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(dest)], check=True, timeout=300)
+    return dest
+
+
 class Machine:
     def __init__(self, root: Path, name: str = "edgecache-test") -> None:
         self.root = root
