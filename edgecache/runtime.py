@@ -18,6 +18,7 @@ from edgecache.pull.fills import FillRegistry
 from edgecache.seed.importer import Importer
 from edgecache.pull.links import Confirmer
 from edgecache.pull.manifests import ManifestService
+from edgecache.pull.referrers import ReferrersService
 from edgecache.pull.tags import TagListService
 from edgecache.siblings.service import Siblings, load_node_id
 from edgecache.store import layout
@@ -43,6 +44,7 @@ class Runtime:
     blobs: BlobService
     manifests: ManifestService
     tags: TagListService
+    referrers: ReferrersService
     metrics: Metrics
     syncer: Syncer
     importer: Importer
@@ -167,11 +169,12 @@ class open_runtime:
                                         confirmer=confirmer,
                                         max_manifest_bytes=cfg.limits.manifest_bytes,
                                         pinned_tags=pinned_tags, siblings=siblings)
+            referrers = ReferrersService(store, meta, upstreams, manifests, metrics, cfg.tag_ttl)
             syncer = Syncer(cfg, store, meta, upstreams, manifests, blobs, pinned_tags=pinned_tags)
             await syncer.open()
             stack.push_async_callback(syncer.close)
             rt = Runtime(config=cfg, store=store, meta=meta, upstreams=upstreams, fills=fills,
-                         blobs=blobs, manifests=manifests,
+                         blobs=blobs, manifests=manifests, referrers=referrers,
                          tags=TagListService(meta, upstreams, metrics,
                                               max_tags=cfg.limits.tag_list_tags), metrics=metrics,
                          syncer=syncer, siblings=siblings,

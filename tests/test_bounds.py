@@ -621,15 +621,15 @@ async def test_sync_work_is_finished_with_nobody_waiting(tmp_path):
 
 
 def test_the_next_page_is_the_link_marked_next_and_never_a_cut_token():
-    from edgecache.pull.tags import _next_from_link
+    from edgecache.pull.tags import next_from_link
     both = '</v2/r/tags/list?last=a>; rel="prev", <https://x.example/v2/r/tags/list?last=c&n=5>; rel="next"'
-    assert _next_from_link(both) == {"last": "c", "n": "5"}
-    assert _next_from_link('</v2/r/tags/list?last=a>; rel="prev"') is None
-    assert _next_from_link('</v2/r/other?last=a>; rel="next"') is None
+    assert next_from_link(both) == {"last": "c", "n": "5"}
+    assert next_from_link('</v2/r/tags/list?last=a>; rel="prev"') is None
+    assert next_from_link('</v2/r/other?last=a>; rel="next"') is None
     # A page token too long to pass whole is no next page of theirs (n/last instead).
-    assert _next_from_link(f'</v2/r/tags/list?n=5&next_page={"x" * 600}>; rel="next"') is None
+    assert next_from_link(f'</v2/r/tags/list?n=5&next_page={"x" * 600}>; rel="next"') is None
     many = "&".join(f"p{i}=1" for i in range(9))
-    assert _next_from_link(f'</v2/r/tags/list?{many}>; rel="next"') is None
+    assert next_from_link(f'</v2/r/tags/list?{many}>; rel="next"') is None
 
 
 async def test_push_methods_are_told_what_is_allowed(tmp_path):

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
+from edgecache.artifacts import descriptor
 from edgecache.errors import (DigestMismatch, InvalidName, ManifestUnknown, UpstreamError,
                               UpstreamIncomplete, UpstreamNotFound, UpstreamDenied, is_unavailable)
 from edgecache.mediatypes import DOCKER_SCHEMA1, OCI_INDEX, OCI_MANIFEST, PREFERENCE, Accept
@@ -331,6 +332,10 @@ class ManifestService:
         links and the body cache."""
         await self.store.put_bytes(digest, body, link=owner(route))   # committed with its link
         self.meta.put_manifest(ManifestRecord(str(digest), media_type, len(body)))
+        referrer = descriptor(body, str(digest), media_type)
+        if referrer is not None:       # answered offline by the referrers API (pull/referrers.py)
+            self.meta.put_held_referrer((route.upstream, route.repo, referrer["subject"]),
+                                        referrer["descriptor"])
         self._remember(str(digest), body)
         await self._link(route, str(digest), body, new=True)          # and what it names
 

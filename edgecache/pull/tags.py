@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Mapping
 
 from yarl import URL
@@ -54,9 +55,10 @@ def _bounded(params: Mapping[str, str]) -> dict[str, str] | None:
     return out
 
 
-def _next_from_link(link: str | None) -> dict[str, str] | None:
+def next_from_link(link: str | None, path: str = r"/tags/list$") -> dict[str, str] | None:
     """The query of the upstream's `Link: <URL>; rel="next"` (of several links, the
-    next one; of any host, only its query is kept), or None."""
+    next one; of any host, only its query is kept, and only for a path that
+    matches `path`: the same API), or None."""
     for part in (link or "").split(","):
         target, _, attrs = part.strip().partition(";")
         rels = attrs.replace(" ", "").replace("'", '"').lower()
@@ -69,7 +71,7 @@ def _next_from_link(link: str | None) -> dict[str, str] | None:
             url = URL(target[1:-1])
         except ValueError:
             return None
-        if not url.path.endswith("/tags/list"):
+        if not re.search(path, url.path):
             return None
         return _bounded(url.query) or None
     return None
@@ -129,7 +131,7 @@ class TagListService:
         # A page of some MiB: parsed off the loop.
         name, tags = await asyncio.to_thread(_parse, route.upstream, body) if len(body) > 65536 \
             else _parse(route.upstream, body)
-        theirs = _next_from_link(link)
+        theirs = next_from_link(link)
         if len(tags) > n:                      # an upstream that ignored n: cut here
             tags, theirs = tags[:n], None
             body, next_query = self._answer(name, tags, True, asked or n)

@@ -39,7 +39,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(cfg, public=lambda u: u not in access.private) as rt:
             sender = BlobSender()
             svc = Services(config=rt.config, store=rt.store, blobs=rt.blobs,
-                           manifests=rt.manifests, tags=rt.tags, sender=sender,
+                           manifests=rt.manifests, tags=rt.tags, referrers=rt.referrers,
+                           sender=sender,
                            metrics=rt.metrics, syncer=rt.syncer, access=access,
                            importer=rt.importer,
                            siblings=rt.siblings, default_upstream=cfg.default_upstream)

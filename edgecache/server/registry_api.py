@@ -17,11 +17,13 @@ from edgecache.access import Access
 from edgecache.config import Config
 from edgecache.errors import (BlobUnknown, ManifestUnknown, NoSuchEndpoint, Unauthorized,
                               UnknownRegistry, Unsupported)
-from edgecache.mediatypes import Accept
+from edgecache.artifacts import index_of
+from edgecache.mediatypes import OCI_INDEX, Accept
 from edgecache.pull.blobs import BlobService, LocalBlob
 from edgecache.pull.fill import Fill
 from edgecache.pull.manifests import ManifestService
 from edgecache.pull.routing import Route, resolve
+from edgecache.pull.referrers import ReferrersService, page as referrers_page
 from edgecache.pull.tags import TagListService
 from edgecache.reference import is_digest, parse_digest
 from edgecache.server.blob_response import BlobSender, ClientGone, StreamAborted
@@ -47,6 +49,7 @@ class Services:
     blobs: BlobService
     manifests: ManifestService
     tags: TagListService
+    referrers: ReferrersService
     sender: BlobSender
     metrics: Metrics
     syncer: Syncer
@@ -259,6 +262,37 @@ async def tags_list(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json", headers=headers)
 
 
+async def referrers(request: web.Request) -> web.Response:
+    """GET /v2/<name>/referrers/<digest>[?artifactType=...]: an image index of the
+    manifests that name the digest as their subject (pull/referrers.py)."""
+    svc = request.app[SERVICES]
+    route = _route(request, svc)
+    subject = parse_digest(request.match_info["digest"])
+    ans = await svc.referrers.get(route, subject)
+    last = request.query.get("last")
+    chosen, filtered, more = referrers_page(ans.descriptors, request.query.getall("artifactType", []),
+                                            _count(request.query.get("n")), last)
+    body = index_of(chosen)
+    headers = {**API_VERSION, "X-Edgecache-Source": ans.source}
+    if filtered:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    if more and chosen:
+        # The next page through this mirror, the same route and filter.
+        headers["Link"] = f'<{request.rel_url.update_query(last=chosen[-1]["digest"])}>; rel="next"'
+    if ans.stale:
+        headers["X-Edgecache-Stale"] = "true"
+        headers["Warning"] = '110 edgecache "Response is Stale"'
+        request[STALE] = True
+    _served(request, svc, ans.source, len(body))
+    resp = web.Response(body=body, headers=headers)
+    resp.content_type = OCI_INDEX
+    return resp
+
+
+def _count(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() and len(value) < 7 else None
+
+
 async def unsupported(request: web.Request) -> web.Response:
     if request.method in ("GET", "HEAD"):
         raise NoSuchEndpoint(f"no such endpoint: {request.path[:200]}")
@@ -274,4 +308,5 @@ def add_routes(app: web.Application) -> None:
         app.router.add_route("GET", path, handler)
         app.router.add_route("HEAD", path, handler)
     app.router.add_route("GET", rf"/v2/{name}/tags/list", tags_list)
+    app.router.add_route("GET", rf"/v2/{name}/referrers/{{digest:[^/]+}}", referrers)
     app.router.add_route("*", "/v2/{tail:.*}", unsupported)

@@ -1,7 +1,8 @@
 """Records about manifests and tags: what media type a cached manifest has,
-which digest a tag pointed to and when the upstream last confirmed it, and the
+which digest a tag pointed to and when the upstream last confirmed it, the
 last whole tag list seen per repository (answered offline; the most recently
-seen ones, up to limits.tag_lists_kept_bytes in all).
+seen ones, up to limits.tag_lists_kept_bytes in all), the last referrers answer
+per subject, and the referrers held here (manifests with a `subject`).
 
 Held in memory (they are small: one record per manifest and tag) and mirrored
 to diskcache, so they survive restarts and lookups never touch the disk.
@@ -31,7 +32,18 @@ class TagRecord:
     checked: float        # wall-clock time the upstream last confirmed this answer
 
 
+@dataclass(frozen=True)
+class ReferrersRecord:
+    digest: str           # of the answer (an image index), held in the store
+    size: int
+    checked: float        # wall-clock time the upstream last gave it
+    etag: str | None      # the upstream's, for a conditional GET
+    via: str              # "api" or "tags" (the referrers tag schema)
+
+
 TagKey = tuple[str, str, str]     # (upstream, repository, tag)
+SubjectKey = tuple[str, str, str]  # (upstream, repository, subject digest)
+REFERRERS_HELD_PER_SUBJECT = 1024  # referrers remembered per subject (the newest win)
 
 # Records of manifests no longer held (evicted) are dropped once there are more than
 # this many, or twice as many as blobs held: a client asking for ever new manifests
@@ -53,6 +65,10 @@ class MetaStore:
         self._tag_records = 0
         self._prune_above = PRUNE_FLOOR     # raised after a prune that left many (all held)
         self._tag_lists: OrderedDict[tuple[str, str], bytes] = OrderedDict()   # oldest first
+        self._referrers: dict[SubjectKey, ReferrersRecord] = {}
+        # Referrer manifests held here, by subject: referrer digest -> its descriptor.
+        self._held_referrers: dict[SubjectKey, dict[str, dict]] = {}
+        self._held_count = 0
 
     def load(self) -> None:
         for key, value in self._disk.open():
@@ -65,6 +81,11 @@ class MetaStore:
             elif kind == "taglist":
                 self._tag_lists[key[1:3]] = value
                 self._tag_lists_bytes += len(value)
+            elif kind == "referrers":
+                self._referrers[key[1:4]] = ReferrersRecord(*value)
+            elif kind == "referrer":
+                self._held_referrers.setdefault(key[1:4], {})[key[4]] = value
+                self._held_count += 1
         self._trim_tag_lists()
 
     def flush(self) -> None:
@@ -104,10 +125,40 @@ class MetaStore:
     def all_tags(self) -> list[tuple[TagKey, dict[str, TagRecord]]]:
         return list(self._tags.items())
 
+    # -- referrers -------------------------------------------------------------
+
+    def referrers(self, key: SubjectKey) -> ReferrersRecord | None:
+        return self._referrers.get(key)
+
+    def put_referrers(self, key: SubjectKey, rec: ReferrersRecord) -> None:
+        self._referrers[key] = rec
+        self._disk.put(("referrers", *key), (rec.digest, rec.size, rec.checked, rec.etag, rec.via))
+
+    def held_referrers(self, key: SubjectKey) -> list[dict]:
+        """Descriptors of the referrers of a subject held here (oldest first)."""
+        return list(self._held_referrers.get(key, {}).values())
+
+    def put_held_referrer(self, key: SubjectKey, descriptor: dict) -> None:
+        held = self._held_referrers.setdefault(key, {})
+        digest = descriptor["digest"]
+        if held.get(digest) == descriptor:
+            return
+        self._held_count += digest not in held
+        held[digest] = descriptor
+        self._disk.put(("referrer", *key, digest), descriptor)
+        while len(held) > REFERRERS_HELD_PER_SUBJECT:
+            old = next(iter(held))
+            del held[old]
+            self._held_count -= 1
+            self._disk.delete(("referrer", *key, old))
+
     # -- bounds ----------------------------------------------------------------
 
     def needs_prune(self, held_count: int) -> bool:
-        return len(self._manifests) + self._tag_records > max(self._prune_above, 2 * held_count)
+        return self._records() > max(self._prune_above, 2 * held_count)
+
+    def _records(self) -> int:
+        return len(self._manifests) + self._tag_records + len(self._referrers) + self._held_count
 
     def prune(self, held: Callable[[str], bool]) -> int:
         """Drop the records of manifests not held, and the tag records naming them
@@ -124,9 +175,21 @@ class MetaStore:
                 dropped += 1
             if not records:
                 del self._tags[key]
+        for key, rec in [(k, r) for k, r in self._referrers.items() if not held(r.digest)]:
+            del self._referrers[key]
+            self._disk.delete(("referrers", *key))
+            dropped += 1
+        for key, descs in list(self._held_referrers.items()):
+            for digest in [d for d in descs if not held(d)]:
+                del descs[digest]
+                self._held_count -= 1
+                self._disk.delete(("referrer", *key, digest))
+                dropped += 1
+            if not descs:
+                del self._held_referrers[key]
         # Not again before the records have doubled (many tags of few held manifests
         # would otherwise be walked every flush, dropping nothing).
-        self._prune_above = max(PRUNE_FLOOR, 2 * (len(self._manifests) + self._tag_records))
+        self._prune_above = max(PRUNE_FLOOR, 2 * self._records())
         return dropped
 
     # -- tag lists ---------------------------------------------------------------

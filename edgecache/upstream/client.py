@@ -27,6 +27,7 @@ from edgecache.config import BreakerConfig, LimitsConfig, Timeouts, UpstreamConf
 from edgecache.errors import (ManifestTooLarge, UpstreamBadResponse, UpstreamDenied, UpstreamDown, UpstreamError,
                               UpstreamIncomplete, UpstreamNotFound, UpstreamRateLimited, UpstreamTimeout,
                               UpstreamUnreachable)
+from edgecache.mediatypes import OCI_INDEX
 from edgecache.reference import parse_digest
 from edgecache.upstream.auth import TokenCache, basic_header, parse_challenge
 from edgecache.upstream.breaker import Breaker
@@ -48,6 +49,14 @@ class Manifest:
     body: bytes
     digest: str | None           # Docker-Content-Digest as the upstream sent it
     media_type: str
+
+
+@dataclass(frozen=True)
+class Referrers:
+    body: bytes
+    link: str | None
+    etag: str | None
+    filters_applied: str | None
 
 
 class BlobStream:
@@ -178,10 +187,12 @@ class UpstreamClient:
                        headers: Mapping[str, str] | None = None,
                        params: Mapping[str, str] | None = None,
                        redirect_anywhere: bool = False,
+                       not_modified: bool = False,
                        ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send with auth (answering one challenge), breaker and translated errors.
 
-        Yields a response with a 2xx status; anything else is raised as ours.
+        Yields a response with a 2xx status (or a 304, when `not_modified`: a
+        conditional GET); anything else is raised as ours.
         """
         if self._session is None:
             raise UpstreamUnreachable(self.name, "client not started")
@@ -204,7 +215,7 @@ class UpstreamClient:
             assert resp is not None
             self.breaker.success()
             self.last_ok_at = time.time()
-            if resp.status >= 300:
+            if resp.status >= 300 and not (not_modified and resp.status == 304):
                 raise self._status_error(resp)
         except BaseException as e:
             if resp is not None:
@@ -456,6 +467,27 @@ class UpstreamClient:
                 raise UpstreamBadResponse(self.name, 200, f"tag list over {cap} bytes "
                                           "(limits.tag_list_bytes)")
             return body, r.headers.get("Link")
+
+    async def referrers(self, repo: str, digest: str, params: Mapping[str, str],
+                        etag: str | None) -> Referrers | None:
+        """One page of the referrers API (at most limits.manifest_bytes); None when
+        the upstream says the answer for `etag` is unchanged (304). A registry without
+        the API answers 404: UpstreamNotFound."""
+        cap = self.limits.manifest_bytes
+        headers = {"Accept": OCI_INDEX, **({"If-None-Match": etag} if etag else {})}
+        async with self._request("GET", f"/v2/{repo}/referrers/{digest}", scope=self.scope(repo),
+                                 params=params, headers=headers, not_modified=True) as r:
+            if r.status == 304:
+                return None
+            if r.content_length is not None and r.content_length > cap:
+                raise UpstreamBadResponse(self.name, 200, f"referrers answer of {r.content_length} "
+                                          f"bytes, over {cap} (limits.manifest_bytes)")
+            body = await self._read_upto(r, cap + 1)
+            if len(body) > cap:
+                raise UpstreamBadResponse(self.name, 200, f"referrers answer over {cap} bytes "
+                                          "(limits.manifest_bytes)")
+            return Referrers(body, r.headers.get("Link"), r.headers.get("ETag"),
+                             r.headers.get("OCI-Filters-Applied"))
 
     def status(self) -> dict[str, object]:
         return {
