@@ -173,6 +173,22 @@ class SiblingsConfig:
 
 
 @dataclass(frozen=True)
+class PolicyRule:
+    """`policy:` items: the images a rule matches must be signed by one of its keys."""
+
+    name: str
+    match: tuple[str, ...]          # globs over "registry/repository" (`*` spans slashes)
+    require: str                    # "signature"
+    keys: tuple[Path, ...]          # cosign public keys (PEM: ECDSA, RSA, Ed25519)
+    mode: str = "enforce"           # enforce: refuse (403 DENIED); warn: serve, log, count
+    public_keys: tuple[bytes, ...] = field(default=(), repr=False)   # the keys' PEM, read at start
+
+
+POLICY_KEYS = ("name", "match", "require", "keys", "mode")
+POLICY_MODES = ("enforce", "warn")
+
+
+@dataclass(frozen=True)
 class Config:
     listen_host: str
     listen_port: int
@@ -192,6 +208,7 @@ class Config:
     siblings: SiblingsConfig = section(SiblingsConfig, SiblingsConfig())
     limits: LimitsConfig = section(LimitsConfig, LimitsConfig())
     server: ServerConfig = section(ServerConfig, ServerConfig())
+    policy: tuple[PolicyRule, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration, secrets masked (for check-config): derived
@@ -200,6 +217,8 @@ class Config:
         for f in fields(self):
             if f.name not in ("listen_host", "listen_port", "source"):
                 doc[f.name] = _plain(getattr(self, f.name))
+        for rule in doc["policy"]:
+            del rule["public_keys"]                # keys says it
         for u in doc["upstreams"].values():
             del u["name"]                         # it is the key
         if not self.siblings.enabled:
@@ -320,6 +339,47 @@ def _upstream(name: str, raw: Any, base: Path) -> UpstreamConfig:
     return u
 
 
+def _policy(raw: Any, base: Path) -> tuple[PolicyRule, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("policy", raw, "expected a list of rules")
+    rules: list[PolicyRule] = []
+    for i, item in enumerate(raw):
+        key = f"policy[{i}]"
+        item = _mapping(key, item)
+        _reject_unknown(key, item, POLICY_KEYS)
+        name = item.get("name", f"policy-{i + 1}")
+        if not isinstance(name, str) or not re.fullmatch(r"[\w.@-]{1,64}", name):
+            raise ConfigError(f"{key}.name", name, "expected a name of letters, digits, . _ - @")
+        if any(r.name == name for r in rules):
+            raise ConfigError(f"{key}.name", name, "another rule has this name")
+        match = item.get("match")
+        globs = [match] if isinstance(match, str) else match
+        if not isinstance(globs, list) or not globs or not all(
+                isinstance(g, str) and 0 < len(g) <= 255 for g in globs):
+            raise ConfigError(f"{key}.match", match,
+                              "expected registry/repository globs, e.g. registry.corp.example/pos/*")
+        if item.get("require") != "signature":
+            raise ConfigError(f"{key}.require", item.get("require"), "expected: signature")
+        keys = item.get("keys")
+        keys = [keys] if isinstance(keys, str) else keys
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
+            raise ConfigError(f"{key}.keys", item.get("keys"), "expected a list of public key files")
+        mode = item.get("mode", "enforce")
+        if mode not in POLICY_MODES:
+            raise ConfigError(f"{key}.mode", mode, "expected enforce or warn")
+        rules.append(PolicyRule(name, tuple(_glob(g) for g in globs), "signature",
+                                tuple(base / k for k in keys), mode))
+    return tuple(rules)
+
+
+def _glob(pattern: str) -> str:
+    """The registry part named as upstreams are keyed (Docker Hub's aliases as one)."""
+    registry, sep, repo = pattern.partition("/")
+    return f"{normalize_registry(registry)}{sep}{repo}"
+
+
 def _checked(cfg: Config) -> Config:
     """What no single key can say: keys that must agree (once the files are read)."""
     for name, u in cfg.upstreams.items():
@@ -372,9 +432,10 @@ def parse(raw: Any, *, source: str, env: Mapping[str, str], uid: int,
         SiblingsConfig, "siblings", {} if sib is True else sib, base, enabled=True)
     given = {"listen_host": host, "listen_port": port, "data_dir": data_dir,
              "upstreams": upstreams, "default_upstream": default, "source": source,
-             "siblings": siblings}
+             "siblings": siblings, "policy": _policy(raw.get("policy"), base)}
     return _section(Config, "", raw, base,
-                    also=["listen", "data_dir", "upstreams", "default_upstream", "siblings"],
+                    also=["listen", "data_dir", "upstreams", "default_upstream", "siblings",
+                          "policy"],
                     **given)
 
 
@@ -427,7 +488,23 @@ def read_files(cfg: Config) -> Config:
             read_tokens(cfg.access.tokens_file)
         except ValueError as e:
             raise ConfigError("access.tokens_file", str(cfg.access.tokens_file), str(e)) from None
-    return replace(cfg, upstreams=upstreams, siblings=s)
+    return replace(cfg, upstreams=upstreams, siblings=s,
+                   policy=tuple(_rule_keys(i, rule) for i, rule in enumerate(cfg.policy)))
+
+
+def _rule_keys(i: int, rule: PolicyRule) -> PolicyRule:
+    """A rule with its keys read and checked (each a public key cosign can verify with)."""
+    from edgecache.policy.keys import load_public_key
+    pems = []
+    for j, path in enumerate(rule.keys):
+        key = f"policy[{i}].keys[{j}]"
+        pem = _read(key, path)
+        try:
+            load_public_key(pem)
+        except ValueError as e:
+            raise ConfigError(key, str(path), str(e)) from None
+        pems.append(pem)
+    return replace(rule, public_keys=tuple(pems))
 
 
 def build(raw: Any, *, source: str, env: Mapping[str, str], uid: int,

@@ -244,3 +244,11 @@ class DiscoveryError(EdgecacheError):
 class HopRefused(EdgecacheError):
     """A sibling asked for a blob this node is itself getting from another sibling:
     joining would chain (or loop) hops, so the asker goes to the upstream."""
+
+
+class PolicyDenied(EdgecacheError):
+    """A signature policy rule in enforce mode refused a manifest."""
+
+    def __init__(self, rule: str, digest: str, reason: str) -> None:
+        self.rule, self.digest, self.reason = rule, digest, reason
+        super().__init__(f"policy rule {rule!r}: {digest} is not signed by its keys ({reason})")

@@ -35,6 +35,9 @@ class Metrics:
         self._fill_failures = Counter("edgecache_fill_failures",
                                       "Fills aborted (truncation, wrong bytes, disk full, ...)",
                                       ["reason"], registry=r)
+        self._policy = Counter("edgecache_policy_decisions",
+                               "Manifest answers checked by a signature policy rule, by result "
+                               "(verified, exempt, denied, warned)", ["rule", "result"], registry=r)
         self._fetched = Counter("edgecache_upstream_fetched_bytes",
                                 "Blob bytes fetched from each upstream", ["upstream"], registry=r)
         self.hits = 0
@@ -60,6 +63,9 @@ class Metrics:
 
     def stale(self, upstream: str) -> None:
         self._stale.labels(upstream).inc()
+
+    def policy(self, rule: str, result: str) -> None:
+        self._policy.labels(rule, result).inc()
 
     def fill_failed(self, reason: str) -> None:
         self._fill_failures.labels(reason).inc()

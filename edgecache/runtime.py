@@ -18,6 +18,8 @@ from edgecache.pull.fills import FillRegistry
 from edgecache.seed.importer import Importer
 from edgecache.pull.links import Confirmer
 from edgecache.pull.manifests import ManifestService
+from edgecache.policy.rules import Policy
+from edgecache.policy.signatures import SignatureFinder
 from edgecache.pull.referrers import ReferrersService
 from edgecache.pull.tags import TagListService
 from edgecache.siblings.service import Siblings, load_node_id
@@ -45,6 +47,7 @@ class Runtime:
     manifests: ManifestService
     tags: TagListService
     referrers: ReferrersService
+    policy: Policy
     metrics: Metrics
     syncer: Syncer
     importer: Importer
@@ -170,12 +173,14 @@ class open_runtime:
                                         max_manifest_bytes=cfg.limits.manifest_bytes,
                                         pinned_tags=pinned_tags, siblings=siblings)
             referrers = ReferrersService(store, meta, upstreams, manifests, metrics, cfg.tag_ttl)
+            policy = Policy(cfg.policy, SignatureFinder(manifests, referrers, blobs, store), metrics,
+                            {name: u.url for name, u in cfg.upstreams.items()})
             syncer = Syncer(cfg, store, meta, upstreams, manifests, blobs, pinned_tags=pinned_tags)
             await syncer.open()
             stack.push_async_callback(syncer.close)
             rt = Runtime(config=cfg, store=store, meta=meta, upstreams=upstreams, fills=fills,
                          blobs=blobs, manifests=manifests, referrers=referrers,
-                         tags=TagListService(meta, upstreams, metrics,
+                         policy=policy, tags=TagListService(meta, upstreams, metrics,
                                               max_tags=cfg.limits.tag_list_tags), metrics=metrics,
                          syncer=syncer, siblings=siblings,
                          importer=Importer(store, meta, tuple(upstreams.clients)))

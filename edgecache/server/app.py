@@ -40,7 +40,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             sender = BlobSender()
             svc = Services(config=rt.config, store=rt.store, blobs=rt.blobs,
                            manifests=rt.manifests, tags=rt.tags, referrers=rt.referrers,
-                           sender=sender,
+                           policy=rt.policy, sender=sender,
                            metrics=rt.metrics, syncer=rt.syncer, access=access,
                            importer=rt.importer,
                            siblings=rt.siblings, default_upstream=cfg.default_upstream)

@@ -99,6 +99,7 @@ RULES = (
     Rule(e.Unauthorized, "UNAUTHORIZED", 401, "authentication required",
          lambda err: {"WWW-Authenticate": 'Basic realm="edgecache"'}),
     Rule(e.Forbidden, "DENIED", 403, "requested access to the resource is denied"),
+    Rule(e.PolicyDenied, "DENIED", 403, "denied by the signature policy"),
     Rule(e.UpstreamDenied, "DENIED", 403, "the upstream registry denied access"),
     Rule(e.TooManyRequests, "TOOMANYREQUESTS", 429, "too many requests",
          _retry_after(lambda err: err.retry_after)),

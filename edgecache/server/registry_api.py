@@ -23,6 +23,7 @@ from edgecache.pull.blobs import BlobService, LocalBlob
 from edgecache.pull.fill import Fill
 from edgecache.pull.manifests import ManifestService
 from edgecache.pull.routing import Route, resolve
+from edgecache.policy.rules import Policy
 from edgecache.pull.referrers import ReferrersService, page as referrers_page
 from edgecache.pull.tags import TagListService
 from edgecache.reference import is_digest, parse_digest
@@ -50,6 +51,7 @@ class Services:
     manifests: ManifestService
     tags: TagListService
     referrers: ReferrersService
+    policy: Policy
     sender: BlobSender
     metrics: Metrics
     syncer: Syncer
@@ -131,6 +133,8 @@ async def manifest(request: web.Request) -> web.Response:
             ans = await svc.manifests.get(route, reference, accept, hop=True)
     else:
         ans = await svc.manifests.get(route, reference, accept)
+        if svc.policy.active:
+            await svc.policy.check(route, ans.digest, ans.body)
     headers.update({**API_VERSION, "Docker-Content-Digest": ans.digest,
                     "X-Edgecache-Source": ans.source})
     if ans.stale:

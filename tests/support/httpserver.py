@@ -35,6 +35,11 @@ class HttpServer:
         await web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl).start()
         return self
 
+    async def stop(self) -> None:
+        """Gone from the network (once; the context's exit then does nothing)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
     async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+        await self.stop()
