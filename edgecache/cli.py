@@ -107,7 +107,9 @@ class _Progress:
         mib = 1024 * 1024
         size = f"{e['bytes_done'] / mib:.1f}/{e['bytes_total'] / mib:.1f} MiB"
         why = f" ({e['reason']})" if e.get("reason") else ""
-        return f"{e['kind']:8} {e['state']:9} {size:>20}  {e['ref']} [{','.join(e['platforms'])}]{why}"
+        refs = f" +{e['referrers']} referrers" if e.get("referrers") else ""
+        return (f"{e['kind']:8} {e['state']:9} {size:>20}  {e['ref']} [{','.join(e['platforms'])}]"
+                f"{refs}{why}")
 
     def show(self, status: dict) -> None:
         entries = status["entries"]

@@ -175,7 +175,9 @@ class open_runtime:
             referrers = ReferrersService(store, meta, upstreams, manifests, metrics, cfg.tag_ttl)
             policy = Policy(cfg.policy, SignatureFinder(manifests, referrers, blobs, store), metrics,
                             {name: u.url for name, u in cfg.upstreams.items()})
-            syncer = Syncer(cfg, store, meta, upstreams, manifests, blobs, pinned_tags=pinned_tags)
+            syncer = Syncer(cfg, store, meta, upstreams, manifests, blobs, pinned_tags=pinned_tags,
+                            referrers=referrers, policy=policy)
+            manifests.on_pinned_tag = syncer.pinned_tag_served
             await syncer.open()
             stack.push_async_callback(syncer.close)
             rt = Runtime(config=cfg, store=store, meta=meta, upstreams=upstreams, fills=fills,

@@ -65,7 +65,7 @@ async def test_pinned_set_is_fetched_whole_with_the_platform_filter_and_survives
             await edge.stop()
 
 
-async def test_an_unchanged_tag_costs_one_head_and_shared_blobs_are_fetched_once(tmp_path):
+async def test_an_unchanged_tag_costs_heads_only_and_shared_blobs_are_fetched_once(tmp_path):
     a = make_image(34, layers=2, layer_size=128 * 1024)
     async with FaultyUpstream({"pos/a:v1": a, "pos/b:v1": a}) as up:   # the same image twice
         pinned = tmp_path / "pinned.yaml"
@@ -77,7 +77,14 @@ async def test_an_unchanged_tag_costs_one_head_and_shared_blobs_are_fetched_once
                 assert up.count("GET", rf"/v2/pos/[ab]/blobs/{blob.digest}") == 1
             up.reset_counts()
             await edge.services.syncer.sync()
-            assert sorted(up.log) == [("HEAD", "/v2/pos/a/manifests/v1"), ("HEAD", "/v2/pos/b/manifests/v1")]
+            # The tag, then its supply chain (signatures and attestations by default): an
+            # upstream without the referrers API is asked the tag schema's tag and cosign's
+            # .sig and .att tags, a HEAD each, none there.
+            chain = [f"/v2/pos/{r}/manifests/sha256-{a.digest[7:]}{s}"
+                     for r in "ab" for s in ("", ".att", ".sig")]
+            assert sorted(up.log) == sorted([("HEAD", "/v2/pos/a/manifests/v1"),
+                                             ("HEAD", "/v2/pos/b/manifests/v1"),
+                                             *(("HEAD", p) for p in chain)])
         finally:
             await edge.stop()
 

@@ -111,6 +111,9 @@ class ManifestService:
                  max_manifest_bytes: int = 4 * 1024 * 1024,
                  pinned_tags: Mapping[tuple[str, str, str], str] | None = None,
                  siblings: ManifestSiblings | None = None) -> None:
+        # Told of every pinned tag answered (the syncer's pinned_tag_served): it asks
+        # the upstream, now and then, whether the tag moved.
+        self.on_pinned_tag: Callable[[tuple[str, str, str]], None] | None = None
         self.store = store
         self.max_bytes = max_manifest_bytes      # limits.manifest_bytes
         self.confirmer = confirmer or Confirmer(upstreams)
@@ -204,6 +207,8 @@ class ManifestService:
             local = await self._local(pinned)
             if local is not None and accept.accepts(local.media_type):
                 self.metrics.hit("manifest")
+                if self.on_pinned_tag is not None and not hop:
+                    self.on_pinned_tag(key)
                 return local
         rec = self.meta.tags(key).get(accept.key())
         if rec is not None and self.clock() - rec.checked < self.tag_ttl:

@@ -40,6 +40,7 @@ async def reload(svc: Services) -> list[str]:
         log.error("reload: access files unreadable (%s); keeping the running configuration", e)
         return []
     svc.manifests.tag_ttl = new.tag_ttl
+    svc.referrers.tag_ttl = new.tag_ttl
     svc.store.set_budget(new.cache.max_size, new.cache.high_watermark, new.cache.low_watermark)
     svc.store.evict_interval = new.cache.evict_interval
     svc.blobs.fills.abandon_after = new.cache.abandon_after

@@ -9,11 +9,14 @@ import asyncio
 import json
 from dataclasses import dataclass, field
 
-from edgecache.errors import ManifestUnknown, NoMatchingPlatform
+from edgecache.artifacts import Selection, schema_tag
+from edgecache.errors import ManifestUnknown, NoMatchingPlatform, UpstreamUnreachable
 from edgecache.mediatypes import INDEX_TYPES, Accept
 from edgecache.pull.blobs import BlobService
 from edgecache.pull.fill import Fill
+from edgecache.pull.links import children
 from edgecache.pull.manifests import ManifestService
+from edgecache.pull.referrers import ReferrersService
 from edgecache.pull.routing import Route
 from edgecache.reference import parse_digest
 from edgecache.sync.lists import ImageRef
@@ -21,6 +24,7 @@ from edgecache.upstream.client import Upstreams
 
 ANY = Accept.parse([])
 BLOBS_AT_ONCE = 3          # per image; the syncer bounds images at once
+MAX_ARTIFACTS = 256        # referrers and cosign tags brought along with one image
 
 
 @dataclass
@@ -30,6 +34,7 @@ class Progress:
     bytes_total: int = 0
     bytes_done: int = 0               # of blobs complete
     reason: str | None = None
+    referrers: int = 0                # supply-chain artifacts brought along (signatures, SBOMs...)
     started: float | None = None
     finished: float | None = None
     fills: list[Fill] = field(default_factory=list, repr=False)
@@ -38,6 +43,12 @@ class Progress:
         """Bytes done, counting blobs still being filled."""
         return min(self.bytes_total, self.bytes_done + sum(
             f.written for f in self.fills if not f.done))
+
+
+@dataclass(frozen=True)
+class SupplyChain:
+    digests: tuple[str, ...]          # what to pin with the image: manifests, blobs, answers
+    artifacts: int                    # referrers and cosign tags found
 
 
 @dataclass(frozen=True)
@@ -63,10 +74,12 @@ def matches(wanted: str, desc: dict) -> bool:
 
 
 class ImageFetcher:
-    def __init__(self, manifests: ManifestService, blobs: BlobService, upstreams: Upstreams) -> None:
+    def __init__(self, manifests: ManifestService, blobs: BlobService, upstreams: Upstreams,
+                 referrers: ReferrersService | None = None) -> None:
         self.manifests = manifests
         self.blobs = blobs
         self.upstreams = upstreams
+        self.referrers = referrers
 
     async def resolve(self, ref: ImageRef) -> str:
         """The tag's digest now, asked with HEAD only (a GET counts against rate limits)."""
@@ -128,3 +141,57 @@ class ImageFetcher:
             if isinstance(r, BaseException):
                 raise r
         return FetchedImage(digest, media_type, everything, progress.bytes_total)
+
+    async def supply_chain(self, ref: ImageRef, subjects: list[str], selection: Selection
+                           ) -> SupplyChain:
+        """What is attached to an image's manifests (the index and the platforms
+        synced): its referrers of the selected artifact types (the API or the tag
+        schema, asked afresh: signatures are often added after the image) and cosign's
+        `.sig` / `.att` / `.sbom` tags, each fetched whole. Answers the upstream did
+        not give now (the cache's own, stale) fail the image: it is not complete."""
+        if selection.empty or self.referrers is None:
+            return SupplyChain((), 0)
+        route = Route(ref.upstream, ref.repo)
+        pins: list[str] = []
+        artifacts: list[str] = []
+        for subject in subjects:
+            ans = await self.referrers.get(route, parse_digest(subject), revalidate=True)
+            if ans.stale:
+                raise UpstreamUnreachable(ref.upstream, f"referrers of {subject}: not answered now")
+            if ans.digest:
+                pins.append(ans.digest)
+            artifacts += [d["digest"] for d in ans.descriptors
+                          if selection.selects(d.get("artifactType", ""))]
+            for suffix in selection.cosign_suffixes():
+                try:
+                    m = await self.manifests.get(route, schema_tag(subject, suffix), ANY)
+                except ManifestUnknown:
+                    continue
+                if m.stale:
+                    raise UpstreamUnreachable(ref.upstream, f"{schema_tag(subject, suffix)}: "
+                                              "not answered now")
+                artifacts.append(m.digest)
+        artifacts = list(dict.fromkeys(artifacts))[:MAX_ARTIFACTS]
+        for digest in artifacts:
+            pins += await self._artifact(route, digest)
+        return SupplyChain(tuple(dict.fromkeys(pins)), len(artifacts))
+
+    async def _artifact(self, route: Route, digest: str) -> list[str]:
+        """An artifact's manifest and everything it names (an index's manifests, one
+        level), fetched; their digests."""
+        top = await self.manifests.get(route, digest, ANY)
+        found, blobs = [top.digest], []
+        for child in children(top.body):
+            if top.media_type in INDEX_TYPES:
+                m = await self.manifests.get(route, child, ANY)
+                found.append(m.digest)
+                blobs += children(m.body)
+            else:
+                blobs.append(child)
+        gate = asyncio.Semaphore(BLOBS_AT_ONCE)
+
+        async def one(d: str) -> None:
+            async with gate:
+                await self.blobs.ensure(route, parse_digest(d))
+        await asyncio.gather(*(one(d) for d in dict.fromkeys(blobs)))
+        return found + list(dict.fromkeys(blobs))

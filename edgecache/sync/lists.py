@@ -1,10 +1,12 @@
 """Image list files (pinned and prefetch), as people and Ansible templates write them.
 
+    referrers: [signatures, attestations]   # what each entry brings along (this is the default)
     images:
       - registry.corp.example/pos/backend@sha256:3f1c...   # a plain reference
       - ref: registry.corp.example/pos/frontend:2.4         # or a mapping
         platforms: [linux/arm64]    # default: the platform of this machine
         track: true                 # re-resolve the tag at each sync; default true for tags
+        referrers: all              # all | none | [signatures, attestations, sboms, <artifactType>...]
 
 A file that does not parse, or an entry that is not valid, is reported with
 file, line and reason; the other entries still count.
@@ -19,6 +21,7 @@ from typing import Collection
 
 import yaml
 
+from edgecache.artifacts import DEFAULT as DEFAULT_REFERRERS, Selection, parse_selection
 from edgecache.config import normalize_registry
 from edgecache.reference import parse_digest, validate_name, validate_tag
 from edgecache.yamlerror import where_and_why
@@ -65,6 +68,7 @@ class Entry:
     track: bool
     file: str = field(compare=False)
     line: int = field(compare=False)
+    referrers: Selection = DEFAULT_REFERRERS   # signatures, SBOMs... fetched and pinned with it
 
     @property
     def key(self) -> str:
@@ -119,9 +123,15 @@ def parse_text(text: str, file: str, upstreams: Collection[str] | None = None,
                                 True)]
     items: yaml.Node | None = None
     problems: list[ListProblem] = []
+    referrers = DEFAULT_REFERRERS
     for k, v in root.value:
         if _scalar(k) == "images":
             items = v
+        elif _scalar(k) == "referrers":
+            try:
+                referrers = parse_selection(yaml.safe_load(yaml.serialize(v)))
+            except ValueError as e:
+                problems.append(ListProblem(file, k.start_mark.line + 1, str(e)))
         else:
             problems.append(ListProblem(file, k.start_mark.line + 1, f"unknown key {_scalar(k)!r}"))
     if items is None or (isinstance(items, yaml.ScalarNode) and items.value in ("", "null", "~")):
@@ -133,7 +143,7 @@ def parse_text(text: str, file: str, upstreams: Collection[str] | None = None,
     for item in items.value:
         line = item.start_mark.line + 1
         try:
-            entry = _entry(item, file, line, upstreams, default_platform)
+            entry = _entry(item, file, line, upstreams, default_platform, referrers)
         except Exception as e:   # noqa: BLE001 - any odd entry is a problem to report, not a crash
             problems.append(ListProblem(file, line, str(e) or type(e).__name__))
             continue
@@ -146,14 +156,14 @@ def parse_text(text: str, file: str, upstreams: Collection[str] | None = None,
 
 
 def _entry(item: yaml.Node, file: str, line: int, upstreams: Collection[str] | None,
-           default_platform: str) -> Entry:
+           default_platform: str, referrers: Selection = DEFAULT_REFERRERS) -> Entry:
     if isinstance(item, yaml.ScalarNode):
         ref = parse_ref(item.value, upstreams)
-        return Entry(ref, (default_platform,), ref.tag is not None, file, line)
+        return Entry(ref, (default_platform,), ref.tag is not None, file, line, referrers)
     if not isinstance(item, yaml.MappingNode):
         raise ValueError("an entry is a reference or a mapping with `ref:`")
     fields = {str(_scalar(k)): v for k, v in item.value}
-    unknown = set(fields) - {"ref", "platforms", "track"}
+    unknown = set(fields) - {"ref", "platforms", "track", "referrers"}
     if unknown:
         raise ValueError(f"unknown key {sorted(unknown)[0]!r}")
     if "ref" not in fields or _scalar(fields["ref"]) is None:
@@ -174,7 +184,9 @@ def _entry(item: yaml.Node, file: str, line: int, upstreams: Collection[str] | N
         track = v == "true"
         if track and ref.tag is None:
             raise ValueError("track: a reference by digest cannot be tracked")
-    return Entry(ref, platforms, track, file, line)
+    if "referrers" in fields:
+        referrers = parse_selection(yaml.safe_load(yaml.serialize(fields["referrers"])))
+    return Entry(ref, platforms, track, file, line, referrers)
 
 
 def list_files(path: Path) -> list[Path]:

@@ -33,6 +33,15 @@ class SyncedImage:
     size: int = 0
     tag: TagKey | None = None       # the tag it answers for, if the entry names one
     synced: float = 0.0
+    # Its supply chain, pinned with it under the same owner and fetched again at each
+    # sync: referrers and cosign tags (manifests, blobs) and the referrers answers.
+    supply: list[str] = field(default_factory=list)
+    referrers: int = 0              # artifacts among them (signatures, SBOMs, ...)
+
+    @property
+    def pinned(self) -> list[str]:
+        """Everything pinned under its owner."""
+        return list(dict.fromkeys([*self.digests, *self.supply]))
 
 
 @dataclass

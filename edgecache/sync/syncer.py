@@ -32,12 +32,16 @@ from edgecache.config import Config
 from edgecache.cron import Cron, seconds_until_next
 from edgecache.mediatypes import Accept
 from edgecache.pull.blobs import BlobService
+from edgecache.errors import PolicyDenied
+from edgecache.policy.rules import Policy
 from edgecache.pull.manifests import ManifestService
+from edgecache.pull.referrers import ReferrersService
+from edgecache.pull.routing import Route
 from edgecache.reference import parse_digest
 from edgecache.store.blobs import BlobStore
 from edgecache.store.meta import MetaStore, TagRecord
 from edgecache.sync import lists
-from edgecache.sync.fetch import ImageFetcher, Progress
+from edgecache.sync.fetch import ANY, ImageFetcher, Progress
 from edgecache.sync.lists import Entry, ListProblem
 from edgecache.sync.state import KINDS, Retained, SyncedImage, SyncState, state_path
 from edgecache.upstream.client import Upstreams
@@ -54,11 +58,13 @@ def _owner(kind: str, entry: Entry, digest: str) -> str:
 class Syncer:
     def __init__(self, cfg: Config, store: BlobStore, meta: MetaStore, upstreams: Upstreams,
                  manifests: ManifestService, blobs: BlobService, *,
-                 pinned_tags: dict[tuple[str, str, str], str] | None = None) -> None:
+                 pinned_tags: dict[tuple[str, str, str], str] | None = None,
+                 referrers: ReferrersService | None = None, policy: Policy | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.meta = meta
-        self.fetcher = ImageFetcher(manifests, blobs, upstreams)
+        self.fetcher = ImageFetcher(manifests, blobs, upstreams, referrers)
+        self.policy = policy
         # The upstreams the process runs with: a reload that adds one needs a restart.
         self.upstream_names = tuple(upstreams.clients.keys())
         self.paths = {"pinned": cfg.pinned, "prefetch": cfg.prefetch}
@@ -77,6 +83,10 @@ class Syncer:
         self._reload_lock = asyncio.Lock()
         self.runs = 0
         self.last_run: dict[str, Any] | None = None
+        # Pinned tags clients asked for: when the upstream was last asked where they
+        # point, and the checks under way (pinned_tag_served).
+        self._tag_checked: dict[tuple[str, str, str], float] = {}
+        self._tag_checks: dict[tuple[str, str, str], asyncio.Task] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -108,11 +118,12 @@ class Syncer:
                        asyncio.create_task(self._retention_loop(), name="sync retention")]
 
     async def close(self) -> None:
-        for t in self._tasks:
+        checks = list(self._tag_checks.values())
+        for t in [*self._tasks, *checks]:
             t.cancel()
         if self._run is not None:
             self._run.cancel()
-        await asyncio.gather(*self._tasks, *([self._run] if self._run else []),
+        await asyncio.gather(*self._tasks, *checks, *([self._run] if self._run else []),
                              return_exceptions=True)
 
     def _load_state(self) -> None:
@@ -136,6 +147,33 @@ class Syncer:
 
     def pinned_tag(self, key: tuple[str, str, str]) -> str | None:
         return self._tags.get(key)
+
+    def pinned_tag_served(self, key: tuple[str, str, str]) -> None:
+        """A client was answered a pinned tag (by the manifest service, from the pin).
+        Once per tag_ttl the upstream is asked where the tag points now (a HEAD, in the
+        background); moved, the entries tracking it sync at once instead of waiting for
+        the schedule (the tag still switches only once the new image is complete)."""
+        now = time.time()
+        if key in self._tag_checks or now - self._tag_checked.get(key, 0.0) < self.cfg.tag_ttl:
+            return
+        entries = [e for e in self.desired["pinned"].values()
+                   if e.track and (e.ref.upstream, e.ref.repo, e.ref.tag) == key]
+        if not entries:
+            return
+        self._tag_checked[key] = now
+        task = asyncio.create_task(self._check_tag(key, entries), name="pinned tag check")
+        self._tag_checks[key] = task
+        task.add_done_callback(lambda _: self._tag_checks.pop(key, None))
+
+    async def _check_tag(self, key: tuple[str, str, str], entries: list[Entry]) -> None:
+        try:
+            digest = await self.fetcher.resolve(entries[0].ref)
+        except Exception as e:   # noqa: BLE001 - the schedule's sync tries again anyway
+            log.debug("pinned tag %s/%s:%s not checked: %s", *key, e)
+            return
+        if digest != self._tags.get(key):
+            log.info("pinned tag %s/%s:%s moved to %s: syncing it now", *key, digest)
+            self.sync({("pinned", e.key) for e in entries})
 
     def _list_signature(self) -> tuple:
         sig = []
@@ -200,7 +238,7 @@ class Syncer:
                 img = images.pop(key)
                 dirty = True
                 if kind == "pinned":
-                    self._retain(img.owner, img.digests, now)
+                    self._retain(img.owner, img.pinned, now)
                     if img.tag:
                         self._refresh_tag(img.tag)
                 log.info("%s entry %s removed from the list", kind, img.ref or key)
@@ -275,13 +313,18 @@ class Syncer:
             else:
                 digest = rec.digest
             p.digest = digest
+            if entry.ref.tag is not None:
+                self._tag_checked[(entry.ref.upstream, entry.ref.repo, entry.ref.tag)] = time.time()
             owner = _owner(kind, entry, digest)
             linked_to = (entry.ref.upstream, entry.ref.repo)
             if rec and rec.digest == digest and all(
                     self.store.has(parse_digest(d)) and self.store.linked(d, linked_to)
                     for d in rec.digests):
-                # Unchanged and whole: one HEAD (for a tracked tag) and nothing else.
+                # Unchanged and whole: one HEAD (for a tracked tag), and its supply chain
+                # asked again (signatures are often added after the image).
                 p.bytes_total = p.bytes_done = rec.size
+                await self._refresh_supply(kind, entry, rec)
+                p.referrers = rec.referrers
                 self._switch_tag(kind, entry, digest, rec.media_type)
                 p.state, p.finished = "complete", time.time()
                 return
@@ -293,30 +336,69 @@ class Syncer:
                     await self.store.pin_many(digests, owner)
 
             img = await self.fetcher.fetch(entry.ref, digest, entry.platforms, p, before_blobs=pin)
+            supply = await self.fetcher.supply_chain(entry.ref, self._subjects(img.digests),
+                                                     entry.referrers)
+            await pin(tuple(dict.fromkeys([*img.digests, *supply.digests])))
+            p.referrers = supply.artifacts
+            await self._check_policy(entry, digest)
             if entry.key not in self.desired[kind]:
                 # Removed from the list while it was fetched: retained like any removal.
                 if kind == "pinned":
-                    self._retain(owner, list(img.digests), time.time())
+                    self._retain(owner, list(planned), time.time())
                     await self._save()
                 return
             if rec and rec.owner != owner and kind == "pinned":
-                self._retain(rec.owner, rec.digests, time.time())
+                self._retain(rec.owner, rec.pinned, time.time())
             self.state.images[kind][entry.key] = SyncedImage(
                 digest=digest, digests=list(img.digests), owner=owner, ref=str(entry.ref),
                 platforms=list(entry.platforms), media_type=img.media_type, size=img.size,
                 tag=(entry.ref.upstream, entry.ref.repo, entry.ref.tag) if entry.ref.tag else None,
-                synced=time.time())
-            # Only now, with the new image complete, does the tag switch.
+                synced=time.time(), supply=list(supply.digests), referrers=supply.artifacts)
+            # Only now, with the new image and its supply chain complete, does the tag switch.
             self._switch_tag(kind, entry, digest, img.media_type)
             await self._save()
             p.state, p.finished = "complete", time.time()
-            log.info("%s %s: %s complete (%d bytes)", kind, entry.ref, digest, img.size)
+            log.info("%s %s: %s complete (%d bytes, %d referrers)", kind, entry.ref, digest,
+                     img.size, supply.artifacts)
         except Exception as e:   # noqa: BLE001 - one entry's failure must not stop the others
             p.state, p.reason, p.finished = "failed", f"{type(e).__name__}: {e}", time.time()
             log.warning("%s %s failed: %s", kind, entry.ref, p.reason)
             if kind == "pinned" and planned and owner and (rec is None or rec.owner != owner) \
                     and owner not in {r.owner for r in self.state.retained}:
                 await self.store.unpin_many(planned, owner)
+
+    def _subjects(self, digests: tuple[str, ...] | list[str]) -> list[str]:
+        """An image's manifests (the index and its synced platforms): what referrers name."""
+        return [d for d in digests if self.meta.manifest(d) is not None]
+
+    async def _refresh_supply(self, kind: str, entry: Entry, rec: SyncedImage) -> None:
+        """The supply chain of an unchanged image fetched again: new artifacts pinned
+        under its owner, those gone from the upstream released."""
+        supply = await self.fetcher.supply_chain(entry.ref, self._subjects(rec.digests),
+                                                 entry.referrers)
+        if list(supply.digests) == rec.supply and supply.artifacts == rec.referrers:
+            return
+        if kind == "pinned":
+            await self.store.pin_many(supply.digests, rec.owner)
+            gone = set(rec.supply) - set(supply.digests) - set(rec.digests)
+            await self.store.unpin_many(gone, rec.owner)
+        if supply.artifacts != rec.referrers:
+            log.info("%s %s: %d referrers (was %d)", kind, entry.ref, supply.artifacts, rec.referrers)
+        rec.supply, rec.referrers = list(supply.digests), supply.artifacts
+        await self._save()
+
+    async def _check_policy(self, entry: Entry, digest: str) -> None:
+        """A tag never switches to an image an enforcing rule refuses (a warning rule's
+        refusal is logged)."""
+        if self.policy is None or not self.policy.active:
+            return
+        route = Route(entry.ref.upstream, entry.ref.repo)
+        top = await self.fetcher.manifests.get(route, digest, ANY)
+        for d in await self.policy.refusals(route, digest, top.body):
+            if d.mode == "enforce":
+                raise PolicyDenied(d.rule, digest, d.reason)
+            log.warning("%s: policy rule %s (warn) would refuse %s: %s", entry.ref, d.rule,
+                        digest, d.reason)
 
     def _switch_tag(self, kind: str, entry: Entry, digest: str, media_type: str) -> None:
         if entry.ref.tag is None:
@@ -408,6 +490,7 @@ class Syncer:
                 entries.append({"kind": kind, "ref": str(e.ref), "platforms": list(e.platforms),
                                 "track": e.track, "source": f"{e.file}:{e.line}",
                                 "state": p.state, "digest": p.digest, "reason": p.reason,
+                                "referrers_wanted": str(e.referrers), "referrers": p.referrers,
                                 "bytes_done": p.live_bytes(), "bytes_total": p.bytes_total,
                                 "started": p.started, "finished": p.finished})
         return {"running": self._run is not None and not self._run.done(), "runs": self.runs,
