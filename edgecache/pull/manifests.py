@@ -130,10 +130,12 @@ class ManifestService:
         self.siblings = siblings
 
     async def get(self, route: Route, reference: str, accept: Accept, *,
-                  hop: bool = False) -> ManifestAnswer:
+                  hop: bool = False, revalidate: bool = False) -> ManifestAnswer:
+        """`revalidate`: a tag is asked of the upstream even within tag_ttl (the
+        syncer, for tags that change beside an image: cosign's, the tag schema's)."""
         if is_digest(reference):
             return await self._by_digest(route, parse_digest(reference), accept, hop)
-        return await self._by_tag(route, _tag(reference), accept, hop)
+        return await self._by_tag(route, _tag(reference), accept, hop, revalidate)
 
     async def local(self, route: Route, digest: str) -> ManifestAnswer | None:
         """A manifest this node holds for a route (a sibling's probe)."""
@@ -200,9 +202,9 @@ class ManifestService:
                                     lambda: self._fetch(client, route, str(d), accept, d))
 
     async def _by_tag(self, route: Route, tag: str, accept: Accept,
-                      hop: bool = False) -> ManifestAnswer:
+                      hop: bool = False, revalidate: bool = False) -> ManifestAnswer:
         key = (route.upstream, route.repo, tag)
-        pinned = self.pinned_tags.get(key)
+        pinned = None if revalidate else self.pinned_tags.get(key)
         if pinned is not None:
             local = await self._local(pinned)
             if local is not None and accept.accepts(local.media_type):
@@ -210,7 +212,7 @@ class ManifestService:
                 if self.on_pinned_tag is not None and not hop:
                     self.on_pinned_tag(key)
                 return local
-        rec = self.meta.tags(key).get(accept.key())
+        rec = None if revalidate else self.meta.tags(key).get(accept.key())
         if rec is not None and self.clock() - rec.checked < self.tag_ttl:
             local = await self._local(rec.digest)
             if local is not None:

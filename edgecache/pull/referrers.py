@@ -97,7 +97,8 @@ class ReferrersService:
                 self.metrics.hit("referrers")
                 return ReferrersAnswer(held, "local", digest=rec.digest, via=rec.via)
         try:
-            return await self.flight.do(("referrers", key), lambda: self._ask(route, subject, key))
+            return await self.flight.do(("referrers", key, revalidate),
+                                        lambda: self._ask(route, subject, key, revalidate))
         except UpstreamError as e:
             if isinstance(e, UpstreamDenied) or not (is_unavailable(e) or isinstance(e, UpstreamIncomplete)):
                 raise
@@ -114,7 +115,8 @@ class ReferrersService:
 
     # -- asking the upstream -----------------------------------------------------
 
-    async def _ask(self, route: Route, subject: Digest, key: SubjectKey) -> ReferrersAnswer:
+    async def _ask(self, route: Route, subject: Digest, key: SubjectKey,
+                   revalidate: bool) -> ReferrersAnswer:
         self.metrics.miss("referrers")
         rec = self.meta.referrers(key)
         client = self.upstreams.get(route.upstream)
@@ -136,7 +138,7 @@ class ReferrersService:
                     assert got is not None
                 descriptors, etag = got
                 return await self._keep(route, key, descriptors, etag, "api")
-        return await self._from_tag_schema(route, subject, key)
+        return await self._from_tag_schema(route, subject, key, revalidate)
 
     async def _from_api(self, client: UpstreamClient, route: Route, subject: Digest,
                         rec: ReferrersRecord | None
@@ -164,12 +166,13 @@ class ReferrersService:
                     route.repo, subject, MAX_UPSTREAM_PAGES)
         return _deduplicated(descriptors), None
 
-    async def _from_tag_schema(self, route: Route, subject: Digest,
-                               key: SubjectKey) -> ReferrersAnswer:
+    async def _from_tag_schema(self, route: Route, subject: Digest, key: SubjectKey,
+                               revalidate: bool) -> ReferrersAnswer:
         # The tag is a manifest like any other: its freshness, HEAD revalidation and
         # stale answers are the manifest service's.
         try:
-            ans = await self.manifests.get(route, schema_tag(subject), INDEX_ACCEPT)
+            ans = await self.manifests.get(route, schema_tag(subject), INDEX_ACCEPT,
+                                           revalidate=revalidate)
         except ManifestUnknown:
             descriptors: list[dict[str, Any]] = []
         else:

@@ -164,7 +164,8 @@ class ImageFetcher:
                           if selection.selects(d.get("artifactType", ""))]
             for suffix in selection.cosign_suffixes():
                 try:
-                    m = await self.manifests.get(route, schema_tag(subject, suffix), ANY)
+                    m = await self.manifests.get(route, schema_tag(subject, suffix), ANY,
+                                                 revalidate=True)
                 except ManifestUnknown:
                     continue
                 if m.stale:
