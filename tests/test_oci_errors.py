@@ -25,7 +25,7 @@ def _example(cls):
             "BlobTooLarge": (5, 4), "UpstreamDown": ("u", 3.0), "UpstreamRateLimited": ("u",),
             "UpstreamDenied": ("u", 403), "UpstreamBadResponse": ("u", 500),
             "TooManyRequests": ("x",), "SiblingError": ("s", "k", "d"),
-            "ConfigError": ("key", 1, "why")}
+            "ConfigError": ("key", 1, "why"), "PolicyDenied": ("rule", "sha256:x", "why")}
     if cls.__name__ in args:
         return cls(*args[cls.__name__])
     if issubclass(cls, errors.UpstreamError):
