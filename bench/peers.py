@@ -95,10 +95,10 @@ def registry_pid(reg: Registry) -> int | None:
     return reg.pid
 
 
-def start_edge(workdir: Path, upstream: Registry, name: str = "edge") -> EdgeProcess:
+def start_edge(workdir: Path, upstream: Registry, name: str = "edge", **extra) -> EdgeProcess:
     d = workdir / name
     d.mkdir()
     doc = make_config(d / "data", {UPSTREAM_NAME: upstream.url}, default=UPSTREAM_NAME,
                       tag_ttl="1h", cache={"max_size": "16GiB"},
-                      upstream_timeout={"connect": "2s", "read": "60s"})
+                      upstream_timeout={"connect": "2s", "read": "60s"}, **extra)
     return EdgeProcess(d, doc).start()

@@ -34,6 +34,7 @@ import peers    # noqa: E402
 from wan import NS as wan_ns_name, Wan  # noqa: E402
 from tests.support.registry import Registry  # noqa: E402
 from tests.support.images import MANIFEST_TYPES, OCI_LAYER, Blob, make_image, push, push_blob  # noqa: E402
+from tests.support.supplychain import Key, attach, referrer, sign_into  # noqa: E402
 
 MiB = 1 << 20
 BLOB_SIZE = 128 * MiB
@@ -149,6 +150,46 @@ def manifest_rps(bases: dict[str, str], digest: str, seconds: int) -> list[str]:
     out += table(["by", "upstream req/s", "proxy req/s", "edgecache req/s", "edgecache/proxy",
                   "edgecache/upstream", "target", "met?"], rows)
     out += table(["by", "server", "requests", "Non-2xx or 3xx", "socket errors", "p50 latency ms"], detail)
+    return out
+
+
+def supply_chain(bases: dict[str, str], digest: str, seconds: int, rounds: int) -> list[str]:
+    """(f) Manifests by tag with an enforcing signature rule against the same cache
+    without one (rounds interleaved, median), and referrers answers from cache."""
+    tag_path, ref_path = f"/v2/{REPO}/manifests/v1", f"/v2/{REPO}/referrers/{digest}"
+    for name, base in bases.items():               # warm: the verification, the referrers answer
+        for path in (tag_path, ref_path):
+            status, body = measure.http_get(base + path, ACCEPT)
+            if status != 200:
+                raise RuntimeError(f"{name} {path}: HTTP {status}: {body[:300]!r}")
+    res: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for name, base in bases.items():
+            for kind, path in (("tag", tag_path), ("referrers", ref_path)):
+                r = measure.wrk(base + path, seconds, ACCEPT)
+                if r.non2xx:
+                    raise RuntimeError(f"{name} {path}: {r.non2xx} non-2xx answers")
+                res.setdefault((kind, name), []).append(r.rps)
+    med = {k: sorted(v)[len(v) // 2] for k, v in res.items()}
+    plain, policed = med["tag", "edgecache"], med["tag", "edgecache+policy"]
+    ratio = policed / plain
+    SUMMARY.append(["(f) manifest by tag req/s, enforcing policy/none", ">=0.90x", f"{ratio:.2f}x",
+                    met(ratio >= 0.9)])
+    rows = [["manifest by tag", f"{plain:,.0f}", f"{policed:,.0f}", f"{ratio:.2f}x", ">= 0.90x",
+             met(ratio >= 0.9)],
+            ["referrers (from cache)", f"{med['referrers', 'edgecache']:,.0f}",
+             f"{med['referrers', 'edgecache+policy']:,.0f}",
+             f"{med['referrers', 'edgecache+policy'] / med['referrers', 'edgecache']:.2f}x", "-", "-"]]
+    out = ["## (f) Signature policy and referrers",
+           "",
+           f"`wrk -t2 -c32 -d{seconds}s`, {rounds} rounds interleaved, median. Two edgecache processes "
+           "on the same upstream: one without a policy, one with an enforcing rule over the "
+           "repository (cosign ECDSA key; the image signed in a `.sig` tag). The image's referrers "
+           "(an SBOM, found through the tag schema: Distribution has no referrers API) are asked "
+           "within tag_ttl, so both are answered from the cache.",
+           ""]
+    out += table(["request", "edgecache req/s", "edgecache+policy req/s", "policy/none", "target",
+                  "met?"], rows)
     return out
 
 
@@ -315,7 +356,16 @@ def run(quick: bool, work: Path, stack: contextlib.ExitStack, wan_rate: str | No
     bases = {"upstream": upstream.url, "proxy": proxy.url, "edgecache": edge.url}
 
     log("pushing images and fresh blobs to the upstream")
-    manifest_digest = push(upstream.url, REPO, "v1", make_image(1, layers=1, layer_size=4096))
+    image = make_image(1, layers=1, layer_size=4096)
+    manifest_digest = push(upstream.url, REPO, "v1", image)
+    key = Key()
+    sign_into(upstream.url, REPO, f"{peers.UPSTREAM_NAME}/{REPO}", manifest_digest, key)
+    attach(upstream.url, REPO, referrer(Blob(image.media_type, image.manifest),
+                                        "application/spdx+json", b'{"spdxVersion":"SPDX-2.3"}'))
+    policed = peers.start_edge(work, upstream, name="edge-policy", policy=[{
+        "name": "bench", "match": f"{peers.UPSTREAM_NAME}/{REPO}", "require": "signature",
+        "keys": [str(key.write(work / "cosign.pub"))]}])
+    stack.callback(policed.stop)
     cold = {n: (new_blob(upstream.url, COLD_REPO), new_blob(upstream.url, COLD_REPO))
             for n in ("proxy", "edgecache")}
     pull_refs = {}
@@ -352,6 +402,10 @@ def run(quick: bool, work: Path, stack: contextlib.ExitStack, wan_rate: str | No
     log("(d) cold image pull with skopeo")
     sampler.phase = "(d) cold pulls"
     sections += cold_pull(pull_refs, work / "skopeo", layers, layer_mib)
+    log("(f) signature policy and referrers")
+    sampler.phase = "(f) policy and referrers"
+    sections += supply_chain({"edgecache": edge.url, "edgecache+policy": policed.url},
+                             manifest_digest, wrk_secs, rounds)
     log("(e) peak RSS")
     hwm = sampler.hwm_kib()
     sampler.stop()

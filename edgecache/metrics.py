@@ -6,7 +6,7 @@ elsewhere (store sizes, breaker states) are read at scrape time.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, CounterMetricFamily
@@ -38,6 +38,7 @@ class Metrics:
         self._policy = Counter("edgecache_policy_decisions",
                                "Manifest answers checked by a signature policy rule, by result "
                                "(verified, exempt, denied, warned)", ["rule", "result"], registry=r)
+        self._policy_children: dict[tuple[str, str], Any] = {}
         self._fetched = Counter("edgecache_upstream_fetched_bytes",
                                 "Blob bytes fetched from each upstream", ["upstream"], registry=r)
         self.hits = 0
@@ -65,7 +66,11 @@ class Metrics:
         self._stale.labels(upstream).inc()
 
     def policy(self, rule: str, result: str) -> None:
-        self._policy.labels(rule, result).inc()
+        # Once per manifest answer a rule covers: the labelled child is looked up once.
+        child = self._policy_children.get((rule, result))
+        if child is None:
+            child = self._policy_children[(rule, result)] = self._policy.labels(rule, result)
+        child.inc()
 
     def fill_failed(self, reason: str) -> None:
         self._fill_failures.labels(reason).inc()

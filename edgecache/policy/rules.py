@@ -47,6 +47,14 @@ class Decision:
     rule: str
     mode: str
     reason: str              # "verified by tag sha256-….sig", "exempt: ...", or why not
+    exempt: bool = False
+
+    @property
+    def result(self) -> str:
+        """As counted: verified, exempt, denied (enforce) or warned."""
+        if self.ok:
+            return "exempt" if self.exempt else "verified"
+        return "warned" if self.mode == "warn" else "denied"
 
 
 @dataclass(frozen=True)
@@ -93,14 +101,16 @@ class Policy:
         """For a manifest about to be served: raise PolicyDenied if an enforcing rule
         refuses it; a warning rule's refusal is logged (once per recheck) and counted."""
         for rule in self.rules_for(route):
-            d = await self.decide(rule, route, digest, body)
+            kept = self._decisions.get((route, digest, rule.cfg.name))
+            # The usual case, decided before and good: no coroutine, no reordering.
+            d = kept[0] if kept is not None and kept[0].ok else \
+                await self.decide(rule, route, digest, body)
             if d.ok:
-                self.metrics.policy(d.rule, "exempt" if d.reason.startswith("exempt") else "verified")
-            elif d.mode == "warn":
-                self.metrics.policy(d.rule, "warned")
+                self.metrics.policy(d.rule, d.result)
             else:
-                self.metrics.policy(d.rule, "denied")
-                raise PolicyDenied(d.rule, digest, d.reason)
+                self.metrics.policy(d.rule, d.result)
+                if d.mode == "enforce":
+                    raise PolicyDenied(d.rule, digest, d.reason)
 
     async def refusals(self, route: Route, digest: str, body: bytes) -> list[Decision]:
         """Every failing decision for a manifest (the syncer: it refuses to switch a
@@ -131,7 +141,7 @@ class Policy:
         name, mode = rule.cfg.name, rule.cfg.mode
         if body is not None:
             if is_artifact_only(body):
-                return Decision(True, name, mode, "exempt: a supply-chain artifact")
+                return Decision(True, name, mode, "exempt: a supply-chain artifact", exempt=True)
             self._note_children(route, digest, body)
         signatures, unseen = await self.finder.find(route, digest)
         why: list[str] = []
