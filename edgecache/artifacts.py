@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from edgecache.jsondoc import document
 from edgecache.reference import Digest, parse_digest
 
 # Artifact types (or a referrer's layer media types) by what they are. Prefixes:
@@ -44,7 +45,7 @@ _ARTIFACT_LAYERS = (*GROUPS["signatures"], *GROUPS["attestations"], *GROUPS["sbo
 _SCHEMA_TAG = re.compile(r"(sha256|sha512)-([0-9a-f]{64}|[0-9a-f]{128})(\.(sig|att|sbom))?")
 COSIGN_SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
-MAX_ANNOTATIONS_BYTES = 16 * 1024      # of one referrer descriptor's annotations
+MAX_ANNOTATIONS_BYTES = 2048     # of one referrer descriptor's annotations (more: dropped)
 
 
 def _type(value: object) -> str:
@@ -136,11 +137,8 @@ def descriptor(body: bytes, digest: str, media_type: str) -> dict[str, Any] | No
     the spec says: the manifest's own, else its config's media type (an index: none)."""
     if b'"subject"' not in body:
         return None
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(doc, dict) or not isinstance(doc.get("subject"), dict):
+    doc = document(body)
+    if doc is None or not isinstance(doc.get("subject"), dict):
         return None
     try:
         subject = str(parse_digest(str(doc["subject"].get("digest"))))
@@ -211,11 +209,8 @@ def is_artifact_only(body: bytes) -> bool:
     tag schema's) whose every entry has a supply-chain artifact type. A signature
     policy does not ask these for a signature of their own (they are what it reads);
     anything else, `subject` or not, must be signed."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return False
-    if not isinstance(doc, dict):
+    doc = document(body)
+    if doc is None:
         return False
     if isinstance(doc.get("manifests"), list):
         items = doc["manifests"]

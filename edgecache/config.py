@@ -98,6 +98,7 @@ class LimitsConfig:
     tag_list_tags: int = setting(10_000, count(1, 1_000_000))  # tags in one page (the `n` asked)
     tag_lists_kept_bytes: int = setting(16 * 1024**2, parse_size)  # full lists kept for offline answers
     token_bytes: int = setting(64 * 1024, parse_size)         # a token service's answer
+    supply_chain_bytes: int = setting(256 * 1024**2, parse_size)  # an image's referrers and cosign tags, synced
 
 
 @dataclass(frozen=True)
@@ -375,9 +376,13 @@ def _policy(raw: Any, base: Path) -> tuple[PolicyRule, ...]:
 
 
 def _glob(pattern: str) -> str:
-    """The registry part named as upstreams are keyed (Docker Hub's aliases as one)."""
+    """The registry part named as upstreams are keyed (Docker Hub's aliases as one),
+    and a Docker Hub official image as its repository is named (`library/nginx`)."""
     registry, sep, repo = pattern.partition("/")
-    return f"{normalize_registry(registry)}{sep}{repo}"
+    registry = normalize_registry(registry)
+    if registry == "docker.io" and repo and "/" not in repo and not any(c in repo for c in "*?["):
+        repo = f"library/{repo}"
+    return f"{registry}{sep}{repo}"
 
 
 def _checked(cfg: Config) -> Config:
@@ -392,6 +397,13 @@ def _checked(cfg: Config) -> Config:
                           "must not exceed cache.high_watermark")
     if cfg.tls is not None and cfg.tls.require_client_cert and cfg.tls.client_ca_file is None:
         raise ConfigError("tls.require_client_cert", True, "needs tls.client_ca_file")
+    for i, rule in enumerate(cfg.policy):
+        for glob in rule.match:
+            registry = glob.partition("/")[0]
+            if not any(c in registry for c in "*?[") and registry not in cfg.upstreams:
+                # A rule that can match nothing would pass every image unchecked.
+                raise ConfigError(f"policy[{i}].match", glob,
+                                  f"{registry} is not one of the configured upstreams")
     t = cfg.siblings.tls
     if t is not None and (t.cert_file is None) != (t.key_file is None):
         raise ConfigError("siblings.tls.key_file" if t.cert_file else "siblings.tls.cert_file",

@@ -252,3 +252,7 @@ class PolicyDenied(EdgecacheError):
     def __init__(self, rule: str, digest: str, reason: str) -> None:
         self.rule, self.digest, self.reason = rule, digest, reason
         super().__init__(f"policy rule {rule!r}: {digest} is not signed by its keys ({reason})")
+
+
+class SupplyChainTooLarge(EdgecacheError):
+    """An image's referrers and cosign tags are over limits.supply_chain_bytes."""

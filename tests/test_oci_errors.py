@@ -10,7 +10,7 @@ from edgecache.server.oci_errors import CODES, RULES, to_oci
 NOT_FOR_CLIENTS = {errors.EdgecacheError, errors.StoreLocked, errors.DiscoveryError,
                    errors.ConfigError, errors.ListError, errors.DaemonError, errors.DaemonTimeout,
                    errors.ArchiveError,
-                   errors.SiblingError, errors.NoMatchingPlatform}
+                   errors.SiblingError, errors.NoMatchingPlatform, errors.SupplyChainTooLarge}
 
 
 def _domain_errors():

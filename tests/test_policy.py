@@ -74,11 +74,15 @@ def test_policy_config_errors_name_the_key(tmp_path):
                                                           serialization.PublicFormat.SubjectPublicKeyInfo))
 
     def cfg(rule):
-        doc = make_config(tmp_path / "d", {HOST: "http://127.0.0.1:1"}, policy=[rule])
+        doc = make_config(tmp_path / "d", {HOST: "http://127.0.0.1:1", "x": "http://127.0.0.1:2",
+                                           "docker.io": "http://127.0.0.1:3"}, policy=[rule])
         return build(doc, source="t", env={}, uid=0, base=tmp_path)
 
     ok = cfg({"match": f"{HOST}/pos/*", "require": "signature", "keys": [str(key)]})
     assert ok.policy[0].mode == "enforce" and ok.policy[0].name == "policy-1"
+    hub = cfg({"match": ["index.docker.io/nginx", "docker.io/bitnami/*"], "require": "signature",
+               "keys": [str(key)]})
+    assert hub.policy[0].match == ("docker.io/library/nginx", "docker.io/bitnami/*")
     for rule, where in (({"match": "x/*", "require": "signature", "keys": ["k.pub"], "mode": "audit"},
                          "policy[0].mode"),
                         ({"match": "x/*", "require": "sbom", "keys": ["k.pub"]}, "policy[0].require"),
@@ -87,7 +91,9 @@ def test_policy_config_errors_name_the_key(tmp_path):
                         ({"match": "x/*", "require": "signature", "keys": ["bad.pub"]}, "policy[0].keys[0]"),
                         ({"match": "x/*", "require": "signature", "keys": ["weak.pub"]}, "policy[0].keys[0]"),
                         ({"match": "x/*", "require": "signature", "keys": ["k.pub"], "when": 1},
-                         "policy[0].when")):
+                         "policy[0].when"),
+                        ({"match": "elsewhere.example/*", "require": "signature", "keys": ["k.pub"]},
+                         "policy[0].match")):
         with pytest.raises(ConfigError) as e:
             cfg(rule)
         assert e.value.key == where, (rule, e.value)

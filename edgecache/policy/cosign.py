@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from edgecache.jsondoc import document
 from edgecache.policy.keys import PublicKey, verifies
 
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -34,8 +34,10 @@ def claims(payload: bytes) -> tuple[str, str]:
     not a simple-signing payload."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ValueError("payload too large")
-    doc = json.loads(payload)
-    critical = doc.get("critical") if isinstance(doc, dict) else None
+    doc = document(payload)
+    if doc is None:
+        raise ValueError("payload is not a JSON object")
+    critical = doc.get("critical")
     if not isinstance(critical, dict) or critical.get("type") != SIGNATURE_TYPE:
         raise ValueError("not a cosign container image signature")
     digest = _obj(critical.get("image")).get("docker-manifest-digest")

@@ -12,7 +12,6 @@ runtime can run) are not asked for a signature of their own.
 from __future__ import annotations
 
 import fnmatch
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -24,6 +23,7 @@ from yarl import URL
 from edgecache.artifacts import is_artifact_only
 from edgecache.config import PolicyRule, normalize_registry
 from edgecache.errors import PolicyDenied
+from edgecache.jsondoc import document
 from edgecache.mediatypes import INDEX_TYPES
 from edgecache.metrics import Metrics
 from edgecache.policy.cosign import check
@@ -37,7 +37,8 @@ log = logging.getLogger("edgecache.policy")
 
 RECHECK_AFTER = 10.0         # seconds a failed check is remembered
 DECISIONS_KEPT = 65_536
-PARENTS_KEPT = 65_536        # (route, manifest) -> the indexes seen naming it
+PARENTS_KEPT = 65_536        # (route, manifest) -> the verified indexes naming it
+PARENTS_PER_MANIFEST = 8
 ROUTES_KEPT = 4096
 
 
@@ -48,6 +49,7 @@ class Decision:
     mode: str
     reason: str              # "verified by tag sha256-….sig", "exempt: ...", or why not
     exempt: bool = False
+    children: tuple[str, ...] = ()   # a verified index's manifests (served on its signature)
 
     @property
     def result(self) -> str:
@@ -105,6 +107,8 @@ class Policy:
             # The usual case, decided before and good: no coroutine, no reordering.
             d = kept[0] if kept is not None and kept[0].ok else \
                 await self.decide(rule, route, digest, body)
+            if d.children:
+                self._note_children(route, digest, d.children)
             if d.ok:
                 self.metrics.policy(d.rule, d.result)
             else:
@@ -139,17 +143,17 @@ class Policy:
     async def _decide(self, rule: _Rule, route: Route, digest: str, body: bytes | None,
                       depth: int) -> Decision:
         name, mode = rule.cfg.name, rule.cfg.mode
-        if body is not None:
-            if is_artifact_only(body):
-                return Decision(True, name, mode, "exempt: a supply-chain artifact", exempt=True)
-            self._note_children(route, digest, body)
+        if body is not None and is_artifact_only(body):
+            return Decision(True, name, mode, "exempt: a supply-chain artifact", exempt=True)
         signatures, unseen = await self.finder.find(route, digest)
         why: list[str] = []
         hosts = self._hosts.get(route.upstream, {route.upstream})
         for sig in signatures:
             problem = check(sig, rule.keys, digest, lambda ref: _same_repository(ref, route, hosts))
             if problem is None:
-                return Decision(True, name, mode, f"verified by {sig.where}")
+                # Only a verified index vouches for what it names.
+                return Decision(True, name, mode, f"verified by {sig.where}",
+                                children=_index_children(body) if body is not None else ())
             why.append(problem)
         if depth == 0:
             for parent in sorted(self._parents.get((route, digest), ())):
@@ -166,24 +170,33 @@ class Policy:
                     digest, reason)
         return Decision(False, name, mode, reason)
 
-    def _note_children(self, route: Route, digest: str, body: bytes) -> None:
-        """An index's platform manifests may be served on the index's signature."""
-        if b'"manifests"' not in body:
-            return
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return
-        if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list) or \
-                doc.get("mediaType", "") not in (*INDEX_TYPES, ""):
-            return
-        for m in doc["manifests"][:1024]:
-            child = m.get("digest") if isinstance(m, dict) else None
-            if isinstance(child, str):
-                self._parents.setdefault((route, child), set()).add(digest)
+    def _note_children(self, route: Route, digest: str, children: tuple[str, ...]) -> None:
+        """A verified index's platform manifests may be served on its signature (noted
+        again on every answer of it, so a busy index is never forgotten)."""
+        for child in children:
+            parents = self._parents.get((route, child))
+            if parents is None:
+                parents = self._parents[(route, child)] = set()
+            elif digest in parents:
                 self._parents.move_to_end((route, child))
+                continue
+            if len(parents) >= PARENTS_PER_MANIFEST:
+                parents.pop()
+            parents.add(digest)
         while len(self._parents) > PARENTS_KEPT:
             self._parents.popitem(last=False)
+
+
+def _index_children(body: bytes) -> tuple[str, ...]:
+    """The manifests an index names (at most 1024); nothing for anything else."""
+    if b'"manifests"' not in body:
+        return ()
+    doc = document(body)
+    if doc is None or not isinstance(doc.get("manifests"), list) or \
+            doc.get("mediaType", "") not in (*INDEX_TYPES, ""):
+        return ()
+    return tuple(m["digest"] for m in doc["manifests"][:1024]
+                 if isinstance(m, dict) and isinstance(m.get("digest"), str))
 
 
 def _same_repository(reference: str, route: Route, hosts: set[str]) -> bool:

@@ -4,17 +4,18 @@ cache holds answers when the upstream cannot be reached (the manifest and
 referrers services serve their last known answers), so checks work offline."""
 from __future__ import annotations
 
-import json
 from typing import Protocol
 
 from edgecache.artifacts import COSIGN_SIGNATURE_ANNOTATION, SIMPLE_SIGNING, group_of, schema_tag
 from edgecache.errors import BlobUnknown, EdgecacheError, ManifestUnknown, UpstreamError
+from edgecache.jsondoc import document
 from edgecache.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST, Accept
 from edgecache.policy.cosign import MAX_PAYLOAD_BYTES, MAX_SIGNATURE_CHARS, Signature
 from edgecache.pull.routing import Route
 from edgecache.reference import Digest, parse_digest
 
 MAX_SIGNATURES = 32          # payloads read per image (signing again and again adds layers)
+MAX_REFERRERS_READ = 32      # signature referrers whose manifests are read per image
 SIGNATURE_MANIFEST = Accept.parse([OCI_MANIFEST, DOCKER_MANIFEST])
 
 
@@ -60,11 +61,11 @@ class SignatureFinder:
         except (UpstreamError, EdgecacheError) as e:
             unseen.append(f"referrers: {type(e).__name__}")
         else:
-            for d in refs.descriptors:
+            candidates = [d for d in refs.descriptors
+                          if group_of(d.get("artifactType", "")) == "signatures"]
+            for d in candidates[:MAX_REFERRERS_READ]:
                 if len(found) >= MAX_SIGNATURES:
                     break
-                if group_of(d.get("artifactType", "")) != "signatures":
-                    continue
                 try:
                     m = await self.manifests.get(route, d["digest"], Accept.parse([]))
                 except (UpstreamError, EdgecacheError) as e:
@@ -76,11 +77,8 @@ class SignatureFinder:
     async def _payloads(self, route: Route, body: bytes, where: str,
                         unseen: list[str]) -> list[Signature]:
         """The simple-signing layers of a signature manifest, with their payloads."""
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return []
-        layers = doc.get("layers") if isinstance(doc, dict) else None
+        doc = document(body)
+        layers = doc.get("layers") if doc is not None else None
         out: list[Signature] = []
         for layer in layers if isinstance(layers, list) else []:
             if len(out) >= MAX_SIGNATURES:

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 import time
 from collections import Counter, OrderedDict
 from typing import Awaitable, Callable
 
 from edgecache.errors import UpstreamBadResponse, UpstreamDenied, UpstreamError, UpstreamNotFound
+from edgecache.jsondoc import document
 from edgecache.mediatypes import PREFERENCE
 from edgecache.pull.routing import Route
 from edgecache.singleflight import SingleFlight
@@ -53,11 +53,8 @@ def children(body: bytes) -> list[str]:
     """The digests a manifest names: an index its manifests, a manifest its config and
     layers, a schema 1 manifest its layers. Nothing for what does not parse. Not its
     `subject`: a referrer may name any manifest as its subject, in any repository."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return []
-    if not isinstance(doc, dict):
+    doc = document(body)
+    if doc is None:
         return []
     found: list[str] = []
 

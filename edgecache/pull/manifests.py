@@ -19,7 +19,6 @@ record, siblings, upstream, last known) reads top to bottom in one place.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -29,6 +28,7 @@ from typing import Any, Callable, Mapping, Protocol
 from edgecache.artifacts import descriptor
 from edgecache.errors import (DigestMismatch, InvalidName, ManifestUnknown, UpstreamError,
                               UpstreamIncomplete, UpstreamNotFound, UpstreamDenied, is_unavailable)
+from edgecache.jsondoc import document
 from edgecache.mediatypes import DOCKER_SCHEMA1, OCI_INDEX, OCI_MANIFEST, PREFERENCE, Accept
 from edgecache.metrics import Metrics
 from edgecache.pull.links import Confirmer, children, owner
@@ -57,11 +57,8 @@ def media_type_of(body: bytes) -> str:
     """A manifest's media type, from its (verified) body alone: its mediaType field,
     else its shape. Never an upstream's or sibling's Content-Type: one source must
     not be able to make a digest another route shares unpullable."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict):
+    doc = document(body)
+    if doc is None:
         return OCI_MANIFEST
     mt = doc.get("mediaType")
     if isinstance(mt, str) and mt:

@@ -15,7 +15,6 @@ answer is whole; filters and pages are applied here.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -25,6 +24,7 @@ from typing import Any, Callable, Iterable
 from edgecache.artifacts import clean_descriptors, index_of, schema_tag
 from edgecache.errors import (ManifestUnknown, UpstreamBadResponse, UpstreamDenied, UpstreamError,
                               UpstreamIncomplete, UpstreamNotFound, is_unavailable)
+from edgecache.jsondoc import document
 from edgecache.mediatypes import OCI_INDEX, Accept
 from edgecache.metrics import Metrics
 from edgecache.pull.links import owner
@@ -39,10 +39,11 @@ from edgecache.upstream.client import UpstreamClient, Upstreams
 
 log = logging.getLogger("edgecache.referrers")
 
-MAX_REFERRERS = 4096         # descriptors kept of one answer (the rest are dropped, and said)
+MAX_REFERRERS = 1024         # descriptors kept of one answer (the rest are dropped, and logged)
 MAX_UPSTREAM_PAGES = 16      # pages of one upstream answer followed
 PAGE = 1000                  # descriptors per page we answer (a client's `n` may ask fewer)
-NO_API_FOR = 600.0           # seconds an upstream that lacks the API is asked the tag schema only
+NO_API_FOR = 600.0           # seconds a repository without the API is asked the tag schema only
+NO_API_KEPT = 4096
 ANSWERS_CACHED_BYTES = 8 * 1024 * 1024    # parsed answers kept in memory
 INDEX_ACCEPT = Accept.parse([OCI_INDEX])
 
@@ -81,7 +82,9 @@ class ReferrersService:
         self.tag_ttl = tag_ttl
         self.clock = clock
         self.flight = SingleFlight()
-        self._no_api: dict[str, float] = {}        # upstream -> until when it is not asked the API
+        # (upstream, repository) -> until when it is asked the tag schema only. Per
+        # repository: a registry with the API may still 404 a repository it lacks.
+        self._no_api: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._answers: OrderedDict[str, tuple[list[dict[str, Any]], int]] = OrderedDict()
         self._answers_bytes = 0
 
@@ -120,22 +123,27 @@ class ReferrersService:
         self.metrics.miss("referrers")
         rec = self.meta.referrers(key)
         client = self.upstreams.get(route.upstream)
-        if self._no_api.get(route.upstream, 0.0) <= self.clock():
+        if self._no_api.get((route.upstream, route.repo), 0.0) <= self.clock():
             try:
                 got = await self._from_api(client, route, subject, rec)
             except UpstreamNotFound:
                 # No referrers API (the spec forbids a 404 where there is one).
-                self._no_api[route.upstream] = self.clock() + NO_API_FOR
-                log.info("%s has no referrers API: asking the referrers tag schema", route.upstream)
+                self._no_api[(route.upstream, route.repo)] = self.clock() + NO_API_FOR
+                while len(self._no_api) > NO_API_KEPT:
+                    self._no_api.popitem(last=False)
+                log.info("%s/%s: no referrers API, asking the referrers tag schema",
+                         route.upstream, route.repo)
             else:
                 if got is None:                 # unchanged (304): the kept answer holds
-                    assert rec is not None
+                    if rec is None:
+                        raise UpstreamBadResponse(route.upstream, 304, "not modified, unasked")
                     held = await self._held(rec)
                     if held is not None:
                         self.meta.put_referrers(key, replace(rec, checked=self.clock()))
                         return ReferrersAnswer(held, "upstream", digest=rec.digest, via="api")
                     got = await self._from_api(client, route, subject, None)
-                    assert got is not None
+                    if got is None:
+                        raise UpstreamBadResponse(route.upstream, 304, "not modified, unasked")
                 descriptors, etag = got
                 return await self._keep(route, key, descriptors, etag, "api")
         return await self._from_tag_schema(route, subject, key, revalidate)
@@ -151,12 +159,12 @@ class ReferrersService:
             got = await client.referrers(route.repo, str(subject), params, etag if n == 0 else None)
             if got is None:
                 return None
-            try:
-                doc = json.loads(got.body)
-            except ValueError:
-                doc = None
-            if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
+            doc = document(got.body)
+            if doc is None or not isinstance(doc.get("manifests"), list):
                 raise UpstreamBadResponse(route.upstream, 200, "referrers answer is not an image index")
+            if len(doc["manifests"]) + len(descriptors) > MAX_REFERRERS:
+                log.warning("referrers of %s/%s@%s: over %d, the rest left out", route.upstream,
+                            route.repo, subject, MAX_REFERRERS)
             descriptors += clean_descriptors(doc["manifests"], MAX_REFERRERS - len(descriptors))
             following = next_from_link(got.link, r"/referrers/[^/]+$")
             if following is None or following == params or len(descriptors) >= MAX_REFERRERS:
@@ -176,11 +184,8 @@ class ReferrersService:
         except ManifestUnknown:
             descriptors: list[dict[str, Any]] = []
         else:
-            try:
-                doc = json.loads(ans.body)
-            except ValueError:
-                doc = None
-            items = doc.get("manifests") if isinstance(doc, dict) else None
+            doc = document(ans.body)
+            items = doc.get("manifests") if doc is not None else None
             descriptors = clean_descriptors(items, MAX_REFERRERS)
             if ans.stale:
                 held = self.meta.held_referrers(key)
@@ -222,10 +227,10 @@ class ReferrersService:
             body = await self.store.read_bytes(d)
         except FileNotFoundError:
             return None
-        try:
-            descriptors = clean_descriptors(json.loads(body).get("manifests"), MAX_REFERRERS)
-        except (ValueError, AttributeError):
+        doc = document(body)
+        if doc is None:
             return None
+        descriptors = clean_descriptors(doc.get("manifests"), MAX_REFERRERS)
         self.store.touch(d)
         self._remember(rec.digest, descriptors, len(body))
         return descriptors

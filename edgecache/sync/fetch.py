@@ -10,7 +10,9 @@ import json
 from dataclasses import dataclass, field
 
 from edgecache.artifacts import Selection, schema_tag
-from edgecache.errors import ManifestUnknown, NoMatchingPlatform, UpstreamUnreachable
+from edgecache.errors import (ManifestUnknown, NoMatchingPlatform, SupplyChainTooLarge,
+                              UpstreamUnreachable)
+from edgecache.jsondoc import document
 from edgecache.mediatypes import INDEX_TYPES, Accept
 from edgecache.pull.blobs import BlobService
 from edgecache.pull.fill import Fill
@@ -59,6 +61,18 @@ class FetchedImage:
     size: int
 
 
+def _sized(body: bytes) -> dict[str, int]:
+    """{digest: size} of a manifest's config and layers (an unsized one counts as big)."""
+    doc = document(body) or {}
+    layers = doc.get("layers")
+    out: dict[str, int] = {}
+    for d in [doc.get("config"), *(layers if isinstance(layers, list) else [])]:
+        if isinstance(d, dict) and isinstance(d.get("digest"), str):
+            size = d.get("size")
+            out[d["digest"]] = size if isinstance(size, int) and size >= 0 else 1 << 40
+    return out
+
+
 def _platform(desc: dict) -> tuple[str, str, str]:
     p = desc.get("platform") or {}
     return p.get("os", ""), p.get("architecture", ""), p.get("variant", "")
@@ -75,11 +89,13 @@ def matches(wanted: str, desc: dict) -> bool:
 
 class ImageFetcher:
     def __init__(self, manifests: ManifestService, blobs: BlobService, upstreams: Upstreams,
-                 referrers: ReferrersService | None = None) -> None:
+                 referrers: ReferrersService | None = None,
+                 supply_chain_bytes: int = 256 * 1024**2) -> None:
         self.manifests = manifests
         self.blobs = blobs
         self.upstreams = upstreams
         self.referrers = referrers
+        self.supply_chain_bytes = supply_chain_bytes      # limits.supply_chain_bytes
 
     async def resolve(self, ref: ImageRef) -> str:
         """The tag's digest now, asked with HEAD only (a GET counts against rate limits)."""
@@ -173,26 +189,43 @@ class ImageFetcher:
                                               "not answered now")
                 artifacts.append(m.digest)
         artifacts = list(dict.fromkeys(artifacts))[:MAX_ARTIFACTS]
+        # Who pushes a referrer chooses its artifactType: what is pinned for it is
+        # bounded, and counted before any blob moves.
+        manifests: list[str] = []
+        blobs: dict[str, int] = {}
         for digest in artifacts:
-            pins += await self._artifact(route, digest)
-        return SupplyChain(tuple(dict.fromkeys(pins)), len(artifacts))
-
-    async def _artifact(self, route: Route, digest: str) -> list[str]:
-        """An artifact's manifest and everything it names (an index's manifests, one
-        level), fetched; their digests."""
-        top = await self.manifests.get(route, digest, ANY)
-        found, blobs = [top.digest], []
-        for child in children(top.body):
-            if top.media_type in INDEX_TYPES:
-                m = await self.manifests.get(route, child, ANY)
-                found.append(m.digest)
-                blobs += children(m.body)
-            else:
-                blobs.append(child)
+            found, named = await self._artifact(route, digest)
+            manifests += found
+            blobs.update(named)
+        total = sum(blobs.values())
+        if total > self.supply_chain_bytes:
+            raise SupplyChainTooLarge(f"{ref}: {len(artifacts)} referrers of {total} bytes, over "
+                                      f"limits.supply_chain_bytes ({self.supply_chain_bytes})")
         gate = asyncio.Semaphore(BLOBS_AT_ONCE)
 
         async def one(d: str) -> None:
             async with gate:
                 await self.blobs.ensure(route, parse_digest(d))
-        await asyncio.gather(*(one(d) for d in dict.fromkeys(blobs)))
-        return found + list(dict.fromkeys(blobs))
+        results = await asyncio.gather(*(one(d) for d in blobs), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        pins += manifests + list(blobs)
+        return SupplyChain(tuple(dict.fromkeys(pins)), len(artifacts))
+
+    async def _artifact(self, route: Route, digest: str) -> tuple[list[str], dict[str, int]]:
+        """An artifact's manifests (an index's, one level down too) and the blobs they
+        name, with the sizes their descriptors give."""
+        top = await self.manifests.get(route, digest, ANY)
+        found, blobs = [top.digest], {}
+        docs = [top]
+        if top.media_type in INDEX_TYPES:
+            for child in children(top.body)[:MAX_ARTIFACTS]:
+                m = await self.manifests.get(route, child, ANY)
+                found.append(m.digest)
+                docs.append(m)
+        for m in docs:
+            if m.media_type in INDEX_TYPES:
+                continue
+            blobs.update(_sized(m.body))
+        return found, blobs

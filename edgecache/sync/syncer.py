@@ -32,7 +32,7 @@ from edgecache.config import Config
 from edgecache.cron import Cron, seconds_until_next
 from edgecache.mediatypes import Accept
 from edgecache.pull.blobs import BlobService
-from edgecache.errors import PolicyDenied
+from edgecache.errors import PolicyDenied, UpstreamError, is_unavailable
 from edgecache.policy.rules import Policy
 from edgecache.pull.manifests import ManifestService
 from edgecache.pull.referrers import ReferrersService
@@ -63,7 +63,8 @@ class Syncer:
         self.cfg = cfg
         self.store = store
         self.meta = meta
-        self.fetcher = ImageFetcher(manifests, blobs, upstreams, referrers)
+        self.fetcher = ImageFetcher(manifests, blobs, upstreams, referrers,
+                                    supply_chain_bytes=cfg.limits.supply_chain_bytes)
         self.policy = policy
         # The upstreams the process runs with: a reload that adds one needs a restart.
         self.upstream_names = tuple(upstreams.clients.keys())
@@ -323,7 +324,13 @@ class Syncer:
                 # Unchanged and whole: one HEAD (for a tracked tag), and its supply chain
                 # asked again (signatures are often added after the image).
                 p.bytes_total = p.bytes_done = rec.size
-                await self._refresh_supply(kind, entry, rec)
+                try:
+                    await self._refresh_supply(kind, entry, rec)
+                except UpstreamError as e:
+                    if not is_unavailable(e):
+                        raise
+                    # Offline (an entry by digest needs no HEAD): what it has stays pinned.
+                    p.reason = f"supply chain not checked again: {e}"
                 p.referrers = rec.referrers
                 self._switch_tag(kind, entry, digest, rec.media_type)
                 p.state, p.finished = "complete", time.time()
@@ -349,6 +356,10 @@ class Syncer:
                 return
             if rec and rec.owner != owner and kind == "pinned":
                 self._retain(rec.owner, rec.pinned, time.time())
+            elif rec and kind == "pinned":
+                # The same image fetched again (something of it had gone): supply-chain
+                # parts no longer there upstream are released.
+                await self.store.unpin_many(set(rec.pinned) - set(planned), owner)
             self.state.images[kind][entry.key] = SyncedImage(
                 digest=digest, digests=list(img.digests), owner=owner, ref=str(entry.ref),
                 platforms=list(entry.platforms), media_type=img.media_type, size=img.size,
