@@ -207,6 +207,10 @@ async def test_enforce_and_warn_by_tag_and_digest_online_and_offline(tmp_path, r
         for repo, img, why in bad:
             for ref in ("v1", img.digest):
                 status, body = await _manifest(s, edge, repo, ref)
+                # Nor as a "sibling" (no shared secret: anyone can send the header).
+                async with s.get(f"{edge.url}/v2/{repo}/manifests/{ref}",
+                                 headers={"Accept": ACCEPT, "X-Edgecache-Hop": "n1"}) as r:
+                    assert r.status in (403, 404), (repo, r.status)
                 err = json.loads(body)["errors"][0]
                 assert status == 403 and err["code"] == "DENIED", (repo, body)
                 assert "branch-signed" in err["detail"] and why in err["detail"], (repo, err)

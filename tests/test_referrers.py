@@ -90,6 +90,14 @@ async def test_referrers_api_pages_filter_cache_and_offline(tmp_path):
             for a in arts:
                 status, headers, body = await _get(s, f"{edge.url}/v2/app/manifests/{a.digest}")
                 assert status == 200 and body == a.manifest.data
+            # A repository the upstream lacks (a 404) turns the API off for it alone.
+            status, _, body = await _get(s, f"{edge.url}/v2/nope/referrers/{img.digest}")
+            asked = up.count("referrers")
+            status, _, body = await _get(s, lone_url + "?n=5")
+            assert up.count("referrers") == asked           # within tag_ttl: cached
+            await asyncio.sleep(2.2)
+            status, _, body = await _get(s, lone_url)
+            assert status == 200 and up.count("referrers") == asked + 1 and up.not_modified == 2
             # Bad digests are 400 DIGEST_INVALID, as the spec says.
             status, _, body = await _get(s, f"{edge.url}/v2/app/referrers/sha256:nothex")
             assert status == 400 and json.loads(body)["errors"][0]["code"] == "DIGEST_INVALID"

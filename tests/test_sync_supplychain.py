@@ -169,3 +169,23 @@ async def test_a_pinned_tag_seen_to_move_syncs_at_once(tmp_path, registry):
             assert headers["Docker-Content-Digest"] == new.digest
     finally:
         await edge.stop()
+
+
+async def test_a_supply_chain_over_its_limit_is_refused_before_it_moves(tmp_path, registry):
+    url = registry.url
+    img = make_image(531, layers=1, layer_size=2048)
+    push(url, "pos/app", "v1", img)
+    big = referrer(Blob(img.media_type, img.manifest), IN_TOTO, b"x" * 300_000)   # "an attestation"
+    attach(url, "pos/app", big)
+    pinned = tmp_path / "pinned.yaml"
+    pinned.write_text(f"images:\n  - {HOST}/pos/app:v1\n")
+    edge = _edge(tmp_path, registry, pinned, limits={"supply_chain_bytes": "256KiB"})
+    await edge.start()
+    try:
+        await edge.services.syncer.sync()
+        e = _entry(edge)
+        assert e["state"] == "failed" and "limits.supply_chain_bytes" in e["reason"], e
+        assert not edge.services.store.has(parse_digest(big.blobs[1].digest))
+        assert edge.services.syncer.pinned_tag((HOST, "pos/app", "v1")) is None
+    finally:
+        await edge.stop()

@@ -237,6 +237,8 @@ class ReferrersUpstream(HttpServer):
 
     async def _referrers(self, request: web.Request) -> web.Response:
         repo, subject = request.match_info["name"], request.match_info["digest"]
+        if repo not in self.manifests:       # as registries with the API answer for a repository they lack
+            return web.json_response({"errors": [{"code": "NAME_UNKNOWN"}]}, status=404)
         found = []
         for ref, m in self.manifests.get(repo, {}).items():
             if ref != m.digest:
