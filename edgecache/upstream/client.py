@@ -456,36 +456,34 @@ class UpstreamClient:
     async def tags_list(self, repo: str, params: Mapping[str, str]) -> tuple[bytes, str | None]:
         """The body (at most limits.tag_list_bytes) and the Link header (pagination)
         of one page of a tag list."""
-        cap = self.limits.tag_list_bytes
         async with self._request("GET", f"/v2/{repo}/tags/list", scope=self.scope(repo),
                                  params=params) as r:
-            if r.content_length is not None and r.content_length > cap:
-                raise UpstreamBadResponse(self.name, 200, f"tag list of {r.content_length} bytes, "
-                                          f"over {cap} (limits.tag_list_bytes)")
-            body = await self._read_upto(r, cap + 1)
-            if len(body) > cap:
-                raise UpstreamBadResponse(self.name, 200, f"tag list over {cap} bytes "
-                                          "(limits.tag_list_bytes)")
+            body = await self._capped(r, self.limits.tag_list_bytes, "tag list",
+                                      "limits.tag_list_bytes")
             return body, r.headers.get("Link")
+
+    async def _capped(self, r: aiohttp.ClientResponse, cap: int, what: str, key: str) -> bytes:
+        """A JSON answer's body, refused (a bad answer) over `cap` bytes, declared or sent."""
+        if r.content_length is not None and r.content_length > cap:
+            raise UpstreamBadResponse(self.name, 200, f"{what} of {r.content_length} bytes, "
+                                      f"over {cap} ({key})")
+        body = await self._read_upto(r, cap + 1)
+        if len(body) > cap:
+            raise UpstreamBadResponse(self.name, 200, f"{what} over {cap} bytes ({key})")
+        return body
 
     async def referrers(self, repo: str, digest: str, params: Mapping[str, str],
                         etag: str | None) -> Referrers | None:
         """One page of the referrers API (at most limits.manifest_bytes); None when
         the upstream says the answer for `etag` is unchanged (304). A registry without
         the API answers 404: UpstreamNotFound."""
-        cap = self.limits.manifest_bytes
         headers = {"Accept": OCI_INDEX, **({"If-None-Match": etag} if etag else {})}
         async with self._request("GET", f"/v2/{repo}/referrers/{digest}", scope=self.scope(repo),
                                  params=params, headers=headers, not_modified=True) as r:
             if r.status == 304:
                 return None
-            if r.content_length is not None and r.content_length > cap:
-                raise UpstreamBadResponse(self.name, 200, f"referrers answer of {r.content_length} "
-                                          f"bytes, over {cap} (limits.manifest_bytes)")
-            body = await self._read_upto(r, cap + 1)
-            if len(body) > cap:
-                raise UpstreamBadResponse(self.name, 200, f"referrers answer over {cap} bytes "
-                                          "(limits.manifest_bytes)")
+            body = await self._capped(r, self.limits.manifest_bytes, "referrers answer",
+                                      "limits.manifest_bytes")
             return Referrers(body, r.headers.get("Link"), r.headers.get("ETag"),
                              r.headers.get("OCI-Filters-Applied"))
 

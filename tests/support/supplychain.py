@@ -139,15 +139,8 @@ def attach(registry_url: str, repo: str, a: Artifact) -> None:
     subject = json.loads(a.manifest.data)["subject"]["digest"]
     push_artifact(registry_url, repo, a.digest, a)
     tag = schema_tag(subject)
-    try:
-        with _request("GET", f"{registry_url}/v2/{repo}/manifests/{tag}",
-                      headers={"Accept": OCI_INDEX}) as r:
-            index = json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        e.close()
-        if e.code != 404:
-            raise
-        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    index = _manifest_or_none(registry_url, repo, tag, OCI_INDEX) or {
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
     index["manifests"].append(descriptor_of(a))
     push_manifest(registry_url, repo, tag, Blob(OCI_INDEX, json.dumps(index).encode()))
 
@@ -175,13 +168,21 @@ def _head(registry_url: str, repo: str, digest: str) -> tuple[str, int]:
         return r.headers["Content-Type"], int(r.headers["Content-Length"])
 
 
-def _sig_layers(registry_url: str, repo: str, tag: str) -> list[tuple[bytes, str]]:
+def _manifest_or_none(registry_url: str, repo: str, tag: str, accept: str) -> dict | None:
     try:
         with _request("GET", f"{registry_url}/v2/{repo}/manifests/{tag}",
-                      headers={"Accept": OCI_MANIFEST}) as r:
-            doc = json.loads(r.read())
+                      headers={"Accept": accept}) as r:
+            return json.loads(r.read())
     except urllib.error.HTTPError as e:
         e.close()
+        if e.code != 404:
+            raise
+        return None
+
+
+def _sig_layers(registry_url: str, repo: str, tag: str) -> list[tuple[bytes, str]]:
+    doc = _manifest_or_none(registry_url, repo, tag, OCI_MANIFEST)
+    if doc is None:
         return []
     out = []
     for layer in doc["layers"]:
