@@ -189,3 +189,22 @@ async def test_a_supply_chain_over_its_limit_is_refused_before_it_moves(tmp_path
         assert edge.services.syncer.pinned_tag((HOST, "pos/app", "v1")) is None
     finally:
         await edge.stop()
+
+
+def test_edgecache_sync_shows_the_referrers_it_brought(tmp_path, registry):
+    import subprocess
+    import sys
+    import yaml
+    img = make_image(541, layers=1, layer_size=2048)
+    push(registry.url, "pos/app", "v1", img)
+    sign_into(registry.url, "pos/app", f"{HOST}/pos/app", img.digest, Key())
+    pinned = tmp_path / "pinned.yaml"
+    pinned.write_text(f"images:\n  - {HOST}/pos/app:v1\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(make_config(tmp_path / "data", {HOST: registry.url},
+                                                 default=HOST, pinned=str(pinned))))
+    r = subprocess.run([sys.executable, "-m", "edgecache", "sync", "--config", str(config)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"{HOST}/pos/app:v1" in r.stdout and "+1 referrers" in r.stdout, r.stdout
+    assert "pinned: 1/1 complete" in r.stdout
