@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+import platform
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, PlatformCollector,
+                               ProcessCollector, generate_latest)
 from prometheus_client.core import GaugeMetricFamily, CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -20,9 +23,17 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._hits = Counter("edgecache_cache_hits", "Requests answered from the local cache",
-                             ["kind"], registry=r)
+                             ["kind", "upstream"], registry=r)
         self._misses = Counter("edgecache_cache_misses",
-                               "Requests that needed the upstream", ["kind"], registry=r)
+                               "Requests that needed the upstream", ["kind", "upstream"], registry=r)
+        self._children: dict[tuple, Any] = {}     # labelled counters, looked up once each
+        # This process (CPU, RSS, open fds, start time) and what it is.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        from edgecache import __version__
+        Gauge("edgecache_build_info", "The running edgecache: its version and Python",
+              ["version", "python"], registry=r).labels(__version__,
+                                                        platform.python_version()).set(1)
         self._bytes = Counter("edgecache_served_bytes", "Body bytes served, by source",
                               ["source"], registry=r)
         self._coalesced = Counter("edgecache_coalesced_waiters",
@@ -38,23 +49,30 @@ class Metrics:
         self._policy = Counter("edgecache_policy_decisions",
                                "Manifest answers checked by a signature policy rule, by result "
                                "(verified, exempt, denied, warned)", ["rule", "result"], registry=r)
-        self._policy_children: dict[tuple[str, str], Any] = {}
         self._fetched = Counter("edgecache_upstream_fetched_bytes",
                                 "Blob bytes fetched from each upstream", ["upstream"], registry=r)
         self.hits = 0
         self.misses = 0
 
-    def hit(self, kind: str) -> None:
+    def hit(self, kind: str, upstream: str) -> None:
         self.hits += 1
-        self._hits.labels(kind).inc()
+        self._child(self._hits, kind, upstream).inc()
 
-    def miss(self, kind: str) -> None:
+    def miss(self, kind: str, upstream: str) -> None:
         self.misses += 1
-        self._misses.labels(kind).inc()
+        self._child(self._misses, kind, upstream).inc()
+
+    def _child(self, metric: Counter, *labels: str) -> Any:
+        """A labelled counter (on the hot path: prometheus_client's own lookup takes a lock)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def served(self, source: str, nbytes: int) -> None:
         if nbytes:
-            self._bytes.labels(source).inc(nbytes)
+            self._child(self._bytes, source).inc(nbytes)
 
     def coalesced(self) -> None:
         self._coalesced.inc()
@@ -66,11 +84,7 @@ class Metrics:
         self._stale.labels(upstream).inc()
 
     def policy(self, rule: str, result: str) -> None:
-        # Once per manifest answer a rule covers: the labelled child is looked up once.
-        child = self._policy_children.get((rule, result))
-        if child is None:
-            child = self._policy_children[(rule, result)] = self._policy.labels(rule, result)
-        child.inc()
+        self._child(self._policy, rule, result).inc()
 
     def fill_failed(self, reason: str) -> None:
         self._fill_failures.labels(reason).inc()

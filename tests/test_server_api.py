@@ -133,8 +133,8 @@ async def test_status_and_metrics_report_what_happened(world):
     assert st["hit_ratio"] == 0.5 and st["upstreams"]["central.example"]["state"] == "up"
     assert st["budget_bytes"] == 20 * 1024**3 and st["pinned_bytes"] == 0
     m = (await req(edge, session, "GET", "/metrics"))[2].decode()
-    for line in ('edgecache_cache_hits_total{kind="blob"} 1.0',
-                 'edgecache_cache_misses_total{kind="blob"} 1.0',
+    for line in ('edgecache_cache_hits_total{kind="blob",upstream="central.example"} 1.0',
+                 'edgecache_cache_misses_total{kind="blob",upstream="central.example"} 1.0',
                  f'edgecache_served_bytes_total{{source="local"}} {float(img.layers[0].size)}',
                  'edgecache_upstream_breaker_state{state="closed",upstream="central.example"} 1.0',
                  f'edgecache_store_bytes{{kind="used"}} {float(img.layers[0].size)}'):

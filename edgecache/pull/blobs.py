@@ -118,7 +118,7 @@ class BlobService:
         """The size of a blob, asking the upstream (HEAD only) when we do not hold it."""
         await self._linked_or_own_bytes(route, digest)
         if (b := self.local(route, digest)) is not None:
-            self.metrics.hit("blob")
+            self.metrics.hit("blob", route.upstream)
             return b.size
         fill = self.fills.get(digest)
         try:
@@ -229,7 +229,7 @@ class BlobService:
     async def get(self, route: Route, digest: Digest, *, hop: bool = False) -> LocalBlob | Fill:
         existing = self.fills.get(digest)
         target, hit = await self._target(route, digest, hop=hop)
-        (self.metrics.hit if hit else self.metrics.miss)("blob")
+        (self.metrics.hit if hit else self.metrics.miss)("blob", route.upstream)
         if isinstance(target, LocalBlob):
             return target
         fill = target

@@ -166,9 +166,9 @@ class ManifestService:
         if local is not None:
             if not accept.accepts(local.media_type):
                 raise ManifestUnknown(f"{d} is a {local.media_type}, which the client did not accept")
-            self.metrics.hit("manifest")
+            self.metrics.hit("manifest", route.upstream)
             return local
-        self.metrics.miss("manifest")
+        self.metrics.miss("manifest", route.upstream)
         client = self.upstreams.get(route.upstream)
         try:
             # Keyed by route and Accept too: the upstream and the Accept list decide
@@ -205,7 +205,7 @@ class ManifestService:
         if pinned is not None:
             local = await self._local(pinned)
             if local is not None and accept.accepts(local.media_type):
-                self.metrics.hit("manifest")
+                self.metrics.hit("manifest", route.upstream)
                 if self.on_pinned_tag is not None and not hop:
                     self.on_pinned_tag(key)
                 return local
@@ -213,7 +213,7 @@ class ManifestService:
         if rec is not None and self.clock() - rec.checked < self.tag_ttl:
             local = await self._local(rec.digest)
             if local is not None:
-                self.metrics.hit("manifest")
+                self.metrics.hit("manifest", route.upstream)
                 return local
         client = self.upstreams.get(route.upstream)
         try:
@@ -254,9 +254,9 @@ class ManifestService:
                 if accept.accepts(known.media_type):
                     self.meta.put_tag(key, accept.key(), TagRecord(
                         known.digest, known.media_type, len(known.body), self.clock()))
-                self.metrics.hit("manifest")
+                self.metrics.hit("manifest", route.upstream)
                 return known
-        self.metrics.miss("manifest")
+        self.metrics.miss("manifest", route.upstream)
         expected = parse_digest(head.digest) if head.digest else None
         answer = await self._fetch(client, route, head.digest or tag, accept, expected)
         if not accept.accepts(answer.media_type):

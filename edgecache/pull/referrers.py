@@ -97,7 +97,7 @@ class ReferrersService:
         if rec is not None and not revalidate and self.clock() - rec.checked < self.tag_ttl:
             held = await self._held(rec)
             if held is not None:
-                self.metrics.hit("referrers")
+                self.metrics.hit("referrers", route.upstream)
                 return ReferrersAnswer(held, "local", digest=rec.digest, via=rec.via)
         try:
             return await self.flight.do(("referrers", key, revalidate),
@@ -120,7 +120,7 @@ class ReferrersService:
 
     async def _ask(self, route: Route, subject: Digest, key: SubjectKey,
                    revalidate: bool) -> ReferrersAnswer:
-        self.metrics.miss("referrers")
+        self.metrics.miss("referrers", route.upstream)
         rec = self.meta.referrers(key)
         client = self.upstreams.get(route.upstream)
         if self._no_api.get((route.upstream, route.repo), 0.0) <= self.clock():

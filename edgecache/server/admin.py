@@ -195,8 +195,9 @@ def state_collector(svc: Services) -> Iterable:
                     ["upstream", "state"],
                     [([n, s], 1.0 if c.breaker.state == s else 0.0)
                      for n, c in svc.blobs.upstreams.clients.items() for s in states])
-        yield gauge("edgecache_upstream_up", "1 when the upstream's breaker is closed",
-                    ["upstream"], [([n], 1.0 if c.breaker.state == "closed" else 0.0)
+        yield gauge("edgecache_upstream_up", "1 when the upstream's breaker is closed and its "
+                    "last request was answered (not unreachable, not a 5xx)",
+                    ["upstream"], [([n], 1.0 if c.up else 0.0)
                                    for n, c in svc.blobs.upstreams.clients.items()])
         yield gauge("edgecache_links", "Repository links: (upstream, repository) pairs of held digests",
                     samples=[([], svc.store.links.count)])
@@ -233,6 +234,13 @@ def state_collector(svc: Services) -> Iterable:
                       1.0 if e["state"] == "complete" else 0.0) for e in sync["entries"]])
         yield gauge("edgecache_sync_list_problems", "Problems in the list files",
                     samples=[([], len(sync["problems"]))])
+        yield gauge("edgecache_sync_last_success_timestamp_seconds",
+                    "When a sync last ended with every entry of the list complete (0: never)",
+                    ["list"], [([kind], svc.syncer.state.last_success.get(kind, 0.0))
+                               for kind in ("pinned", "prefetch")])
+        yield gauge("edgecache_sync_interval_seconds",
+                    "Seconds between scheduled syncs (sync.interval, or the schedule's next gap)",
+                    samples=[([], svc.syncer.interval())])
         if svc.siblings is not None:
             yield from svc.siblings.collect()
     return collect

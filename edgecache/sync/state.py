@@ -65,6 +65,8 @@ class SyncState:
     images: dict[str, dict[str, SyncedImage]] = field(
         default_factory=lambda: {k: {} for k in KINDS})    # kind -> entry key -> image
     retained: list[Retained] = field(default_factory=list)
+    # kind -> when a sync last ended with every entry of that list complete
+    last_success: dict[str, float] = field(default_factory=dict)
 
     def owners(self) -> set[str]:
         """Pin owners still in use: current images and retained ones."""
@@ -76,6 +78,7 @@ class SyncState:
                                       for key, img in self.images[kind].items()}
                                for kind in KINDS}
         doc["retained"] = [asdict(r) for r in self.retained]
+        doc["last_success"] = dict(self.last_success)
         return json.dumps(doc, indent=1, sort_keys=True)
 
     @classmethod
@@ -94,6 +97,10 @@ class SyncState:
                         **_known(SyncedImage, rec), "tag": tuple(tag) if tag else None})
                 except (TypeError, AttributeError) as e:
                     log.warning("%s: %s entry %s skipped (%s)", where, kind, key, e)
+        last = doc.get("last_success")
+        if isinstance(last, dict):
+            state.last_success = {k: float(v) for k, v in last.items()
+                                  if k in KINDS and isinstance(v, (int, float))}
         for rec in doc.get("retained") or []:
             try:
                 state.retained.append(Retained(**_known(Retained, rec)))

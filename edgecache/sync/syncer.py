@@ -23,6 +23,7 @@ sync/state.py, fetching an image in sync/fetch.py).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import time
 from typing import Any
@@ -297,8 +298,25 @@ class Syncer:
                 await self._sync_one(kind, e)
 
         await asyncio.gather(*(one(k, e) for k, e in todo))
-        self.last_run = {"started": started, "finished": time.time(), **self.totals()}
+        finished = time.time()
+        totals = self.totals()
+        for kind in KINDS:
+            if totals[kind]["complete"] == totals[kind]["desired"]:
+                self.state.last_success[kind] = finished
+        await self._save()
+        self.last_run = {"started": started, "finished": finished, **totals}
+        log.info("sync run %d: pinned %d/%d complete, prefetch %d/%d complete", self.runs,
+                 totals["pinned"]["complete"], totals["pinned"]["desired"],
+                 totals["prefetch"]["complete"], totals["prefetch"]["desired"])
         return self.last_run
+
+    def interval(self) -> float:
+        """Seconds between scheduled syncs: sync.interval, or the schedule's next gap."""
+        if not self.cfg.sync.schedule:
+            return self.cfg.sync.interval
+        cron = Cron.parse(self.cfg.sync.schedule)
+        first = cron.next_after(datetime.datetime.now(datetime.timezone.utc))
+        return (cron.next_after(first) - first).total_seconds()
 
     async def _sync_one(self, kind: str, entry: Entry) -> None:
         p = self.progress.setdefault((kind, entry.key), Progress())
@@ -434,7 +452,12 @@ class Syncer:
         digests = {img.digest if (img := self.state.images["pinned"].get(e.key)) else None
                    for e in entries}
         if len(digests) == 1 and None not in digests:
-            self._tags[key] = digests.pop()
+            new = digests.pop()
+            old = self._tags.get(key)
+            if old != new:
+                log.info("pinned tag %s/%s:%s now answers %s%s", *key, new,
+                         f" (was {old})" if old else "")
+            self._tags[key] = new
         # Otherwise some entry is not there yet: the tag keeps its current answer.
 
     # -- background loops ----------------------------------------------------------

@@ -119,6 +119,9 @@ class UpstreamClient:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.last_ok_at: float | None = None
+        # Whether the last request got an answer that was not a server failure (5xx):
+        # down after one failed attempt, not only once the breaker opens. Up until asked.
+        self.answering = True
         self.on_error: Callable[[UpstreamError], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -215,6 +218,7 @@ class UpstreamClient:
             assert resp is not None
             self.breaker.success()
             self.last_ok_at = time.time()
+            self.answering = resp.status < 500
             if resp.status >= 300 and not (not_modified and resp.status == 304):
                 raise self._status_error(resp)
         except BaseException as e:
@@ -223,6 +227,8 @@ class UpstreamClient:
             if isinstance(e, asyncio.CancelledError):
                 raise
             err = self.translate(e)
+            if resp is None:
+                self.answering = False        # no answer at all: unreachable, timed out
             self._record_failure(err)
             raise err from (None if e is err else e)
         try:
@@ -487,11 +493,17 @@ class UpstreamClient:
             return Referrers(body, r.headers.get("Link"), r.headers.get("ETag"),
                              r.headers.get("OCI-Filters-Applied"))
 
+    @property
+    def up(self) -> bool:
+        """Its breaker closed and its last request answered (not a 5xx, not unreachable)."""
+        return self.breaker.state == "closed" and self.answering
+
     def status(self) -> dict[str, object]:
         return {
             "url": self.cfg.url,
             "state": "down" if self.breaker.state == "open" else
                      ("probing" if self.breaker.state == "half_open" else "up"),
+            "answering": self.answering,
             "consecutive_failures": self.breaker.consecutive,
             "retry_in_s": round(self.breaker.retry_in(), 1),
             "last_error": self.last_error,

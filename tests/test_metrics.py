@@ -1,0 +1,71 @@
+"""/metrics as an operator alerts on it: hits and misses per upstream, an upstream
+down after one failed request (not only once its breaker opens), the last
+successful sync, process metrics and build info; checked by the real `promtool`."""
+import shutil
+import subprocess
+
+import aiohttp
+import pytest
+
+from edgecache import __version__
+from tests.conftest import IN_CI
+from tests.support.edge import EdgeServer, make_config
+from tests.support.faulty import FaultyUpstream
+from tests.support.images import make_image
+from tests.support.ports import free_port
+
+HOST = "central.example"
+
+
+def _value(text: str, prefix: str) -> float:
+    """The value of the one sample line that starts with prefix."""
+    (line,) = [x for x in text.splitlines() if x.startswith(prefix)]
+    return float(line.rsplit(" ", 1)[1])
+
+
+async def _metrics(s, edge) -> str:
+    async with s.get(f"{edge.url}/metrics") as r:
+        assert r.status == 200
+        return await r.text()
+
+
+async def test_what_an_operator_alerts_on(tmp_path):
+    img = make_image(601, layers=1, layer_size=4096)
+    dead = f"http://127.0.0.1:{free_port()}"            # nothing listens: connection refused
+    async with FaultyUpstream({"pos/app:v1": img}) as up:
+        pinned = tmp_path / "pinned.yaml"
+        pinned.write_text(f"images:\n  - {HOST}/pos/app:v1\n")
+        doc = make_config(tmp_path / "data", {HOST: up.url, "down.example": dead}, default=HOST,
+                          pinned=str(pinned), sync={"interval": "2h"})
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
+            await edge.services.syncer.sync()
+            blob = img.layers[0].digest
+            for _ in range(2):
+                async with s.get(f"{edge.url}/v2/pos/app/blobs/{blob}") as r:
+                    assert r.status == 200
+                    await r.read()
+            async with s.get(f"{edge.url}/v2/x/blobs/sha256:{'5' * 64}",
+                             params={"ns": "down.example"}) as r:
+                assert r.status == 503
+            m = await _metrics(s, edge)
+            # One failed request: down, though its breaker (3 failures) is still closed.
+            assert _value(m, 'edgecache_upstream_up{upstream="down.example"}') == 0
+            assert _value(m, 'edgecache_upstream_breaker_state{state="closed",upstream="down.example"}') == 1
+            assert _value(m, f'edgecache_upstream_up{{upstream="{HOST}"}}') == 1
+            assert _value(m, f'edgecache_cache_hits_total{{kind="blob",upstream="{HOST}"}}') >= 1
+            assert _value(m, 'edgecache_cache_misses_total{kind="blob",upstream="down.example"}') == 1
+            synced = _value(m, 'edgecache_sync_last_success_timestamp_seconds{list="pinned"}')
+            assert synced == edge.services.syncer.state.last_success["pinned"] > 0
+            assert _value(m, "edgecache_sync_interval_seconds") == 7200
+            assert _value(m, "process_resident_memory_bytes") > 10 * 1024 * 1024
+            assert _value(m, "process_open_fds") > 0
+            assert _value(m, 'edgecache_build_info{python="') == 1
+            assert f'version="{__version__}"' in m
+            promtool = shutil.which("promtool")
+            if promtool is None:
+                if IN_CI:
+                    pytest.fail("promtool missing (apt-get install prometheus)")
+                pytest.skip("promtool missing")
+            r = subprocess.run([promtool, "check", "metrics"], input=m, capture_output=True,
+                               text=True, timeout=30)
+            assert r.returncode == 0, r.stdout + r.stderr
