@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from typing import Iterable
 
@@ -189,6 +190,17 @@ def state_collector(svc: Services) -> Iterable:
                       svc.store.stats.evicted_bytes)
         yield counter("edgecache_quarantined", "Blobs quarantined after failed verification",
                       svc.store.stats.quarantined)
+        yield counter("edgecache_disk_full_events", "Writes refused because the disk was full",
+                      svc.store.stats.disk_full)
+        try:
+            fs = os.statvfs(svc.config.data_dir)
+        except OSError:
+            pass
+        else:
+            yield gauge("edgecache_data_dir_filesystem_bytes",
+                        "The file system data_dir is on: its size and the bytes free to us",
+                        ["kind"], [(["size"], fs.f_blocks * fs.f_frsize),
+                                   (["free"], fs.f_bavail * fs.f_frsize)])
         states = ("closed", "half_open", "open")
         yield gauge("edgecache_upstream_breaker_state",
                     "Circuit breaker state per upstream (1 for the current state)",
