@@ -15,6 +15,8 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, PlatformCollec
 from prometheus_client.core import GaugeMetricFamily, CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from edgecache.recent import Recent
+
 SOURCES = ("local", "upstream")
 
 
@@ -53,13 +55,17 @@ class Metrics:
                                 "Blob bytes fetched from each upstream", ["upstream"], registry=r)
         self.hits = 0
         self.misses = 0
+        self.recent = Recent()                    # the last hour, for the status page
+        self.served_bytes: dict[str, int] = {}    # source -> bytes, as the counter has them
 
     def hit(self, kind: str, upstream: str) -> None:
         self.hits += 1
+        self.recent.hit()
         self._child(self._hits, kind, upstream).inc()
 
     def miss(self, kind: str, upstream: str) -> None:
         self.misses += 1
+        self.recent.miss()
         self._child(self._misses, kind, upstream).inc()
 
     def _child(self, metric: Counter, *labels: str) -> Any:
@@ -72,6 +78,8 @@ class Metrics:
 
     def served(self, source: str, nbytes: int) -> None:
         if nbytes:
+            self.served_bytes[source] = self.served_bytes.get(source, 0) + nbytes
+            self.recent.served(source, nbytes)
             self._child(self._bytes, source).inc(nbytes)
 
     def coalesced(self) -> None:
@@ -80,13 +88,15 @@ class Metrics:
     def upstream_error(self, upstream: str, kind: str) -> None:
         self._upstream_errors.labels(upstream, kind).inc()
 
-    def stale(self, upstream: str) -> None:
+    def stale(self, upstream: str, detail: str = "") -> None:
+        self.recent.error("stale", f"{upstream}: {detail}" if detail else upstream)
         self._stale.labels(upstream).inc()
 
     def policy(self, rule: str, result: str) -> None:
         self._child(self._policy, rule, result).inc()
 
-    def fill_failed(self, reason: str) -> None:
+    def fill_failed(self, reason: str, detail: str = "") -> None:
+        self.recent.error("fill failed", f"{reason}: {detail}" if detail else reason)
         self._fill_failures.labels(reason).inc()
 
     def fetched(self, upstream: str, nbytes: int) -> None:

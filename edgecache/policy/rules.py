@@ -113,6 +113,8 @@ class Policy:
                 self.metrics.policy(d.rule, d.result)
             else:
                 self.metrics.policy(d.rule, d.result)
+                self.metrics.recent.error("policy", f"{d.rule} ({d.result}): {route.upstream}/"
+                                          f"{route.repo}@{digest}: {d.reason}")
                 if d.mode == "enforce":
                     raise PolicyDenied(d.rule, digest, d.reason)
 

@@ -301,7 +301,8 @@ class BlobService:
 
     def _fill_finished(self, fill: Fill) -> None:
         if fill.error is not None or fill.commit_error is not None:
-            self.metrics.fill_failed(failure_reason(fill.error or fill.commit_error))
+            self.metrics.fill_failed(failure_reason(fill.error or fill.commit_error),
+                                     f"{fill.digest}: {fill.error or fill.commit_error}")
             if isinstance(fill.error, UpstreamIncomplete):
                 # Mid-body failures never reach the client's error hook: count them here.
                 self.metrics.upstream_error(fill.error.upstream, fill.error.kind)

@@ -233,7 +233,7 @@ class ManifestService:
             if found is None:
                 raise
             stale = found[0]
-            self.metrics.stale(route.upstream)
+            self.metrics.stale(route.upstream, f"{route.repo}:{tag}")
             log.warning("stale answer for %s/%s:%s -> %s (%s)", route.upstream, route.repo, tag,
                         stale.digest, e)
             return ManifestAnswer(stale.body, stale.digest, stale.media_type, stale.source, stale=True)

@@ -108,7 +108,7 @@ class ReferrersService:
             found = await self._last_known(key)
             if found is None:
                 raise
-            self.metrics.stale(route.upstream)
+            self.metrics.stale(route.upstream, f"referrers of {route.repo}@{subject}")
             log.warning("stale referrers for %s/%s@%s (%s)", route.upstream, route.repo, subject, e)
             return found
 

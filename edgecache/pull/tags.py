@@ -123,7 +123,7 @@ class TagListService:
             cached = self.meta.tag_list(route.upstream, route.repo)
             if cached is None or not is_unavailable(e):
                 raise
-            self.metrics.stale(route.upstream)
+            self.metrics.stale(route.upstream, f"tag list of {route.repo}")
             name, tags = _parse(route.upstream, cached)
             page, more = _page(tags, n, last)
             body, next_query = self._answer(name, page, more, asked or n)

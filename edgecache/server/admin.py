@@ -15,7 +15,9 @@ from edgecache.errors import StoreFull
 from edgecache.seed.importer import room_under
 from edgecache.seed.exporter import Exporter, pinned_set
 from edgecache.metrics import counter, gauge, labelled_counter
+from edgecache.server import status_page
 from edgecache.server.guard import identity
+from edgecache.server.oci_errors import DENIAL_LOG
 from edgecache.siblings import hopauth
 from edgecache.siblings import server as siblings_server
 from edgecache.server.registry_api import SERVICES, Services
@@ -35,12 +37,31 @@ async def sibling(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
+    return web.json_response(status_doc(request.app[SERVICES], request.app[STARTED]))
+
+
+async def page(request: web.Request) -> web.Response:
+    """The status page (server/status_page.py), under the same access rules."""
     svc = request.app[SERVICES]
+    m = svc.metrics
+    totals = {"hits": float(m.hits), "misses": float(m.misses),
+              **{f"served:{k}": float(v) for k, v in m.served_bytes.items()}}
+    body = status_page.render(status_doc(svc, request.app[STARTED]), totals, m.recent.minutes(),
+                              list(m.recent.errors), list(request.app[DENIAL_LOG].recent))
+    return web.Response(text=body, content_type="text/html",
+                        headers={"Cache-Control": "no-store",
+                                 "Content-Security-Policy": "default-src 'none'; "
+                                 "style-src 'unsafe-inline'; img-src data:"})
+
+
+def status_doc(svc: Services, started: float) -> dict:
+    """What /_edgecache/status answers (and the status page shows)."""
     store = svc.store
     s = store.status()
-    return web.json_response({
+    return {
         "version": __version__,
-        "uptime_s": round(time.monotonic() - request.app[STARTED], 1),
+        "now": time.time(),
+        "uptime_s": round(time.monotonic() - started, 1),
         "store": {**s, "disk_full_events": store.stats.disk_full,
                   "evictions": store.stats.evictions, "evicted_bytes": store.stats.evicted_bytes,
                   "quarantined": store.stats.quarantined,
@@ -65,8 +86,9 @@ async def status(request: web.Request) -> web.Response:
         },
         "data_dir": str(svc.config.data_dir),
         "sync": svc.syncer.status(),
+        "sync_last_success": dict(svc.syncer.state.last_success),
         "siblings": svc.siblings.status() if svc.siblings is not None else None,
-    })
+    }
 
 
 async def sync_start(request: web.Request) -> web.Response:
@@ -261,6 +283,7 @@ def state_collector(svc: Services) -> Iterable:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/_edgecache/health", health)
     app.router.add_get("/_edgecache/status", status)
+    app.router.add_get("/_edgecache/", page)
     app.router.add_get(hopauth.PING_PATH, sibling)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/_edgecache/sync", sync_start)

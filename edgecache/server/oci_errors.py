@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import deque
 import logging
 import os
 import time
@@ -182,10 +183,14 @@ class DenialLog:
 
     def __init__(self) -> None:
         self._seen: dict[str, tuple[float, int]] = {}     # address -> (last logged, held back)
+        # The last ones, for the status page: (wall time, status, method, path, who, why).
+        self.recent: deque[tuple[float, int, str, str, str, str]] = deque(maxlen=50)
 
     def __call__(self, request: web.Request, exc: BaseException, status: int) -> None:
         now = time.monotonic()
         who = request.remote or "?"
+        self.recent.append((time.time(), status, request.method, request.path[:200], who,
+                            str(exc)[:300]))
         last, held = self._seen.get(who, (0.0, 0))
         if now - last < self.INTERVAL:
             self._seen[who] = (last, held + 1)
