@@ -57,7 +57,21 @@ def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     print(f"# effective configuration from {cfg.source}")
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-    return 0
+    # The lists it names: the daemon would start without them, and keep syncing nothing.
+    bad = 0
+    for key, path in (("pinned", cfg.pinned), ("prefetch", cfg.prefetch)):
+        if path is None:
+            continue
+        if not path.exists():
+            print(f"error: {key}: {path}: no such file or directory", file=sys.stderr)
+            bad += 1
+            continue
+        entries, problems = load_list(path, cfg.upstreams.keys())
+        for p in problems:
+            print(f"error: {key}: {p}", file=sys.stderr)
+        bad += len(problems)
+        print(f"# {key}: {len(entries)} entries in {path}")
+    return 1 if bad else 0
 
 
 def _daemon(cfg: Config, args: argparse.Namespace) -> Daemon | None:

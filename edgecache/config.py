@@ -20,12 +20,13 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import yaml
 
-from edgecache.config_values import (FILE, PATH, REQUIRED, at_least_one, count, flag, fraction,
-                                     networks, node_id_text, parse_duration, parse_size, peers,
-                                     positive, realms, schedule, section, setting, strings, text)
+from edgecache.config_values import (FILE, PATH, REQUIRED, at_least_one, count, flag,
+                                     format_duration, format_size, fraction, networks,
+                                     node_id_text, parse_duration, parse_size, peers, positive,
+                                     realms, schedule, section, setting, strings, text)
 from edgecache.credentials import read_tokens
 from edgecache.errors import ConfigError
-from edgecache.yamlerror import where_and_why
+from edgecache.yamlerror import load_yaml, where_and_why
 
 DEFAULT_CONFIG_PATH = Path("/etc/edgecache/config.yaml")
 
@@ -217,7 +218,7 @@ class Config:
         doc: dict[str, Any] = {"listen": f"{self.listen_host}:{self.listen_port}"}
         for f in fields(self):
             if f.name not in ("listen_host", "listen_port", "source"):
-                doc[f.name] = _plain(getattr(self, f.name))
+                doc[f.name] = _in_units(f, getattr(self, f.name))
         for rule in doc["policy"]:
             del rule["public_keys"]                # keys says it
         for u in doc["upstreams"].values():
@@ -231,10 +232,11 @@ class Config:
 
 def _plain(value: Any) -> Any:
     """A config value as YAML prints it: fields hidden from repr (passwords, secrets)
-    masked, paths as strings, tuples as lists."""
+    masked, sizes and durations in the units people write (`20GiB`, `60s`), paths as
+    strings, tuples as lists."""
     if is_dataclass(value):
         return {f.name: ("***" if getattr(value, f.name) else None) if not f.repr
-                else _plain(getattr(value, f.name)) for f in fields(value)}
+                else _in_units(f, getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, (tuple, list)):
@@ -242,6 +244,15 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+def _in_units(f: Any, value: Any) -> Any:
+    parse = f.metadata.get("parse")
+    if parse is parse_size and isinstance(value, int):
+        return format_size(value)
+    if parse in (parse_duration, positive) and isinstance(value, float):
+        return format_duration(value)
+    return _plain(value)
 
 
 def normalize_registry(name: str) -> str:
@@ -539,8 +550,10 @@ def load(path: Path | None, *, env: Mapping[str, str] | None = None, uid: int | 
     except OSError as e:
         raise ConfigError("--config", str(path), f"cannot read: {e.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as e:
         line, why = where_and_why(e)
-        raise ConfigError("--config", str(path), f"invalid YAML at line {line}: {why}") from None
+        lines = text.splitlines()
+        raise ConfigError(f"{path}:{line}", lines[line - 1].strip() if 0 < line <= len(lines) else "",
+                          f"invalid YAML: {why}") from None
     return build(raw, source=str(path), env=env, uid=uid, base=Path(path).parent)

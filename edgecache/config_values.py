@@ -53,6 +53,23 @@ def parse_duration(key: str, value: Any) -> float:
     return secs
 
 
+def format_size(n: int) -> str:
+    """A size as people write it: the largest binary unit that divides it (`20GiB`)."""
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)
+
+
+def format_duration(secs: float) -> str:
+    """A duration as people write it: the largest unit that divides it (`60s` is `1m`)."""
+    ms = round(secs * 1000)
+    for unit, factor in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms and ms % factor == 0:
+            return f"{ms // factor}{unit}"
+    return f"{ms}ms" if ms else "0s"
+
+
 def positive(key: str, value: Any) -> float:
     secs = parse_duration(key, value)
     if secs <= 0:

@@ -109,7 +109,7 @@ def test_check_config_prints_the_effective_configuration(tmp_path):
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     eff = yaml.safe_load(r.stdout)
-    assert eff["tag_ttl"] == 120 and eff["listen"] == "0.0.0.0:5000"
+    assert eff["tag_ttl"] == "2m" and eff["listen"] == "0.0.0.0:5000"
     assert eff["upstreams"]["docker.io"]["url"] == "https://registry-1.docker.io"
 
 
@@ -153,10 +153,10 @@ def test_check_config_prints_every_key_of_the_dataclasses(tmp_path):
                                            "password": "hunter22"}},
                "siblings": {"secret_file": "secret"}}, source="t", env={}, uid=1000, base=tmp_path)
     doc = c.to_dict()
-    assert doc["sync"]["watch_interval"] == 2.0
+    assert doc["sync"]["watch_interval"] == "2s"
     for k in ("fail_after", "readmit_after", "bad_for", "min_rate", "health_interval"):
         assert k in doc["siblings"], k
-    assert doc["limits"]["tag_list_tags"] == 10_000 and doc["server"]["header_timeout"] == 10.0
+    assert doc["limits"]["tag_list_tags"] == 10_000 and doc["server"]["header_timeout"] == "10s"
     assert doc["upstreams"]["a.example"]["password"] == "***"
     text = yaml.safe_dump(doc)
     assert "hunter22" not in text and "s" * 32 not in text
@@ -187,3 +187,43 @@ def test_empty_and_null_values_mean_what_they_meant():
     with pytest.raises(ConfigError) as e:
         cfg({"upstreams": {"a.example": up}, "breaker": {"failures": 0}})
     assert "whole number >= 1" in str(e.value)
+
+
+def test_check_config_prints_units_people_write_and_reads_back_the_same(tmp_path):
+    doc = {"upstreams": {"a.example": {"url": "http://127.0.0.1:1"}}, "tag_ttl": 90,
+           "cache": {"max_size": "20GiB", "scrub_rate": 1000, "abandon_after": "250ms"},
+           "sync": {"interval": "6h", "retention": "1d"}, "data_dir": str(tmp_path)}
+    c = cfg(doc)
+    printed = c.to_dict()
+    assert (printed["tag_ttl"], printed["cache"]["max_size"], printed["cache"]["scrub_rate"],
+            printed["cache"]["abandon_after"], printed["sync"]["interval"],
+            printed["sync"]["retention"]) == ("90s", "20GiB", "1000", "250ms", "6h", "1d")
+    again = yaml.safe_load(yaml.safe_dump(printed))
+    again.pop("siblings")
+    assert cfg(again) == c
+
+
+def test_yaml_errors_name_file_line_and_reason_and_a_key_twice_is_one(tmp_path):
+    f = tmp_path / "edgecache.yaml"
+    f.write_text("upstreams:\n  a.example: {url: http://127.0.0.1:1}\ntag_ttl: 5s\ntag_ttl: 9s\n")
+    with pytest.raises(ConfigError) as e:
+        load(f, env={}, uid=1000)
+    assert e.value.key == f"{f}:4" and "duplicate key 'tag_ttl'" in str(e.value)
+    f.write_text("upstreams:\n  a.example: {url: http://127.0.0.1:1\ntag_ttl: 5s\n")
+    with pytest.raises(ConfigError) as e:
+        load(f, env={}, uid=1000)
+    assert e.value.key == f"{f}:3" and "expected ',' or '}'" in str(e.value)
+
+
+def test_check_config_reports_missing_list_files_and_their_problems(tmp_path):
+    (tmp_path / "prefetch.yaml").write_text(
+        "images:\n  - ref: a.example/x:1\n    track: true\n    track: false\n  - a.example/y:1\n")
+    p = tmp_path / "c.yaml"
+    p.write_text("upstreams:\n  a.example: {url: http://127.0.0.1:1}\n"
+                 f"data_dir: {tmp_path}/d\npinned: nowhere.yaml\nprefetch: prefetch.yaml\n")
+    r = subprocess.run([sys.executable, "-m", "edgecache", "check-config", str(p)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert f"error: pinned: {tmp_path}/nowhere.yaml: no such file or directory" in r.stderr
+    assert f"error: prefetch: {tmp_path}/prefetch.yaml:2: duplicate key 'track'" in r.stderr
+    assert "# prefetch: 1 entries" in r.stdout

@@ -24,7 +24,7 @@ import yaml
 from edgecache.artifacts import DEFAULT as DEFAULT_REFERRERS, Selection, parse_selection
 from edgecache.config import normalize_registry
 from edgecache.reference import parse_digest, validate_name, validate_tag
-from edgecache.yamlerror import where_and_why
+from edgecache.yamlerror import duplicate_key, where_and_why
 
 _PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
 
@@ -124,6 +124,9 @@ def parse_text(text: str, file: str, upstreams: Collection[str] | None = None,
     items: yaml.Node | None = None
     problems: list[ListProblem] = []
     referrers = DEFAULT_REFERRERS
+    dup = duplicate_key(root)
+    if dup is not None:
+        problems.append(ListProblem(file, dup.start_mark.line + 1, f"duplicate key {dup.value!r}"))
     for k, v in root.value:
         if _scalar(k) == "images":
             items = v
@@ -162,6 +165,9 @@ def _entry(item: yaml.Node, file: str, line: int, upstreams: Collection[str] | N
         return Entry(ref, (default_platform,), ref.tag is not None, file, line, referrers)
     if not isinstance(item, yaml.MappingNode):
         raise ValueError("an entry is a reference or a mapping with `ref:`")
+    dup = duplicate_key(item)
+    if dup is not None:
+        raise ValueError(f"duplicate key {dup.value!r}")
     fields = {str(_scalar(k)): v for k, v in item.value}
     unknown = set(fields) - {"ref", "platforms", "track", "referrers"}
     if unknown:
