@@ -152,6 +152,10 @@ async def test_access_log_has_one_structured_line_per_request(world, caplog):
     line = [x for x in lines if "/blobs/" in x["path"]][-1]
     assert line["method"] == "GET" and line["status"] == 200 and line["source"] == "upstream"
     assert line["bytes"] == img.layers[0].size and line["duration_ms"] > 0
+    import datetime
+    when = datetime.datetime.strptime(line["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc)
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - when).total_seconds()) < 10
 
 
 @pytest.mark.parametrize("basic", [None, ("robot$edge", "s3cret")])

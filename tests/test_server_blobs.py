@@ -256,7 +256,8 @@ async def test_a_failed_fill_joined_from_another_upstream_is_retried_on_ours(tmp
             assert gets(good, layer.digest) == 1
 
 
-async def test_a_blob_corrupted_on_disk_is_found_by_the_scrub_quarantined_and_fetched_again(tmp_path):
+async def test_a_blob_corrupted_on_disk_is_found_by_the_scrub_quarantined_and_fetched_again(
+        tmp_path, caplog):
     img = make_image(9, layers=1, layer_size=256 * 1024)
     layer = img.layers[0]
     async with FaultyUpstream({"demo/app:v1": img}) as up:
@@ -274,6 +275,7 @@ async def test_a_blob_corrupted_on_disk_is_found_by_the_scrub_quarantined_and_fe
                     break
                 await asyncio.sleep(0.05)
             assert edge.services.store.stats.quarantined == 1 and not path.exists()
+            assert f"quarantined {layer.digest}: its bytes do not hash to its name" in caplog.text
             status, _, body = await edge.get(session, blob_path(img))
             assert status == 200 and body == layer.data
             assert gets(up, layer.digest) == 2

@@ -34,7 +34,8 @@ def has(edge, digest):
     return edge.services.store.has(parse_digest(digest))
 
 
-async def test_pinned_set_is_fetched_whole_with_the_platform_filter_and_survives_lru(tmp_path):
+async def test_pinned_set_is_fetched_whole_with_the_platform_filter_and_survives_lru(tmp_path, caplog):
+    caplog.set_level("INFO", logger="edgecache.store")
     idx = make_index(31, arches=("amd64", "arm64"), layer_size=256 * 1024)
     by_digest = make_image(32, layer_size=256 * 1024)
     filler = make_image(33, layers=4, layer_size=1 * MiB)
@@ -57,6 +58,7 @@ async def test_pinned_set_is_fetched_whole_with_the_platform_filter_and_survives
                     assert (await edge.get(s, f"/v2/other/big/blobs/{b.digest}"))[0] == 200
                     await edge.stored(b.digest)
             assert await eventually(lambda: edge.services.store.stats.evictions > 0, 2)
+            assert await eventually(lambda: "eviction: " in caplog.text, 2)
             for d in [idx.digest, *blobs_of(arm), *blobs_of(by_digest)]:
                 assert has(edge, d), d
             st = edge.services.syncer.status()

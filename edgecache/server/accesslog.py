@@ -1,4 +1,4 @@
-"""One structured (JSON) access-log line per request."""
+"""One structured (JSON) access-log line per request, with its time (UTC, ms)."""
 from __future__ import annotations
 
 import json
@@ -26,9 +26,21 @@ async def timing_middleware(request: web.Request, handler) -> StreamResponse:
     return await handler(request)
 
 
+_second: list = [-1, ""]       # the last whole second formatted, and its text
+
+
+def _timestamp(now: float) -> str:
+    """ISO 8601 UTC with milliseconds; the seconds part formatted once a second."""
+    sec = int(now)
+    if sec != _second[0]:
+        _second[:] = [sec, _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(sec))]
+    return f"{_second[1]}.{int((now - sec) * 1000):03d}Z"
+
+
 class JsonAccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         line = {
+            "time": _timestamp(_time.time()),
             "method": request.method,
             "path": request.path_qs[:512],
             "status": response.status,

@@ -405,7 +405,10 @@ class BlobStore:
             if self.budgeted_bytes() <= self.high:
                 continue
             try:
-                await self.evict_to(max(0, self.low - self.reserved_bytes))
+                t0 = time.monotonic()
+                n, freed = await self.evict_to(max(0, self.low - self.reserved_bytes))
+                log.info("eviction: %d blobs, %d bytes freed in %.2f s; %d of %d bytes used",
+                         n, freed, time.monotonic() - t0, self.budgeted_bytes(), self.max_size)
             except Exception as e:   # noqa: BLE001 - tried again at the next wake
                 log.warning("eviction stopped: %s", e)
 
@@ -477,11 +480,13 @@ class BlobStore:
 
     async def quarantine(self, digest: Digest) -> None:
         self._forget(str(digest))
-        await asyncio.to_thread(self._move_to_quarantine, digest)
+        dst = await asyncio.to_thread(self._move_to_quarantine, digest)
         self.stats.quarantined += 1
+        log.warning("quarantined %s: its bytes do not hash to its name (kept as %s; fetched "
+                    "again when asked for)", digest, dst)
         await self.flush()
 
-    def _move_to_quarantine(self, digest: Digest) -> None:
+    def _move_to_quarantine(self, digest: Digest) -> Path | None:
         src = self.path(digest)
         n = 0
         while (dst := layout.quarantine_path(self.data_dir, digest, n)).exists():
@@ -490,7 +495,8 @@ class BlobStore:
         try:
             shutil.move(src, dst)
         except FileNotFoundError:
-            pass
+            return None
+        return dst
 
     # -- figures ---------------------------------------------------------------
 
