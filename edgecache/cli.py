@@ -12,6 +12,7 @@ from typing import Coroutine
 
 import yaml
 
+from edgecache.units import human_size as size
 from edgecache import __version__
 from edgecache.atomic import write_text_atomic
 from edgecache.config import Config, ConfigError, load
@@ -80,15 +81,20 @@ def _daemon(cfg: Config, args: argparse.Namespace) -> Daemon | None:
 
 def cmd_gc(cfg: Config, args: argparse.Namespace) -> int:
     if (daemon := _daemon(cfg, args)) is not None:
-        print(json.dumps(daemon.call("POST", "/_edgecache/gc", args.timeout)))
-        return 0
-
-    async def gc() -> tuple[int, int, dict]:
-        async with open_store(cfg) as store:
-            n, freed = await store.gc()
-            return n, freed, store.status()
-    n, freed, st = _run(gc())
-    print(json.dumps({"evicted": n, "freed_bytes": freed, **st}))
+        out = daemon.call("POST", "/_edgecache/gc", args.timeout)
+    else:
+        async def gc() -> tuple[int, int, dict]:
+            async with open_store(cfg) as store:
+                n, freed = await store.gc()
+                return n, freed, store.status()
+        n, freed, st = _run(gc())
+        out = {"evicted": n, "freed_bytes": freed, **st}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"evicted {out['evicted']:,} blobs, freed {size(out['freed_bytes'])}; "
+              f"{size(out['bytes_used'])} used of {size(out['budget_bytes'])} "
+              f"({out['blob_count']:,} blobs, {size(out['pinned_bytes'])} pinned)")
     return 0
 
 
@@ -103,8 +109,69 @@ def cmd_verify(cfg: Config, args: argparse.Namespace) -> int:
         out = {"checked": report.checked, "bytes": report.bytes, "bad": report.bad}
     for digest in out["bad"]:
         print(f"BAD {digest}: quarantined", file=sys.stderr)
-    print(json.dumps(out))
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"checked {out['checked']:,} blobs ({size(out['bytes'])}): "
+              + (f"{len(out['bad'])} bad, quarantined (fetched again when asked for)"
+                 if out["bad"] else "all good"))
     return 1 if out["bad"] else 0
+
+
+def cmd_status(cfg: Config, args: argparse.Namespace) -> int:
+    daemon = _daemon(cfg, args)
+    if daemon is None:
+        print(f"edgecache status: no daemon answers for {cfg.source} "
+              f"(listen {cfg.listen_host}:{cfg.listen_port}, data_dir {cfg.data_dir})",
+              file=sys.stderr)
+        return 1
+    doc = daemon.call("GET", "/_edgecache/status", args.timeout)
+    if args.json:
+        print(json.dumps(doc, indent=1))
+        return 0
+    print(summary(doc), end="")
+    sync = doc["sync"]["totals"]
+    down = [n for n, u in doc["upstreams"].items() if u["state"] != "up" or not u.get("answering", True)]
+    return 2 if down or sync["pinned"]["failed"] else 0
+
+
+def summary(doc: dict) -> str:
+    """The daemon's status, as a person reads it."""
+    ratio = doc.get("hit_ratio")
+    out = [f"edgecache {doc['version']}, up {_ago(doc['uptime_s'])}, data in {doc['data_dir']}",
+           f"store      {size(doc['bytes_used'])} of {size(doc['budget_bytes'])} "
+           f"({doc['bytes_used'] / doc['budget_bytes']:.0%}), {doc['blob_count']:,} blobs, "
+           f"{size(doc['pinned_bytes'])} pinned; hit ratio "
+           f"{f'{ratio:.1%}' if ratio is not None else '-'}"
+           + ("; DISK FULL" if doc["store"].get("disk_full") else "")]
+    for i, (name, u) in enumerate(sorted(doc["upstreams"].items())):
+        state = "failing" if u["state"] == "up" and not u.get("answering", True) else u["state"]
+        why = f"  {u['last_error']}" if state != "up" and u.get("last_error") else ""
+        out.append(f"{'upstreams' if i == 0 else '':10} {name:28} {state:8}{why[:100]}")
+    t = doc["sync"]["totals"]
+    last = (doc.get("sync_last_success") or {}).get("pinned")
+    out.append(f"{'sync':10} pinned {t['pinned']['complete']}/{t['pinned']['desired']} complete"
+               f" ({t['pinned']['failed']} failed), prefetch {t['prefetch']['complete']}/"
+               f"{t['prefetch']['desired']}; pinned set last complete "
+               + (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(last)) if last else "never"))
+    for e in doc["sync"]["entries"]:
+        if e["state"] == "failed":
+            out.append(f"{'':10} failed: {e['kind']} {e['ref']}: {e['reason']}")
+    sib = doc.get("siblings")
+    if sib is not None:
+        peers = sib.get("peers") or []
+        out.append(f"{'siblings':10} {sib['live']} live of {len(peers)}"
+                   + "".join(f"; {p['node_id'] or p['url']} {p['state']}" for p in peers[:8]))
+    return "\n".join(out) + "\n"
+
+
+def _ago(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60} min" if s < 172800 else f"{s // 86400} days"
 
 
 class _Progress:
@@ -304,6 +371,7 @@ def parser() -> argparse.ArgumentParser:
     ck = add("check-config", cmd_check_config, "validate and print the effective configuration")
     ck.add_argument("file", type=Path, nargs="?", help="the file to check (same as --config)")
     for name, fn, help_, wait in (
+            ("status", cmd_status, "the running daemon's state, as a summary (--json: all of it)", 30),
             ("gc", cmd_gc, "evict down to the budget now", 600),
             ("verify", cmd_verify, "re-hash every blob, quarantine the bad ones", 24 * 3600),
             ("sync", cmd_sync, "sync the pinned set and prefetch lists now (via the daemon if one runs)",
@@ -317,6 +385,9 @@ def parser() -> argparse.ArgumentParser:
                              "(default: access.cli_credentials_file)")
         sp.add_argument("--timeout", type=float, default=wait,
                         help=f"seconds to wait for the daemon's answer (default: {wait})")
+    for name in ("status", "gc", "verify"):
+        sub.choices[name].add_argument("--json", action="store_true",
+                                       help="print JSON (for scripts) instead of a summary")
     imp = sub.choices["import"]
     imp.add_argument("paths", nargs="+", type=Path, help="archives or OCI layout directories")
     imp.add_argument("--pin", action="store_true",

@@ -1,4 +1,4 @@
-"""The gc and verify commands, run as a user would."""
+"""The gc, verify and status commands, run as a user would."""
 import asyncio
 import json
 import subprocess
@@ -38,7 +38,7 @@ def config(tmp_path, max_size):
 
 def test_gc_evicts_least_recently_used_down_to_the_budget(tmp_path):
     ds = fill_store(tmp_path / "data", [bytes([i]) * 1000 for i in range(10)], max_size=100_000)
-    r = run("gc", "--config", str(config(tmp_path, 5000)))
+    r = run("gc", "--config", str(config(tmp_path, 5000)), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     # low watermark 0.85 of 5000 = 4250: six oldest go, four newest stay.
@@ -47,6 +47,8 @@ def test_gc_evicts_least_recently_used_down_to_the_budget(tmp_path):
         assert not (tmp_path / "data" / "blobs" / "sha256" / d.hex[:2] / d.hex).exists()
     for d in ds[6:]:
         assert (tmp_path / "data" / "blobs" / "sha256" / d.hex[:2] / d.hex).exists()
+    r = run("gc", "--config", str(config(tmp_path, 3000)))
+    assert r.stdout == "evicted 2 blobs, freed 2.0 KiB; 2.0 KiB used of 2.9 KiB (2 blobs, 0 B pinned)\n"
 
 
 def test_verify_reports_and_quarantines_corrupted_blobs(tmp_path):
@@ -54,9 +56,36 @@ def test_verify_reports_and_quarantines_corrupted_blobs(tmp_path):
     bad = tmp_path / "data" / "blobs" / "sha256" / ds[1].hex[:2] / ds[1].hex
     bad.write_bytes(b"bexa" * 100)
     cfg = config(tmp_path, 100_000)
-    r = run("verify", "--config", str(cfg))
+    r = run("verify", "--config", str(cfg), "--json")
     assert r.returncode == 1
     assert json.loads(r.stdout) == {"checked": 2, "bytes": 900, "bad": [str(ds[1])]}
     assert not bad.exists() and list((tmp_path / "data" / "quarantine").iterdir())
     r = run("verify", "--config", str(cfg))
-    assert r.returncode == 0 and json.loads(r.stdout)["bad"] == []
+    assert r.returncode == 0 and r.stdout == "checked 1 blobs (500 B): all good\n"
+
+
+def test_status_summarises_the_running_daemon(tmp_path):
+    from tests.support.edge import EdgeProcess, make_config
+    from tests.support.ports import free_port
+    doc = make_config(tmp_path / "data", {"a.example": "http://127.0.0.1:9",
+                                          "b.example": f"http://127.0.0.1:{free_port()}"},
+                      default="a.example")
+    edge = EdgeProcess(tmp_path, doc)
+    r = run("status", "--config", str(edge.config_path))       # not started yet
+    assert r.returncode == 1 and "no daemon answers" in r.stderr
+    with edge:
+        import urllib.request
+        try:
+            urllib.request.urlopen(f"{edge.url}/v2/x/manifests/v1?ns=b.example", timeout=10)
+        except Exception:   # noqa: BLE001 - a 503: the upstream is not there
+            pass
+        r = run("status", "--config", str(edge.config_path))
+        assert r.returncode == 2, r.stderr          # an upstream not answering
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith("edgecache ") and "up " in lines[0]
+        assert lines[1].startswith("store      0 B of 20.0 GiB (0%), 0 blobs")
+        assert any(x.split()[-1:] == ["up"] or " a.example " in x for x in lines)
+        assert any("b.example" in x and "failing" in x for x in lines), r.stdout
+        assert any(x.startswith("sync       pinned 0/0 complete") for x in lines)
+        r = run("status", "--config", str(edge.config_path), "--json")
+        assert json.loads(r.stdout)["upstreams"]["b.example"]["answering"] is False

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edgecache.server.status_page import render, size
+from edgecache.server.status_page import render
+from edgecache.units import human_size as size
 from tests.conftest import IN_CI, require_binaries
 from tests.support.edge import EdgeProcess, make_config
 from tests.support.images import make_image, push

@@ -10,6 +10,7 @@ import html
 from typing import Any, Iterable
 
 from edgecache.recent import SOURCES, Minute, RecentError
+from edgecache.units import human_size as size
 
 REFRESH_S = 10
 COLORS = {"local": "#2b8a3e", "sibling": "#1971c2", "upstream": "#e8590c", "hit": "#2b8a3e"}
@@ -17,17 +18,6 @@ COLORS = {"local": "#2b8a3e", "sibling": "#1971c2", "upstream": "#e8590c", "hit"
 
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
-
-
-def size(n: float | int | None) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _when(ts: float | None) -> str:
