@@ -175,13 +175,36 @@ def _ago(seconds: float) -> str:
 
 
 class _Progress:
-    """Per-image sync progress: redrawn in place on a terminal, plain lines otherwise."""
+    """Per-image sync progress. On a terminal, a live table (one row per entry, as wide
+    as the terminal, redrawn in place by rich) with log lines printed above it, never
+    inside; otherwise a plain line per change of an entry's state."""
 
     def __init__(self, out=sys.stdout) -> None:
         self.out = out
         self.tty = out.isatty()
-        self.drawn = 0
         self.last: dict[str, tuple] = {}
+        self._live = None
+        self._streams: list[tuple[logging.StreamHandler, object]] = []
+
+    def __enter__(self) -> "_Progress":
+        if self.tty:
+            from rich.console import Console
+            from rich.live import Live
+            self._live = Live(console=Console(file=self.out), auto_refresh=False,
+                              redirect_stdout=False, redirect_stderr=True, transient=False)
+            self._live.start()
+            # Log handlers hold the stderr they were made with: point them at rich's
+            # proxy, which prints above the table.
+            for h in logging.getLogger().handlers:
+                if isinstance(h, logging.StreamHandler) and h.stream in (sys.__stderr__, sys.stderr):
+                    self._streams.append((h, h.setStream(sys.stderr)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h, stream in self._streams:
+            h.setStream(stream)
+        if self._live is not None:
+            self._live.stop()
 
     @staticmethod
     def _line(e: dict) -> str:
@@ -192,22 +215,49 @@ class _Progress:
         return (f"{e['kind']:8} {e['state']:9} {size:>20}  {e['ref']} [{','.join(e['platforms'])}]"
                 f"{refs}{why}")
 
+    @staticmethod
+    def _table(entries: list[dict], width: int):
+        """One row per entry; the image named whole or cut in the middle (its tag stays
+        visible), failures' reasons under the table where they have the width."""
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+        t = Table(box=None, pad_edge=False, header_style="bold")
+        for name, justify in (("list", "left"), ("state", "left"), ("MiB", "right"),
+                              ("image", "left"), ("refs", "right")):
+            t.add_column(name, justify=justify, no_wrap=True)
+        style = {"complete": "green", "failed": "red", "fetching": "yellow"}
+        mib = 1024 * 1024
+        room = max(16, width - 38)
+        for e in entries:
+            t.add_row(e["kind"], Text(e["state"], style=style.get(e["state"], "")),
+                      f"{e['bytes_done'] / mib:.1f}/{e['bytes_total'] / mib:.1f}",
+                      Text(_middle(f"{e['ref']} [{','.join(e['platforms'])}]", room)),
+                      str(e.get("referrers") or 0))
+        failed = [Text(_middle(f"  {e['ref']}: {e['reason']}", width), style="red")
+                  for e in entries if e["state"] == "failed" and e.get("reason")]
+        return Group(t, *failed)
+
     def show(self, status: dict) -> None:
         entries = status["entries"]
-        if self.tty:
-            if self.drawn:
-                self.out.write(f"\x1b[{self.drawn}F")
-            for e in entries:
-                self.out.write("\x1b[2K" + self._line(e) + "\n")
-            self.drawn = len(entries)
-        else:
-            for e in entries:
-                key = f"{e['kind']} {e['ref']} {e['platforms']}"
-                now = (e["state"], e.get("reason"))
-                if self.last.get(key) != now:
-                    self.last[key] = now
-                    self.out.write(self._line(e) + "\n")
+        if self._live is not None:
+            self._live.update(self._table(entries, self._live.console.width), refresh=True)
+            return
+        for e in entries:
+            key = f"{e['kind']} {e['ref']} {e['platforms']}"
+            now = (e["state"], e.get("reason"))
+            if self.last.get(key) != now:
+                self.last[key] = now
+                self.out.write(self._line(e) + "\n")
         self.out.flush()
+
+
+def _middle(text: str, n: int) -> str:
+    """text in n characters at most: cut in the middle, where a long name repeats itself."""
+    if len(text) <= n:
+        return text
+    head = (n - 1) // 3
+    return text[:head] + "…" + text[len(text) - (n - 1 - head):]
 
 
 def _sync_result(status: dict, pinned_source: Path | None) -> int:
@@ -218,36 +268,37 @@ def _sync_result(status: dict, pinned_source: Path | None) -> int:
     t = status["totals"]
     print(f"pinned: {t['pinned']['complete']}/{t['pinned']['desired']} complete, "
           f"{t['pinned']['failed']} failed; prefetch: {t['prefetch']['complete']}/"
-          f"{t['prefetch']['desired']} complete, {t['prefetch']['failed']} failed; "
-          f"{t['bytes_pinned']} bytes pinned")
+          f"{t['prefetch']['desired']}, {t['prefetch']['failed']} failed; "
+          f"{size(t['bytes_pinned'])} pinned")
     return 1 if t["pinned"]["failed"] or pinned_problem else 0
 
 
 def cmd_sync(cfg: Config, args: argparse.Namespace) -> int:
-    progress = _Progress()
     daemon = _daemon(cfg, args)
     if daemon is not None:
         # A daemon owns this data_dir: ask it, and follow its progress.
-        status = daemon.call("POST", "/_edgecache/sync", args.timeout)
-        while True:
-            progress.show(status)
-            if not status["running"]:
-                break
-            time.sleep(0.5)
-            status = daemon.call("GET", "/_edgecache/sync", args.timeout)
+        with _Progress() as progress:
+            status = daemon.call("POST", "/_edgecache/sync", args.timeout)
+            while True:
+                progress.show(status)
+                if not status["running"]:
+                    break
+                time.sleep(0.5)
+                status = daemon.call("GET", "/_edgecache/sync", args.timeout)
         return _sync_result(status, cfg.pinned)
 
     async def in_process() -> dict:
         from edgecache.runtime import open_runtime
-        async with open_runtime(cfg, siblings=False) as rt:
-            run = rt.syncer.sync()
-            while not run.done():
-                progress.show(rt.syncer.status())
-                await asyncio.wait([run], timeout=0.5)
-            await run
-            status = rt.syncer.status()
-            progress.show(status)
-            return status
+        with _Progress() as progress:
+            async with open_runtime(cfg, siblings=False) as rt:
+                run = rt.syncer.sync()
+                while not run.done():
+                    progress.show(rt.syncer.status())
+                    await asyncio.wait([run], timeout=0.5)
+                await run
+                status = rt.syncer.status()
+                progress.show(status)
+                return status
     return _sync_result(_run(in_process()), cfg.pinned)
 
 
