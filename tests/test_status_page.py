@@ -83,6 +83,11 @@ def test_the_page_renders_every_section_from_a_status_document():
                                "prefetch": {"complete": 0, "desired": 0}},
                     "running": False, "problems": ["pinned.yaml:3: bad"]},
            "sync_last_success": {}, "siblings": None}
+    with_siblings = {**doc, "siblings": {"live": 1, "peers": [
+        {"url": "http://10.0.0.2:5000", "node_id": "edge-2", "state": "up", "bytes_fetched": 5 * 1024**2,
+         "bytes_served": 0, "last_error": None}]}}
+    page = render(with_siblings, {}, [], [], [])
+    assert "edge-2" in page and "5.0 MiB" in page and "http://10.0.0.2:5000" in page
     page = render(doc, {"hits": 3.0, "misses": 1.0, "served:local": 2048.0},
                   [Minute(1, hits=3, misses=1, served={"local": 2048})],
                   [RecentError(1.8e9, "stale", "corp: app:v1")],
