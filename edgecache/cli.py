@@ -60,7 +60,7 @@ def cmd_check_config(cfg: Config, args: argparse.Namespace) -> int:
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     # The lists it names: the daemon would start without them, and keep syncing nothing.
     bad = 0
-    for key, path in (("pinned", cfg.pinned), ("prefetch", cfg.prefetch)):
+    for key, path in () if args.skip_lists else (("pinned", cfg.pinned), ("prefetch", cfg.prefetch)):
         if path is None:
             continue
         if not path.exists():
@@ -190,12 +190,13 @@ class _Progress:
         if self.tty:
             from rich.console import Console
             from rich.live import Live
+            both = sys.stderr.isatty()          # logs to a file stay in the file
             self._live = Live(console=Console(file=self.out), auto_refresh=False,
-                              redirect_stdout=False, redirect_stderr=True, transient=False)
+                              redirect_stdout=False, redirect_stderr=both, transient=False)
             self._live.start()
             # Log handlers hold the stderr they were made with: point them at rich's
             # proxy, which prints above the table.
-            for h in logging.getLogger().handlers:
+            for h in logging.getLogger().handlers if both else []:
                 if isinstance(h, logging.StreamHandler) and h.stream in (sys.__stderr__, sys.stderr):
                     self._streams.append((h, h.setStream(sys.stderr)))
         return self
@@ -421,6 +422,9 @@ def parser() -> argparse.ArgumentParser:
     add("serve", cmd_serve, "run the cache")
     ck = add("check-config", cmd_check_config, "validate and print the effective configuration")
     ck.add_argument("file", type=Path, nargs="?", help="the file to check (same as --config)")
+    ck.add_argument("--skip-lists", action="store_true",
+                    help="check the configuration alone, not the pinned and prefetch lists it "
+                         "names (Ansible validates it before the lists are written)")
     for name, fn, help_, wait in (
             ("status", cmd_status, "the running daemon's state, as a summary (--json: all of it)", 30),
             ("gc", cmd_gc, "evict down to the budget now", 600),

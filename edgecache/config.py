@@ -553,7 +553,8 @@ def load(path: Path | None, *, env: Mapping[str, str] | None = None, uid: int | 
         raw = load_yaml(text)
     except yaml.YAMLError as e:
         line, why = where_and_why(e)
+        # The line's key, never its value (it may be a password).
         lines = text.splitlines()
-        raise ConfigError(f"{path}:{line}", lines[line - 1].strip() if 0 < line <= len(lines) else "",
-                          f"invalid YAML: {why}") from None
+        key = lines[line - 1].split(":", 1)[0].strip() if 0 < line <= len(lines) else ""
+        raise ConfigError(f"{path}:{line}", key, f"invalid YAML: {why}") from None
     return build(raw, source=str(path), env=env, uid=uid, base=Path(path).parent)

@@ -62,12 +62,12 @@ def format_size(n: int) -> str:
 
 
 def format_duration(secs: float) -> str:
-    """A duration as people write it: the largest unit that divides it (`60s` is `1m`)."""
-    ms = round(secs * 1000)
-    for unit, factor in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms and ms % factor == 0:
-            return f"{ms // factor}{unit}"
-    return f"{ms}ms" if ms else "0s"
+    """A duration as people write it: the largest unit that divides it (`60s` is `1m`),
+    else seconds as written (`0.25s`)."""
+    for unit, factor in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
+        if secs and secs == int(secs) and int(secs) % factor == 0:
+            return f"{int(secs) // factor}{unit}"
+    return f"{secs!r}s"            # exact: read back as the same float
 
 
 def positive(key: str, value: Any) -> float:

@@ -15,23 +15,34 @@ def where_and_why(e: yaml.YAMLError) -> tuple[int, str]:
     return (mark.line + 1 if mark else 1), str(getattr(e, "problem", None) or e)
 
 
+MERGE = "tag:yaml.org,2002:merge"
+
+
 def duplicate_key(node: yaml.MappingNode) -> yaml.Node | None:
-    """The first key of a mapping node written twice, if any."""
-    seen: set[Any] = set()
+    """The first key of a mapping node written twice, if any: the same tag and value
+    (`1` and `"1"` are two keys); merge keys (`<<`) are not keys."""
+    seen: set[tuple[str, Any]] = set()
     for k, _ in node.value:
-        if isinstance(k, yaml.ScalarNode):
-            if k.value in seen:
+        if isinstance(k, yaml.ScalarNode) and k.tag != MERGE:
+            if (k.tag, k.value) in seen:
                 return k
-            seen.add(k.value)
+            seen.add((k.tag, k.value))
     return None
 
 
 class StrictLoader(yaml.SafeLoader):
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        dup = duplicate_key(node)
-        if dup is not None:
-            raise ConstructorError(None, None, f"duplicate key {dup.value!r}", dup.start_mark)
-        return super().construct_mapping(node, deep=deep)
+    """A key written twice is an error. Checked before a mapping's merges are flattened
+    into it (once per node: a merged node is flattened, in place, by whoever merges it
+    first), so what `<<` brings in may be overridden."""
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        checked = self.__dict__.setdefault("_checked", set())
+        if id(node) not in checked:
+            checked.add(id(node))
+            dup = duplicate_key(node)
+            if dup is not None:
+                raise ConstructorError(None, None, f"duplicate key {dup.value!r}", dup.start_mark)
+        super().flatten_mapping(node)
 
 
 def load_yaml(text: str) -> Any:

@@ -236,10 +236,10 @@ def test_edgecache_gc_against_a_daemon_with_credentials(tmp_path):
             def cli(*extra):
                 return subprocess.run([sys.executable, "-m", "edgecache", *extra, "--config",
                                        str(edge.config_path)], capture_output=True, text=True, timeout=60)
-            r = cli("gc")
+            r = cli("gc", "--json")
             assert r.returncode == 0, r.stderr
             assert "evicted" in json.loads(r.stdout)
-            r = cli("verify")
+            r = cli("verify", "--json")
             assert r.returncode == 0 and json.loads(r.stdout)["bad"] == [], r.stderr
             r = cli("gc", "--credentials-file", str(tmp_path / "wrong-creds"))
             assert r.returncode == 1 and "refused the credentials" in r.stderr

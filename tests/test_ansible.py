@@ -120,7 +120,7 @@ def test_role_runs_into_a_throwaway_root_twice(tmp_path, wheels):
     c = subprocess.run([str(venv_bin), "check-config", str(cfg)], capture_output=True, text=True, timeout=60)
     assert c.returncode == 0, c.stderr
     eff = yaml.safe_load(c.stdout)
-    assert eff["cache"]["max_size"] == 120 * 1024**3
+    assert eff["cache"]["max_size"] == "120GiB"
     assert eff["default_upstream"] == "registry.corp.example"
     assert eff["pinned"] == str(root / "etc" / "edgecache" / "images" / "pinned.yaml")
     secret = root / "etc" / "edgecache" / "siblings.secret"

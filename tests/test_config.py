@@ -197,7 +197,7 @@ def test_check_config_prints_units_people_write_and_reads_back_the_same(tmp_path
     printed = c.to_dict()
     assert (printed["tag_ttl"], printed["cache"]["max_size"], printed["cache"]["scrub_rate"],
             printed["cache"]["abandon_after"], printed["sync"]["interval"],
-            printed["sync"]["retention"]) == ("90s", "20GiB", "1000", "250ms", "6h", "1d")
+            printed["sync"]["retention"]) == ("90s", "20GiB", "1000", "0.25s", "6h", "1d")
     again = yaml.safe_load(yaml.safe_dump(printed))
     again.pop("siblings")
     assert cfg(again) == c
@@ -213,6 +213,12 @@ def test_yaml_errors_name_file_line_and_reason_and_a_key_twice_is_one(tmp_path):
     with pytest.raises(ConfigError) as e:
         load(f, env={}, uid=1000)
     assert e.value.key == f"{f}:3" and "expected ',' or '}'" in str(e.value)
+    # The line is named by its key: its value may be a secret.
+    f.write_text("upstreams:\n  a.example:\n    url: http://127.0.0.1:1\n    username: u\n"
+                 "    password: hunter3\n    password: hunter4\n")
+    with pytest.raises(ConfigError) as e:
+        load(f, env={}, uid=1000)
+    assert "duplicate key 'password'" in str(e.value) and "hunter" not in str(e.value)
 
 
 def test_check_config_reports_missing_list_files_and_their_problems(tmp_path):

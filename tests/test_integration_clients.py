@@ -166,8 +166,8 @@ def test_gc_and_verify_go_through_a_running_daemon_and_nothing_else_touches_its_
     with urllib.request.urlopen(f"{edge.url}/v2/demo/gc/blobs/{img.layers[0].digest}") as r:
         assert r.read() == img.layers[0].data
     for cmd in ("verify", "gc"):
-        r = subprocess.run([sys.executable, "-m", "edgecache", cmd, "--config", str(edge.config_path)],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run([sys.executable, "-m", "edgecache", cmd, "--json", "--config",
+                            str(edge.config_path)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)
     # Another configuration on the same data_dir (no daemon at its address) is refused.

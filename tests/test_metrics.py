@@ -52,6 +52,16 @@ async def test_what_an_operator_alerts_on(tmp_path):
             assert _value(m, 'edgecache_upstream_up{upstream="down.example"}') == 0
             assert _value(m, 'edgecache_upstream_breaker_state{state="closed",upstream="down.example"}') == 1
             assert _value(m, f'edgecache_upstream_up{{upstream="{HOST}"}}') == 1
+            # Not down for ever: idle, an unanswered request is forgotten after a while.
+            import edgecache.upstream.client as client_module
+            remembered = client_module.UNANSWERED_FOR
+            client_module.UNANSWERED_FOR = 0.2
+            try:
+                import asyncio
+                await asyncio.sleep(0.3)
+                assert _value(await _metrics(s, edge), 'edgecache_upstream_up{upstream="down.example"}') == 1
+            finally:
+                client_module.UNANSWERED_FOR = remembered
             assert _value(m, f'edgecache_cache_hits_total{{kind="blob",upstream="{HOST}"}}') >= 1
             assert _value(m, 'edgecache_cache_misses_total{kind="blob",upstream="down.example"}') == 1
             synced = _value(m, 'edgecache_sync_last_success_timestamp_seconds{list="pinned"}')

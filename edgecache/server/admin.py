@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from typing import Iterable
 
@@ -214,15 +213,11 @@ def state_collector(svc: Services) -> Iterable:
                       svc.store.stats.quarantined)
         yield counter("edgecache_disk_full_events", "Writes refused because the disk was full",
                       svc.store.stats.disk_full)
-        try:
-            fs = os.statvfs(svc.config.data_dir)
-        except OSError:
-            pass
-        else:
+        if svc.store.filesystem is not None:
+            fs_size, fs_free = svc.store.filesystem
             yield gauge("edgecache_data_dir_filesystem_bytes",
                         "The file system data_dir is on: its size and the bytes free to us",
-                        ["kind"], [(["size"], fs.f_blocks * fs.f_frsize),
-                                   (["free"], fs.f_bavail * fs.f_frsize)])
+                        ["kind"], [(["size"], fs_size), (["free"], fs_free)])
         states = ("closed", "half_open", "open")
         yield gauge("edgecache_upstream_breaker_state",
                     "Circuit breaker state per upstream (1 for the current state)",

@@ -189,12 +189,13 @@ class DenialLog:
     def __call__(self, request: web.Request, exc: BaseException, status: int) -> None:
         now = time.monotonic()
         who = request.remote or "?"
-        self.recent.append((time.time(), status, request.method, request.path[:200], who,
-                            str(exc)[:300]))
         last, held = self._seen.get(who, (0.0, 0))
         if now - last < self.INTERVAL:
             self._seen[who] = (last, held + 1)
             return
+        more = f" (and {held} more in {now - last:.0f} s)" if held else ""
+        self.recent.append((time.time(), status, request.method, request.path[:200], who,
+                            f"{str(exc)[:300]}{more}"))
         if len(self._seen) > 4096:
             self._seen.clear()
         self._seen[who] = (now, 0)

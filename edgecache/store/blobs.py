@@ -103,6 +103,9 @@ class BlobStore:
         self._evictor: asyncio.Task[None] | None = None
         self._evict_lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        # (size, free bytes) of the file system data_dir is on, read by the evictor.
+        self.filesystem: tuple[int, int] | None = None
+        self._fs_at = 0.0
         self.evict_interval = evict_interval    # read at every wait: a reload changes it
         self._flusher: asyncio.Task[None] | None = None
         self.set_budget(max_size, high_watermark, low_watermark)
@@ -396,6 +399,14 @@ class BlobStore:
     async def _evict_forever(self) -> None:
         """The one evictor: whenever the budget is passed, down to the low watermark."""
         while True:
+            if time.monotonic() - self._fs_at > 5.0:
+                # For /metrics, read off the loop (a hung file system must not stall it).
+                self._fs_at = time.monotonic()
+                try:
+                    fs = await asyncio.to_thread(os.statvfs, self.data_dir)
+                    self.filesystem = (fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize)
+                except OSError:
+                    pass
             try:
                 async with asyncio.timeout(self.evict_interval):
                     await self._wake.wait()
@@ -407,8 +418,9 @@ class BlobStore:
             try:
                 t0 = time.monotonic()
                 n, freed = await self.evict_to(max(0, self.low - self.reserved_bytes))
-                log.info("eviction: %d blobs, %d bytes freed in %.2f s; %d of %d bytes used",
-                         n, freed, time.monotonic() - t0, self.budgeted_bytes(), self.max_size)
+                if n:
+                    log.info("eviction: %d blobs, %d bytes freed in %.2f s; %d of %d bytes used",
+                             n, freed, time.monotonic() - t0, self.budgeted_bytes(), self.max_size)
             except Exception as e:   # noqa: BLE001 - tried again at the next wake
                 log.warning("eviction stopped: %s", e)
 

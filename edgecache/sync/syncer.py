@@ -300,10 +300,14 @@ class Syncer:
         await asyncio.gather(*(one(k, e) for k, e in todo))
         finished = time.time()
         totals = self.totals()
-        for kind in KINDS:
-            if totals[kind]["complete"] == totals[kind]["desired"]:
-                self.state.last_success[kind] = finished
-        await self._save()
+        complete = [k for k in KINDS if totals[k]["complete"] == totals[k]["desired"]]
+        for kind in complete:
+            self.state.last_success[kind] = finished
+        if complete:
+            try:
+                await self._save()
+            except OSError as e:        # a full disk: said, and tried again next run
+                log.warning("sync state not written: %s", e)
         self.last_run = {"started": started, "finished": finished, **totals}
         log.info("sync run %d: pinned %d/%d complete, prefetch %d/%d complete", self.runs,
                  totals["pinned"]["complete"], totals["pinned"]["desired"],
@@ -314,9 +318,15 @@ class Syncer:
         """Seconds between scheduled syncs: sync.interval, or the schedule's next gap."""
         if not self.cfg.sync.schedule:
             return self.cfg.sync.interval
+        # The longest gap of the next firings, in local time as the schedule runs: a
+        # weekday schedule's Friday-to-Monday gap counts.
         cron = Cron.parse(self.cfg.sync.schedule)
-        first = cron.next_after(datetime.datetime.now(datetime.timezone.utc))
-        return (cron.next_after(first) - first).total_seconds()
+        t = cron.next_after(datetime.datetime.now().astimezone())
+        gap = 0.0
+        for _ in range(8):
+            nxt = cron.next_after(t)
+            gap, t = max(gap, (nxt - t).total_seconds()), nxt
+        return gap
 
     async def _sync_one(self, kind: str, entry: Entry) -> None:
         p = self.progress.setdefault((kind, entry.key), Progress())
@@ -467,10 +477,15 @@ class Syncer:
 
     async def _schedule_loop(self) -> None:
         cron = Cron.parse(self.cfg.sync.schedule) if self.cfg.sync.schedule else None
-        await self.sync()                       # at start: a node after a power cut catches up
+        first = True
         while True:
-            await asyncio.sleep(seconds_until_next(cron, self.cfg.sync.interval))
-            await self.sync()
+            if not first:
+                await asyncio.sleep(seconds_until_next(cron, self.cfg.sync.interval))
+            first = False                       # at start: a node after a power cut catches up
+            try:
+                await self.sync()
+            except Exception:   # noqa: BLE001 - the schedule must outlive one bad run
+                log.exception("sync run failed; the next one is on schedule")
 
     async def _watch_loop(self) -> None:
         while True:

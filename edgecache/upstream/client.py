@@ -100,6 +100,9 @@ def _range_starts_at(content_range: str | None, offset: int) -> bool:
     return m[3] == "*" or int(m[2]) + 1 == int(m[3])
 
 
+UNANSWERED_FOR = 120.0       # seconds an unanswered request keeps an upstream "not answering"
+
+
 class UpstreamClient:
     def __init__(self, cfg: UpstreamConfig, timeouts: Timeouts, breaker: BreakerConfig,
                  limits: LimitsConfig = LimitsConfig(),
@@ -119,9 +122,9 @@ class UpstreamClient:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.last_ok_at: float | None = None
-        # Whether the last request got an answer that was not a server failure (5xx):
-        # down after one failed attempt, not only once the breaker opens. Up until asked.
-        self.answering = True
+        # When a request last got no answer, or a server failure (5xx): down after one
+        # failed attempt, not only once the breaker opens; None once one is answered.
+        self._unanswered_at: float | None = None
         self.on_error: Callable[[UpstreamError], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -218,7 +221,7 @@ class UpstreamClient:
             assert resp is not None
             self.breaker.success()
             self.last_ok_at = time.time()
-            self.answering = resp.status < 500
+            self._unanswered_at = time.monotonic() if resp.status >= 500 else None
             if resp.status >= 300 and not (not_modified and resp.status == 304):
                 raise self._status_error(resp)
         except BaseException as e:
@@ -227,8 +230,8 @@ class UpstreamClient:
             if isinstance(e, asyncio.CancelledError):
                 raise
             err = self.translate(e)
-            if resp is None:
-                self.answering = False        # no answer at all: unreachable, timed out
+            if isinstance(err, (UpstreamUnreachable, UpstreamTimeout)):
+                self._unanswered_at = time.monotonic()      # no answer at all
             self._record_failure(err)
             raise err from (None if e is err else e)
         try:
@@ -494,8 +497,14 @@ class UpstreamClient:
                              r.headers.get("OCI-Filters-Applied"))
 
     @property
+    def answering(self) -> bool:
+        """Its last request was answered (not a 5xx, not unreachable, not timed out); a
+        failure is remembered UNANSWERED_FOR, so an idle upstream is not down forever."""
+        at = self._unanswered_at
+        return at is None or time.monotonic() - at > UNANSWERED_FOR
+
+    @property
     def up(self) -> bool:
-        """Its breaker closed and its last request answered (not a 5xx, not unreachable)."""
         return self.breaker.state == "closed" and self.answering
 
     def status(self) -> dict[str, object]:
