@@ -303,7 +303,9 @@ class Syncer:
         complete = [k for k in KINDS if totals[k]["complete"] == totals[k]["desired"]]
         for kind in complete:
             self.state.last_success[kind] = finished
-        if complete:
+        # Kept across restarts when there is something to keep (an empty list is
+        # complete again at the first run after a start).
+        if any(totals[k]["desired"] for k in complete):
             try:
                 await self._save()
             except OSError as e:        # a full disk: said, and tried again next run
