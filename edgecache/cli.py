@@ -12,6 +12,7 @@ from typing import Coroutine
 
 import yaml
 
+from edgecache.server.logsink import LineSink
 from edgecache.units import human_size as size
 from edgecache import __version__
 from edgecache.atomic import write_text_atomic
@@ -33,13 +34,18 @@ def _setup_logging(verbose: bool = False) -> None:
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(h)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # Access lines are JSON on stdout, one per request, for log shippers.
-    access = logging.getLogger("edgecache.access")
-    ah = logging.StreamHandler(sys.stdout)
-    ah.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(ah)
-    access.propagate = False
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _access_log_sink() -> LineSink:
+    """Access lines are JSON on stdout, one per request, for log shippers; written by a
+    thread of their own (server/logsink.py)."""
+    sink = LineSink(sys.stdout).start()
+    sink.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("edgecache.access")
+    access.addHandler(sink)
+    access.propagate = False
+    return sink
 
 
 def _run(coro: Coroutine) -> object:
@@ -48,7 +54,12 @@ def _run(coro: Coroutine) -> object:
 
 def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
     from edgecache.server.app import serve
-    _run(serve(cfg))
+    sink = _access_log_sink()
+    try:
+        _run(serve(cfg))
+    finally:
+        logging.getLogger("edgecache.access").removeHandler(sink)
+        sink.close()                 # what is still pending is written first
     return 0
 
 

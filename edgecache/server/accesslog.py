@@ -9,6 +9,8 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp import web
 from aiohttp.web import BaseRequest, StreamResponse
 
+from edgecache.server.logsink import LineSink
+
 
 # What handlers tell the access log about a request.
 T0 = web.RequestKey("ec_t0", float)
@@ -38,6 +40,12 @@ def _timestamp(now: float) -> str:
 
 
 class JsonAccessLogger(AbstractAccessLogger):
+    def __init__(self, logger: logging.Logger, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        # The logger's LineSink, if it has one (the daemon's): lines go to it directly.
+        # Without one (tests, embedding), through logging as any record.
+        self._sink = next((h for h in logger.handlers if isinstance(h, LineSink)), None)
+
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         line = {
             "time": _timestamp(_time.time()),
@@ -56,7 +64,13 @@ class JsonAccessLogger(AbstractAccessLogger):
             line["error"] = request[ERROR]
         if REQUEST_ID in request:
             line["request_id"] = request[REQUEST_ID]
-        self.logger.info(json.dumps(line, separators=(",", ":")))
+        text = json.dumps(line, separators=(",", ":"))
+        sink = self._sink
+        if sink is not None:
+            sink.put_line(text)          # written by the sink's thread, not here
+        else:
+            self.logger.info(text)
+
 
     @property
     def enabled(self) -> bool:
