@@ -42,7 +42,6 @@ COSIGN_SUFFIX = {"signatures": "sig", "attestations": "att", "sboms": "sbom"}
 # unpacks them): what GROUPS name, and notation's JWS/COSE envelopes.
 _ARTIFACT_LAYERS = (*GROUPS["signatures"], *GROUPS["attestations"], *GROUPS["sboms"],
                     "application/jose+json", "application/cose")
-_SCHEMA_TAG = re.compile(r"(sha256|sha512)-([0-9a-f]{64}|[0-9a-f]{128})(\.(sig|att|sbom))?")
 COSIGN_SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 MAX_ANNOTATIONS_BYTES = 2048     # of one referrer descriptor's annotations (more: dropped)
@@ -125,10 +124,6 @@ def schema_tag(digest: Digest | str, suffix: str | None = None) -> str:
     d = parse_digest(str(digest))
     tag = f"{d.algorithm}-{d.hex}"
     return f"{tag}.{suffix}" if suffix else tag
-
-
-def is_schema_tag(tag: str) -> bool:
-    return _SCHEMA_TAG.fullmatch(tag) is not None
 
 
 def descriptor(body: bytes, digest: str, media_type: str) -> dict[str, Any] | None:

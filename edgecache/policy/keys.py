@@ -56,11 +56,3 @@ def verifies(key: PublicKey, message: bytes, signature: bytes) -> bool:
         return False
     return True
 
-
-def fingerprint(pem: bytes) -> str:
-    """A short name for a key in logs and status: sha256 of its DER, 12 hex digits."""
-    key = load_public_key(pem)
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    digest = hashes.Hash(hashes.SHA256())
-    digest.update(der)
-    return digest.finalize().hex()[:12]

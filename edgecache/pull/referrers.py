@@ -54,7 +54,6 @@ class ReferrersAnswer:
     source: str                  # "local" or "upstream"
     stale: bool = False
     digest: str | None = None    # of the answer as kept in the store (the syncer pins it)
-    via: str = ""                # "api" or "tags"
 
 
 def page(descriptors: list[dict[str, Any]], artifact_types: Iterable[str], n: int | None,
@@ -98,7 +97,7 @@ class ReferrersService:
             held = await self._held(rec)
             if held is not None:
                 self.metrics.hit("referrers", route.upstream)
-                return ReferrersAnswer(held, "local", digest=rec.digest, via=rec.via)
+                return ReferrersAnswer(held, "local", digest=rec.digest)
         try:
             return await self.flight.do(("referrers", key, revalidate),
                                         lambda: self._ask(route, subject, key, revalidate))
@@ -111,10 +110,6 @@ class ReferrersService:
             self.metrics.stale(route.upstream, f"referrers of {route.repo}@{subject}")
             log.warning("stale referrers for %s/%s@%s (%s)", route.upstream, route.repo, subject, e)
             return found
-
-    async def local(self, route: Route, subject: Digest) -> ReferrersAnswer | None:
-        """What is known here, asking nobody (the policy, when it must not wait)."""
-        return await self._last_known((route.upstream, route.repo, str(subject)))
 
     # -- asking the upstream -----------------------------------------------------
 
@@ -140,7 +135,7 @@ class ReferrersService:
                     held = await self._held(rec)
                     if held is not None:
                         self.meta.put_referrers(key, replace(rec, checked=self.clock()))
-                        return ReferrersAnswer(held, "upstream", digest=rec.digest, via="api")
+                        return ReferrersAnswer(held, "upstream", digest=rec.digest)
                     got = await self._from_api(client, route, subject, None)
                     if got is None:
                         raise UpstreamBadResponse(route.upstream, 304, "not modified, unasked")
@@ -189,8 +184,7 @@ class ReferrersService:
             descriptors = clean_descriptors(items, MAX_REFERRERS)
             if ans.stale:
                 held = self.meta.held_referrers(key)
-                return ReferrersAnswer(_deduplicated([*descriptors, *held]), "local", stale=True,
-                                       via="tags")
+                return ReferrersAnswer(_deduplicated([*descriptors, *held]), "local", stale=True)
         return await self._keep(route, key, descriptors, None, "tags")
 
     async def _keep(self, route: Route, key: SubjectKey, descriptors: list[dict[str, Any]],
@@ -200,7 +194,7 @@ class ReferrersService:
         await self.store.put_bytes(digest, body, link=owner(route))
         self.meta.put_referrers(key, ReferrersRecord(str(digest), len(body), self.clock(), etag, via))
         self._remember(str(digest), descriptors, len(body))
-        return ReferrersAnswer(descriptors, "upstream", digest=str(digest), via=via)
+        return ReferrersAnswer(descriptors, "upstream", digest=str(digest))
 
     # -- what is held here -------------------------------------------------------
 
@@ -211,8 +205,7 @@ class ReferrersService:
         if kept is None and not held:
             return None
         return ReferrersAnswer(_deduplicated([*(kept or []), *held]), "local", stale=True,
-                               digest=rec.digest if kept is not None and rec else None,
-                               via=rec.via if rec else "")
+                               digest=rec.digest if kept is not None and rec else None)
 
     async def _held(self, rec: ReferrersRecord) -> list[dict[str, Any]] | None:
         d = parse_digest(rec.digest)

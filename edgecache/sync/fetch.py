@@ -141,22 +141,30 @@ class ImageFetcher:
             await before_blobs(everything)
         progress.bytes_total = sum(blobs.values())
         progress.bytes_done = 0
+        try:
+            await self._ensure_blobs(route, blobs, progress)
+        finally:
+            progress.fills.clear()
+        return FetchedImage(digest, media_type, everything, progress.bytes_total)
+
+    async def _ensure_blobs(self, route: Route, blobs: dict[str, int],
+                            progress: Progress | None = None) -> None:
+        """Every blob in the store, BLOBS_AT_ONCE at a time; all are waited for, then the
+        first failure is raised. `progress` is told of fills and completed bytes."""
         gate = asyncio.Semaphore(BLOBS_AT_ONCE)
 
         async def one(d: str, size: int) -> None:
             async with gate:
-                await self.blobs.ensure(route, parse_digest(d), on_fill=progress.fills.append)
-                progress.bytes_done += size
+                await self.blobs.ensure(route, parse_digest(d),
+                                        on_fill=progress.fills.append if progress else None)
+                if progress is not None:
+                    progress.bytes_done += size
 
-        try:
-            results = await asyncio.gather(*(one(d, s) for d, s in blobs.items()),
-                                           return_exceptions=True)
-        finally:
-            progress.fills.clear()
+        results = await asyncio.gather(*(one(d, s) for d, s in blobs.items()),
+                                       return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        return FetchedImage(digest, media_type, everything, progress.bytes_total)
 
     async def supply_chain(self, ref: ImageRef, subjects: list[str], selection: Selection
                            ) -> SupplyChain:
@@ -201,15 +209,7 @@ class ImageFetcher:
         if total > self.supply_chain_bytes:
             raise SupplyChainTooLarge(f"{ref}: {len(artifacts)} referrers of {total} bytes, over "
                                       f"limits.supply_chain_bytes ({self.supply_chain_bytes})")
-        gate = asyncio.Semaphore(BLOBS_AT_ONCE)
-
-        async def one(d: str) -> None:
-            async with gate:
-                await self.blobs.ensure(route, parse_digest(d))
-        results = await asyncio.gather(*(one(d) for d in blobs), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
+        await self._ensure_blobs(route, blobs)
         pins += manifests + list(blobs)
         return SupplyChain(tuple(dict.fromkeys(pins)), len(artifacts))
 

@@ -56,7 +56,6 @@ class Referrers:
     body: bytes
     link: str | None
     etag: str | None
-    filters_applied: str | None
 
 
 class BlobStream:
@@ -493,8 +492,7 @@ class UpstreamClient:
                 return None
             body = await self._capped(r, self.limits.manifest_bytes, "referrers answer",
                                       "limits.manifest_bytes")
-            return Referrers(body, r.headers.get("Link"), r.headers.get("ETag"),
-                             r.headers.get("OCI-Filters-Applied"))
+            return Referrers(body, r.headers.get("Link"), r.headers.get("ETag"))
 
     @property
     def answering(self) -> bool:
