@@ -7,8 +7,9 @@ from aiohttp import web
 
 from edgecache.access import Access
 from edgecache.config import AccessConfig, UpstreamConfig
-from edgecache.server.guard import ACCESS, HOPS, access_middleware, identity
-from edgecache.server.oci_errors import DENIAL_LOG, DenialLog, oci_error_middleware
+from edgecache.server.endpoint import endpoint
+from edgecache.server.guard import ACCESS, HOPS, identity
+from edgecache.server.oci_errors import DENIAL_LOG, DenialLog
 from edgecache.siblings.hopauth import HopVerifier, sign
 from tests.support.httpserver import HttpServer
 
@@ -25,10 +26,9 @@ def _server(tmp_path, *, networks=(), secret=None) -> tuple[HttpServer, Access]:
     (tmp_path / "tokens").write_text("ci:tok-123\n")
     access = Access(AccessConfig(networks=tuple(networks), tokens_file=tmp_path / "tokens"),
                     UPSTREAMS)
-    srv = HttpServer([web.get("/v2/{tail:.*}", whoami), web.get("/_edgecache/status", whoami),
-                      web.post("/v2/{tail:.*}", whoami)])
-    srv.app.middlewares.insert(0, oci_error_middleware)
-    srv.app.middlewares.insert(1, access_middleware)
+    srv = HttpServer([web.get("/v2/{tail:.*}", endpoint(whoami)),
+                      web.get("/_edgecache/status", endpoint(whoami)),
+                      web.post("/v2/{tail:.*}", endpoint(whoami))])
     srv.app[ACCESS] = access
     srv.app[DENIAL_LOG] = DenialLog()
     if secret:

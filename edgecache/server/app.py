@@ -17,10 +17,11 @@ from edgecache.access import Access
 from edgecache.config import Config
 from edgecache.runtime import open_runtime
 from edgecache.server import admin, registry_api
-from edgecache.server.accesslog import JsonAccessLogger, timing_middleware
+from edgecache.server.accesslog import JsonAccessLogger
+from edgecache.server.endpoint import add_catch_all
 from edgecache.server.blob_response import BlobSender
-from edgecache.server.guard import ACCESS, HOPS, access_middleware, listener_ssl_context
-from edgecache.server.oci_errors import DENIAL_LOG, DenialLog, oci_error_middleware
+from edgecache.server.guard import ACCESS, HOPS, listener_ssl_context
+from edgecache.server.oci_errors import DENIAL_LOG, DenialLog
 from edgecache.server.protocol import Runner
 from edgecache.server.registry_api import SERVICES, Services
 from edgecache.server.reload import reload
@@ -59,14 +60,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 
 def build_app(cfg: Config) -> web.Application:
-    app = web.Application(middlewares=[timing_middleware, oci_error_middleware, access_middleware],
-                          client_max_size=1024)
+    # No middlewares: every route's handler is wrapped in server/endpoint.py instead.
+    app = web.Application(client_max_size=1024)
     app[CONFIG] = cfg
     app[DENIAL_LOG] = DenialLog()
     app[admin.STARTED] = time.monotonic()
     app.cleanup_ctx.append(_resources)
     registry_api.add_routes(app)
     admin.add_routes(app)
+    add_catch_all(app)
     return app
 
 

@@ -44,12 +44,14 @@ def hop_from(request: web.Request) -> str | None:
     return request.get(HOP_FROM)
 
 
-@web.middleware
-async def access_middleware(request: web.Request, handler) -> web.StreamResponse:
+async def admit(request: web.Request) -> None:
+    """Who the client is and whether it may ask this (server/endpoint.py, before the
+    handler); raises Unauthorized or Forbidden."""
     access = request.app.get(ACCESS)
     if access is None:                       # before the runtime is up
-        return await handler(request)
-    hop = request.headers.get(hopauth.HOP)
+        return
+    headers = request.headers
+    hop = headers.get(hopauth.HOP)
     if hop is not None:
         try:
             sibling = siblings_server.admit(request, hop, request.app.get(HOPS))
@@ -61,11 +63,13 @@ async def access_middleware(request: web.Request, handler) -> web.StreamResponse
             # Siblings share a secret: a signed hop request is another copy of this
             # cache, served whatever its network, private upstreams included; for pulls.
             request[IDENTITY] = sibling
-            return await handler(request)
+            return
         # No secret: an ordinary client, for every check below.
     access.check_network(request.remote)
-    who = await access.identify(request.headers.get("Authorization"), _cert_subject(request),
-                                request.remote)
+    authorization = headers.get("Authorization")
+    cert = _cert_subject(request)
+    # Anonymous (most requests): identify() would say None, one coroutine later.
+    who = await access.identify(authorization, cert, request.remote) if authorization or cert else None
     request[IDENTITY] = who
     path = request.path
     if path.startswith("/_edgecache/") or path == "/metrics":
@@ -73,7 +77,6 @@ async def access_middleware(request: web.Request, handler) -> web.StreamResponse
             access.check_admin(who)
         elif path not in OPEN_PATHS:
             access.check_operator(who)
-    return await handler(request)
 
 
 def listener_ssl_context(tls: ListenerTLS) -> ssl.SSLContext:

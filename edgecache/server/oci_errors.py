@@ -14,7 +14,7 @@ from typing import Any, Callable
 from aiohttp import web
 
 from edgecache import errors as e
-from edgecache.server.accesslog import ERROR, REQUEST_ID
+from edgecache.server.accesslog import outcome
 from edgecache.server.guard import IDENTITY
 
 log = logging.getLogger("edgecache.server")
@@ -209,34 +209,34 @@ DENIAL_LOG = web.AppKey("denial_log", DenialLog)
 
 
 def new_request_id(request: web.Request) -> str:
-    rid = request.get(REQUEST_ID)
-    if rid is None:
-        rid = request[REQUEST_ID] = f"{_PREFIX}-{next(_ids)}"
-    return rid
+    o = outcome(request)
+    if o.request_id is None:
+        o.request_id = f"{_PREFIX}-{next(_ids)}"
+    return o.request_id
 
 
-@web.middleware
-async def oci_error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Every error is an OCI JSON body; anything unexpected is a 500 UNKNOWN whose
-    request id is in the body and on the log line with the traceback."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
+def answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The answer to a request whose handler raised `exc` (server/endpoint.py): every
+    error is an OCI JSON body; anything unexpected is a 500 UNKNOWN whose request id is
+    in the body and on the log line with the traceback. Re-raises what is not an error
+    (an HTTPException below 400: a redirect is an answer)."""
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise                     # redirects and the like are answers, not errors
+            raise exc
         oci = _http_error(exc)
-    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+    elif isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
         # The client went away before its answer: nobody to tell, one line to log; the
         # access log says 499 (nginx's "client closed request"), aiohttp writes nothing.
-        request[ERROR] = "client gone"
+        outcome(request).error = "client gone"
         log.info("%s %s: client gone before the answer (%s)", request.method,
                  request.path[:200], exc or type(exc).__name__)
         return web.Response(status=CLIENT_GONE)
-    except Exception as exc:   # noqa: BLE001 - the translation boundary
+    else:
         oci = to_oci(exc)
         if oci is None:
             rid = new_request_id(request)
-            log.exception("%s %s -> 500 [%s]", request.method, request.path[:200], rid)
+            log.error("%s %s -> 500 [%s]", request.method, request.path[:200], rid,
+                      exc_info=exc)
             oci = OciError("UNKNOWN", None, 500, "internal error")
         else:
             if oci.status in (401, 403, 429):
@@ -247,5 +247,6 @@ async def oci_error_middleware(request: web.Request, handler) -> web.StreamRespo
                             oci.status, oci.oci.code, rid, exc)
             if request.get(IDENTITY) is None:
                 oci.detail = _public_detail(exc, oci)
-    request[ERROR] = oci.oci.code
-    return error_response(oci, request.get(REQUEST_ID))
+    o = outcome(request)
+    o.error = oci.oci.code
+    return error_response(oci, o.request_id)

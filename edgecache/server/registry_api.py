@@ -11,7 +11,8 @@ from typing import Awaitable, TypeVar
 
 from aiohttp import web
 
-from edgecache.server.accesslog import BYTES, ERROR, SOURCE, STALE
+from edgecache.server.accesslog import OUTCOME
+from edgecache.server.endpoint import endpoint
 
 from edgecache.access import Access
 from edgecache.config import Config
@@ -88,8 +89,9 @@ def _hop_route(request: web.Request, svc: Services) -> Route | None:
 
 
 def _served(request: web.Request, svc: Services, source: str, nbytes: int) -> None:
-    request[SOURCE] = source
-    request[BYTES] = nbytes
+    o = request[OUTCOME]
+    o.source = source
+    o.bytes = nbytes
     svc.metrics.served(source, nbytes)
     node = hop_from(request)
     if node is not None and svc.siblings is not None:
@@ -143,7 +145,7 @@ async def manifest(request: web.Request) -> web.Response:
     if ans.stale:
         headers["X-Edgecache-Stale"] = "true"
         headers["Warning"] = '110 edgecache "Response is Stale"'
-        request[STALE] = True
+        request[OUTCOME].stale = True
     _served(request, svc, ans.source, 0 if request.method == "HEAD" else len(ans.body))
     resp = web.Response(body=ans.body, headers=headers)
     resp.content_type = ans.media_type   # set apart so aiohttp does not append a charset
@@ -177,7 +179,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers=headers)
         if size is not None:
             resp.content_length = size
-        request[SOURCE] = "local" if svc.store.has(digest) else "upstream"
+        request[OUTCOME].source = "local" if svc.store.has(digest) else "upstream"
         return resp
 
     target = await _blob_target(svc, route, digest, hop)
@@ -191,7 +193,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
                 await svc.store.delete(digest)
                 target = await _blob_target(svc, route, digest, hop)
             except (ClientGone, StreamAborted) as e:
-                request[ERROR] = str(e)
+                request[OUTCOME].error = str(e)
                 return resp
             else:
                 _served(request, svc, "local", n)
@@ -207,14 +209,14 @@ async def blob(request: web.Request) -> web.StreamResponse:
         size = await _unless_gone(request, target.wait_verified())
     resp, start, end = _range_response(request, headers, size)
     source = target.source_kind or "upstream"
-    request[SOURCE] = source
+    request[OUTCOME].source = source
     # A fill held back until verified (a sibling's) sends nothing for a while: a client
     # gone meanwhile must stop waiting, or the fill never learns nobody wants it.
     await _unless_gone(request, target.wait_sendable())
     try:
         n = await svc.sender.send_fill(request, resp, target, start, end)
     except (ClientGone, StreamAborted) as e:
-        request[ERROR] = str(e)
+        request[OUTCOME].error = str(e)
         return resp
     _served(request, svc, source, n)
     return resp
@@ -294,7 +296,7 @@ async def referrers(request: web.Request) -> web.Response:
     if ans.stale:
         headers["X-Edgecache-Stale"] = "true"
         headers["Warning"] = '110 edgecache "Response is Stale"'
-        request[STALE] = True
+        request[OUTCOME].stale = True
     _served(request, svc, ans.source, len(body))
     resp = web.Response(body=body, headers=headers)
     resp.content_type = OCI_INDEX
@@ -317,8 +319,8 @@ def add_routes(app: web.Application) -> None:
     for path, handler in (("/v2", base), ("/v2/", base),
                           (rf"/v2/{name}/manifests/{{reference:[^/]+}}", manifest),
                           (rf"/v2/{name}/blobs/{{digest:[^/]+}}", blob)):
-        app.router.add_route("GET", path, handler)
-        app.router.add_route("HEAD", path, handler)
-    app.router.add_route("GET", rf"/v2/{name}/tags/list", tags_list)
-    app.router.add_route("GET", rf"/v2/{name}/referrers/{{digest:[^/]+}}", referrers)
-    app.router.add_route("*", "/v2/{tail:.*}", unsupported)
+        app.router.add_route("GET", path, endpoint(handler))
+        app.router.add_route("HEAD", path, endpoint(handler))
+    app.router.add_route("GET", rf"/v2/{name}/tags/list", endpoint(tags_list))
+    app.router.add_route("GET", rf"/v2/{name}/referrers/{{digest:[^/]+}}", endpoint(referrers))
+    app.router.add_route("*", "/v2/{tail:.*}", endpoint(unsupported))
