@@ -18,7 +18,12 @@ KNOWN = frozenset({*PREFERENCE, OCI_ARTIFACT})
 
 
 class Accept:
-    """The media types a client accepts for a manifest."""
+    """The media types a client accepts for a manifest (never changed once made: one
+    is shared by every request that sent the same Accept headers)."""
+
+    _parsed: dict[tuple[str, ...], "Accept"] = {}    # clients send the same few lists
+    PARSED_KEPT = 256
+    PARSED_MAX_CHARS = 2048
 
     def __init__(self, types: list[str], any_type: bool) -> None:
         self.types = types
@@ -26,7 +31,19 @@ class Accept:
         self._key: str | None = None
 
     @classmethod
-    def parse(cls, headers: list[str]) -> "Accept":
+    def parse(cls, headers: "list[str] | tuple[str, ...]") -> "Accept":
+        key = tuple(headers)
+        got = cls._parsed.get(key)
+        if got is None:
+            got = cls._parse(key)
+            if sum(map(len, key)) <= cls.PARSED_MAX_CHARS:
+                if len(cls._parsed) >= cls.PARSED_KEPT:
+                    cls._parsed.clear()          # bounded: a client inventing lists gains nothing
+                cls._parsed[key] = got
+        return got
+
+    @classmethod
+    def _parse(cls, headers: tuple[str, ...]) -> "Accept":
         types: list[str] = []
         for h in headers:
             for part in h.split(","):

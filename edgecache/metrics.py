@@ -24,10 +24,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._hits = Counter("edgecache_cache_hits", "Requests answered from the local cache",
-                             ["kind", "upstream"], registry=r)
-        self._misses = Counter("edgecache_cache_misses",
-                               "Requests that needed the upstream", ["kind", "upstream"], registry=r)
+        # Counted on every request: plain ints here (a prometheus_client counter takes a
+        # lock per increment), read at scrape time by _hot_counters. Touched on the loop only.
+        self._hit_counts: dict[tuple[str, str], int] = {}       # (kind, upstream) -> requests
+        self._miss_counts: dict[tuple[str, str], int] = {}
+        self.served_bytes: dict[str, int] = {}    # source -> bytes
+        r.register(_FnCollector(self._hot_counters))
         self._children: dict[tuple, Any] = {}     # labelled counters, looked up once each
         # This process (CPU, RSS, open fds, start time) and what it is.
         ProcessCollector(registry=r)
@@ -36,8 +38,6 @@ class Metrics:
         Gauge("edgecache_build_info", "The running edgecache: its version and Python",
               ["version", "python"], registry=r).labels(__version__,
                                                         platform.python_version()).set(1)
-        self._bytes = Counter("edgecache_served_bytes", "Body bytes served, by source",
-                              ["source"], registry=r)
         self._coalesced = Counter("edgecache_coalesced_waiters",
                                   "Requests that joined a fill already in progress", registry=r)
         self._upstream_errors = Counter("edgecache_upstream_errors", "Upstream failures by kind",
@@ -56,17 +56,28 @@ class Metrics:
         self.hits = 0
         self.misses = 0
         self.recent = Recent()                    # the last hour, for the status page
-        self.served_bytes: dict[str, int] = {}    # source -> bytes, as the counter has them
 
     def hit(self, kind: str, upstream: str) -> None:
         self.hits += 1
         self.recent.hit()
-        self._child(self._hits, kind, upstream).inc()
+        key = (kind, upstream)
+        self._hit_counts[key] = self._hit_counts.get(key, 0) + 1
 
     def miss(self, kind: str, upstream: str) -> None:
         self.misses += 1
         self.recent.miss()
-        self._child(self._misses, kind, upstream).inc()
+        key = (kind, upstream)
+        self._miss_counts[key] = self._miss_counts.get(key, 0) + 1
+
+    def _hot_counters(self) -> Iterable:
+        yield labelled_counter("edgecache_cache_hits", "Requests answered from the local cache",
+                               ["kind", "upstream"],
+                               [(list(k), v) for k, v in self._hit_counts.items()])
+        yield labelled_counter("edgecache_cache_misses", "Requests that needed the upstream",
+                               ["kind", "upstream"],
+                               [(list(k), v) for k, v in self._miss_counts.items()])
+        yield labelled_counter("edgecache_served_bytes", "Body bytes served, by source",
+                               ["source"], [([k], v) for k, v in self.served_bytes.items()])
 
     def _child(self, metric: Counter, *labels: str) -> Any:
         """A labelled counter (on the hot path: prometheus_client's own lookup takes a lock)."""
@@ -80,7 +91,6 @@ class Metrics:
         if nbytes:
             self.served_bytes[source] = self.served_bytes.get(source, 0) + nbytes
             self.recent.served(source, nbytes)
-            self._child(self._bytes, source).inc(nbytes)
 
     def coalesced(self) -> None:
         self._coalesced.inc()

@@ -120,9 +120,11 @@ class ManifestService:
         self.tag_ttl = tag_ttl
         self.clock = clock
         self.flight = SingleFlight()
-        self._bodies: OrderedDict[str, bytes] = OrderedDict()
-        self._bodies_bytes = 0
-        self._bodies_cap = body_cache_bytes
+        # Manifests read lately, as the answers they make (digest -> local answer), LRU,
+        # bounded by their bodies' bytes: the hot path awaits nothing and reads nothing.
+        self._answers: OrderedDict[str, ManifestAnswer] = OrderedDict()
+        self._answers_bytes = 0
+        self._answers_cap = body_cache_bytes
         self.pinned_tags: Mapping[tuple[str, str, str], str] = {} if pinned_tags is None else pinned_tags
         self.siblings = siblings
 
@@ -131,7 +133,8 @@ class ManifestService:
         """`revalidate`: a tag is asked of the upstream even within tag_ttl (the
         syncer, for tags that change beside an image: cosign's, the tag schema's)."""
         if is_digest(reference):
-            return await self._by_digest(route, parse_digest(reference), accept, hop)
+            parse_digest(reference)             # valid: then it is the digest's own spelling
+            return await self._by_digest(route, reference, accept, hop)
         return await self._by_tag(route, _tag(reference), accept, hop, revalidate)
 
     async def local(self, route: Route, digest: str) -> ManifestAnswer | None:
@@ -151,23 +154,24 @@ class ManifestService:
 
     # -- by digest -------------------------------------------------------------
 
-    async def _by_digest(self, route: Route, d: Digest, accept: Accept,
+    async def _by_digest(self, route: Route, digest: str, accept: Accept,
                          hop: bool = False) -> ManifestAnswer:
-        local = await self._local(str(d))
-        if local is not None and not self.store.linked(d, owner(route)):
+        local = self._cached(digest) or await self._local(digest)
+        if local is not None and not self.store.linked(digest, owner(route)):
             # Held, but not known to belong to this repository: its upstream says with a
             # HEAD where a lie gives nothing away; elsewhere only its own bytes will do.
-            if not self.confirmer.may_vouch(route, self.store.links.owners(str(d))):
+            if not self.confirmer.may_vouch(route, self.store.links.owners(digest)):
                 local = None
-            elif await self.confirmer.confirm(route, "manifests", str(d)):
-                await self._link(route, str(d), local.body, vouched=True)
+            elif await self.confirmer.confirm(route, "manifests", digest):
+                await self._link(route, digest, local.body, vouched=True)
             else:
-                raise ManifestUnknown(f"{route.repo}@{d}")
+                raise ManifestUnknown(f"{route.repo}@{digest}")
         if local is not None:
             if not accept.accepts(local.media_type):
-                raise ManifestUnknown(f"{d} is a {local.media_type}, which the client did not accept")
+                raise ManifestUnknown(f"{digest} is a {local.media_type}, which the client did not accept")
             self.metrics.hit("manifest", route.upstream)
             return local
+        d = parse_digest(digest)
         self.metrics.miss("manifest", route.upstream)
         client = self.upstreams.get(route.upstream)
         try:
@@ -340,7 +344,7 @@ class ManifestService:
         if referrer is not None:       # answered offline by the referrers API (pull/referrers.py)
             self.meta.put_held_referrer((route.upstream, route.repo, referrer["subject"]),
                                         referrer["descriptor"])
-        self._remember(str(digest), body)
+        self._remember(str(digest), body, media_type)
         await self._link(route, str(digest), body, new=True)          # and what it names
 
     async def _link(self, route: Route, digest: str, body: bytes, *, new: bool = False,
@@ -377,32 +381,50 @@ class ManifestService:
                 found.append(child)
         await self.store.link(found, own, vouched=vouched)       # one write for the whole tree
 
+    def _cached(self, digest: str) -> ManifestAnswer | None:
+        """A local answer from the answer cache, while the store holds the manifest;
+        nothing awaited (the hot path)."""
+        ans = self._answers.get(digest)
+        if ans is None:
+            return None
+        rec = self.meta.manifest(digest)
+        if rec is None or rec.media_type != ans.media_type or not self.store.has(digest):
+            self._forget(digest)
+            return None
+        self._answers.move_to_end(digest)
+        self.store.touch(digest)
+        return ans
+
     async def _local(self, digest: str) -> ManifestAnswer | None:
+        ans = self._cached(digest)
+        if ans is not None:
+            return ans
         rec = self.meta.manifest(digest)
         if rec is None:
             return None
         d = parse_digest(digest)
         if not self.store.has(d):
-            old = self._bodies.pop(digest, None)
-            self._bodies_bytes -= len(old or b"")
             return None
-        body = self._bodies.get(digest)
-        if body is None:
-            try:
-                body = await self.store.read_bytes(d)
-            except FileNotFoundError:
-                return None
-            self._remember(digest, body)
-        else:
-            self._bodies.move_to_end(digest)
+        try:
+            body = await self.store.read_bytes(d)
+        except FileNotFoundError:
+            return None
         self.store.touch(d)
-        return ManifestAnswer(body, digest, rec.media_type, "local")
+        return self._remember(digest, body, rec.media_type)
 
-    def _remember(self, digest: str, body: bytes) -> None:
-        if digest in self._bodies:
-            return
-        self._bodies[digest] = body
-        self._bodies_bytes += len(body)
-        while self._bodies_bytes > self._bodies_cap and self._bodies:
-            _, old = self._bodies.popitem(last=False)
-            self._bodies_bytes -= len(old)
+    def _remember(self, digest: str, body: bytes, media_type: str) -> ManifestAnswer:
+        ans = self._answers.get(digest)
+        if ans is not None and ans.media_type == media_type:
+            return ans
+        self._forget(digest)
+        ans = self._answers[digest] = ManifestAnswer(body, digest, media_type, "local")
+        self._answers_bytes += len(body)
+        while self._answers_bytes > self._answers_cap and self._answers:
+            _, old = self._answers.popitem(last=False)
+            self._answers_bytes -= len(old.body)
+        return ans
+
+    def _forget(self, digest: str) -> None:
+        old = self._answers.pop(digest, None)
+        if old is not None:
+            self._answers_bytes -= len(old.body)

@@ -35,6 +35,29 @@ def resolve(name: str, ns: str | None, upstreams: Collection[str], default: str 
     return _route(default, name)
 
 
+class Router:
+    """resolve() for the upstreams the process runs with, remembered per (name, ns):
+    clients ask for the same few repositories again and again. Bounded; a name that
+    does not resolve is never kept."""
+
+    KEPT = 4096
+
+    def __init__(self, upstreams: Collection[str], default: str | None) -> None:
+        self.upstreams = frozenset(upstreams)
+        self.default = default
+        self._known: dict[tuple[str, str | None], Route] = {}
+
+    def __call__(self, name: str, ns: str | None) -> Route:
+        key = (name, ns)
+        route = self._known.get(key)
+        if route is None:
+            route = resolve(name, ns, self.upstreams, self.default)
+            if len(self._known) >= self.KEPT:
+                self._known.clear()
+            self._known[key] = route
+        return route
+
+
 def _route(registry: str, repo: str) -> Route:
     validate_name(repo)
     if registry == "docker.io" and "/" not in repo:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from edgecache.access import Access
 from edgecache.config import Config
+from edgecache.pull.routing import Router
 from edgecache.runtime import open_runtime
 from edgecache.server import admin, registry_api
 from edgecache.server.accesslog import JsonAccessLogger
@@ -44,7 +45,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                            policy=rt.policy, sender=sender,
                            metrics=rt.metrics, syncer=rt.syncer, access=access,
                            importer=rt.importer,
-                           siblings=rt.siblings, default_upstream=cfg.default_upstream)
+                           router=Router(rt.blobs.upstreams.clients.keys(), cfg.default_upstream),
+                           siblings=rt.siblings)
             rt.metrics.add_state(admin.state_collector(svc))
             if rt.siblings is not None and rt.siblings.verifier is not None:
                 app[HOPS] = rt.siblings.verifier

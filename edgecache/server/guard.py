@@ -36,12 +36,18 @@ def _cert_subject(request: web.Request) -> str | None:
 
 
 def identity(request: web.Request) -> Identity | None:
-    return request.get(IDENTITY)
+    try:
+        return request[IDENTITY]          # set by admit() (on the hot path: no .get())
+    except KeyError:
+        return None
 
 
 def hop_from(request: web.Request) -> str | None:
     """The node id of the sibling that sent this request, if one did."""
-    return request.get(HOP_FROM)
+    try:
+        return request[HOP_FROM]
+    except KeyError:
+        return None
 
 
 async def admit(request: web.Request) -> None:
@@ -51,14 +57,13 @@ async def admit(request: web.Request) -> None:
     if access is None:                       # before the runtime is up
         return
     headers = request.headers
-    hop = headers.get(hopauth.HOP)
+    hop = request[HOP_FROM] = headers.get(hopauth.HOP)
     if hop is not None:
         try:
             sibling = siblings_server.admit(request, hop, request.app.get(HOPS))
         except (Unauthorized, Forbidden):
             access.denied += 1
             raise
-        request[HOP_FROM] = hop
         if sibling is not None:
             # Siblings share a secret: a signed hop request is another copy of this
             # cache, served whatever its network, private upstreams included; for pulls.

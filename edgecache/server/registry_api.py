@@ -22,8 +22,8 @@ from edgecache.artifacts import index_of
 from edgecache.mediatypes import OCI_INDEX, Accept
 from edgecache.pull.blobs import BlobService, LocalBlob
 from edgecache.pull.fill import Fill
-from edgecache.pull.manifests import ManifestService
-from edgecache.pull.routing import Route, resolve
+from edgecache.pull.manifests import ManifestAnswer, ManifestService
+from edgecache.pull.routing import Route, Router
 from edgecache.policy.rules import Policy
 from edgecache.pull.referrers import ReferrersService, page as referrers_page
 from edgecache.pull.tags import TagListService
@@ -58,8 +58,10 @@ class Services:
     syncer: Syncer
     access: Access
     importer: Importer
+    # The upstreams the process runs with (a reload that adds or removes one needs a
+    # restart: it says so), not the last config read.
+    router: Router
     siblings: Siblings | None = None
-    default_upstream: str | None = None       # as started (routing does not change on reload)
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
@@ -67,10 +69,7 @@ T = TypeVar("T")
 
 
 def _route(request: web.Request, svc: Services) -> Route:
-    # The upstreams the process runs with (a reload that adds or removes one needs a
-    # restart: it says so), not the last config read.
-    route = resolve(request.match_info["name"], request.query.get("ns"),
-                    svc.blobs.upstreams.clients.keys(), svc.default_upstream)
+    route = svc.router(request.match_info["name"], request.query.get("ns"))
     svc.access.check_upstream(route.upstream, identity(request))
     return route
 
@@ -109,47 +108,55 @@ async def base(request: web.Request) -> web.Response:
 
 async def manifest(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
-    hop = hop_from(request) is not None
-    route = _hop_route(request, svc) if hop else _route(request, svc)
-    accept = Accept.parse(request.headers.getall("Accept", []))
+    accept = Accept.parse(request.headers.getall("Accept", ()))
     reference = request.match_info["reference"]
-    headers: dict[str, str] = {}
-    if hop:
-        # A sibling asks: by digest, only what we hold (a probe, HEAD) or can get from
-        # the upstream (GET); by tag, only our own last known answer (it asks when its
-        # upstream is unreachable). Never passed on to another sibling.
-        if not is_digest(reference):
-            if route is None:
-                raise ManifestUnknown(f"{reference}: no such upstream here")
-            ans, checked = await svc.manifests.last_known(route, reference, accept)
-            headers.update(siblings_server.last_known_headers(svc.siblings, request, ans.digest,
-                                                              ans.body, checked))
-        elif route is None:
-            raise ManifestUnknown(f"{reference}: no such upstream here")
-        elif request.method == "HEAD":
-            ans = await svc.manifests.local(route, reference)
-            if ans is None or not accept.accepts(ans.media_type):
-                raise ManifestUnknown(f"{reference} is not held here")
-            headers.update(siblings_server.probe_headers("stored"))
-        else:
-            ans = await svc.manifests.get(route, reference, accept, hop=True)
-    else:
+    if hop_from(request) is None:
+        route = _route(request, svc)
         ans = await svc.manifests.get(route, reference, accept)
+        headers = {}
+    else:
+        route, ans, headers = await _manifest_for_sibling(request, svc, reference, accept)
     if svc.policy.active and not _signed_sibling(request):
         # Every answer, a hop's too: without a shared secret a "sibling" may be anyone.
         # A signed sibling applies its own policy to its own clients.
         assert route is not None
         await svc.policy.check(route, ans.digest, ans.body)
-    headers.update({**API_VERSION, "Docker-Content-Digest": ans.digest,
-                    "X-Edgecache-Source": ans.source})
+    headers.update({"Docker-Distribution-API-Version": "registry/2.0",
+                    "Docker-Content-Digest": ans.digest, "X-Edgecache-Source": ans.source,
+                    # Here, not content_type=: aiohttp would append a charset.
+                    "Content-Type": ans.media_type})
     if ans.stale:
         headers["X-Edgecache-Stale"] = "true"
         headers["Warning"] = '110 edgecache "Response is Stale"'
         request[OUTCOME].stale = True
     _served(request, svc, ans.source, 0 if request.method == "HEAD" else len(ans.body))
-    resp = web.Response(body=ans.body, headers=headers)
-    resp.content_type = ans.media_type   # set apart so aiohttp does not append a charset
-    return resp
+    return web.Response(body=ans.body, headers=headers)
+
+
+async def _manifest_for_sibling(request: web.Request, svc: Services, reference: str,
+                                accept: Accept) -> tuple[Route | None, ManifestAnswer, dict[str, str]]:
+    """A sibling asks: by digest, only what we hold (a probe, HEAD) or can get from the
+    upstream (GET); by tag, only our own last known answer (it asks when its upstream is
+    unreachable). Never passed on to another sibling."""
+    route = _hop_route(request, svc)
+    headers: dict[str, str] = {}
+    if not is_digest(reference):
+        if route is None:
+            raise ManifestUnknown(f"{reference}: no such upstream here")
+        ans, checked = await svc.manifests.last_known(route, reference, accept)
+        headers.update(siblings_server.last_known_headers(svc.siblings, request, ans.digest,
+                                                          ans.body, checked))
+    elif route is None:
+        raise ManifestUnknown(f"{reference}: no such upstream here")
+    elif request.method == "HEAD":
+        found = await svc.manifests.local(route, reference)
+        if found is None or not accept.accepts(found.media_type):
+            raise ManifestUnknown(f"{reference} is not held here")
+        ans = found
+        headers.update(siblings_server.probe_headers("stored"))
+    else:
+        ans = await svc.manifests.get(route, reference, accept, hop=True)
+    return route, ans, headers
 
 
 def _signed_sibling(request: web.Request) -> bool:

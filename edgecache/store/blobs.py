@@ -224,13 +224,13 @@ class BlobStore:
     def size(self, digest: Digest) -> int | None:
         return self.index.size(str(digest))
 
-    def has(self, digest: Digest) -> bool:
+    def has(self, digest: Digest | str) -> bool:
         return str(digest) in self.index
 
     def linked(self, digest: Digest | str, owner: Owner) -> bool:
         return self.links.has(str(digest), owner)
 
-    def touch(self, digest: Digest) -> None:
+    def touch(self, digest: Digest | str) -> None:
         self.index.touch(str(digest))
 
     @contextmanager
