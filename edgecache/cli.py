@@ -40,7 +40,8 @@ def _setup_logging(verbose: bool = False) -> None:
 def _access_log_sink() -> LineSink:
     """Access lines are JSON on stdout, one per request, for log shippers; written by a
     thread of their own (server/logsink.py)."""
-    sink = LineSink(sys.stdout).start()
+    from edgecache.server.accesslog import access_line
+    sink = LineSink(sys.stdout, render=access_line).start()
     sink.setFormatter(logging.Formatter("%(message)s"))
     access = logging.getLogger("edgecache.access")
     access.addHandler(sink)

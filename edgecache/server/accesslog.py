@@ -8,6 +8,7 @@ import time as _time
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp import web
 from aiohttp.web import BaseRequest, StreamResponse
+from yarl import URL
 
 from edgecache.server.logsink import LineSink
 
@@ -39,15 +40,18 @@ def outcome(request: web.BaseRequest) -> Outcome:
         return o
 
 
-_second: list = [-1, ""]       # the last whole second formatted, and its text
+_last_second: tuple[int, str] = (-1, "")   # the last whole second formatted, and its text
 
 
 def _timestamp(now: float) -> str:
-    """ISO 8601 UTC with milliseconds; the seconds part formatted once a second."""
+    """ISO 8601 UTC with milliseconds; the seconds part formatted once a second (the
+    pair replaced whole: safe from any thread)."""
+    global _last_second
     sec = int(now)
-    if sec != _second[0]:
-        _second[:] = [sec, _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(sec))]
-    return f"{_second[1]}.{int((now - sec) * 1000):03d}Z"
+    held = _last_second
+    if held[0] != sec:
+        held = _last_second = (sec, _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(sec)))
+    return f"{held[1]}.{int((now - sec) * 1000):03d}Z"
 
 
 def _quoted(text: str | None) -> str:
@@ -60,11 +64,15 @@ def _quoted(text: str | None) -> str:
     return json.dumps(text)
 
 
-def access_line(time: str, method: str, path: str, status: int, nbytes: int | None,
-                source: str, duration_ms: float, remote: str | None, stale: bool,
+def access_line(now: float, method: str, url: URL, status: int, nbytes: int | None,
+                source: str, seconds: float, remote: str | None, stale: bool,
                 error: str | None, request_id: str | None) -> str:
-    """One line, byte for byte what json.dumps of the fields in this order would give."""
-    line = (f'{{"time":"{time}","method":{_quoted(method)},"path":{_quoted(path)},'
+    """One line, byte for byte what json.dumps of the fields in this order would give.
+    Made in the LineSink's thread: `url` is the request's (immutable) relative URL;
+    `seconds` its duration (rounding a float to 3 places costs a microsecond: here)."""
+    duration_ms = round(seconds * 1000, 3)
+    line = (f'{{"time":"{_timestamp(now)}","method":{_quoted(method)},'
+            f'"path":{_quoted(str(url)[:512])},'
             f'"status":{status},"bytes":{"null" if nbytes is None else nbytes},'
             f'"source":{_quoted(source)},"duration_ms":{duration_ms!r},"remote":{_quoted(remote)}')
     if stale:
@@ -79,9 +87,10 @@ def access_line(time: str, method: str, path: str, status: int, nbytes: int | No
 class JsonAccessLogger(AbstractAccessLogger):
     def __init__(self, logger: logging.Logger, log_format: str) -> None:
         super().__init__(logger, log_format)
-        # The logger's LineSink, if it has one (the daemon's): lines go to it directly.
-        # Without one (tests, embedding), through logging as any record.
-        self._sink = next((h for h in logger.handlers if isinstance(h, LineSink)), None)
+        # The logger's LineSink, if it has one (the daemon's) and it makes access lines:
+        # fields go to it directly. Otherwise (tests, embedding), through logging.
+        self._sink = next((h for h in logger.handlers
+                           if isinstance(h, LineSink) and h.render is access_line), None)
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         try:
@@ -93,14 +102,14 @@ class JsonAccessLogger(AbstractAccessLogger):
         else:
             duration = _time.perf_counter() - o.t0
             nbytes, source, stale, error, rid = o.bytes, o.source, o.stale, o.error, o.request_id
-        text = access_line(_timestamp(_time.time()), request.method, request.path_qs[:512],
-                           response.status, response.body_length if nbytes is None else nbytes,
-                           source, round(duration * 1000, 3), request.remote, stale, error, rid)
+        fields = (_time.time(), request.method, request.rel_url, response.status,
+                  response.body_length if nbytes is None else nbytes, source,
+                  duration, request.remote, stale, error, rid)
         sink = self._sink
         if sink is not None:
-            sink.put_line(text)          # written by the sink's thread, not here
+            sink.put_fields(fields)      # made into a line and written by the sink's thread
         else:
-            self.logger.info(text)
+            self.logger.info(access_line(*fields))
 
     @property
     def enabled(self) -> bool:

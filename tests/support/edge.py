@@ -133,7 +133,12 @@ class EdgeProcess:
         self.stop(signal.SIGKILL)
 
     def access_log(self) -> list[dict]:
+        """The access log so far: every line of a request answered before this call
+        (lines are written within the sink's LINGER; waited for here)."""
         import json
+        import time
+        from edgecache.server.logsink import LINGER
+        time.sleep(3 * LINGER)
         return [json.loads(line) for line in self.stdout.read_text().splitlines() if line.startswith("{")]
 
     def __enter__(self) -> "EdgeProcess":

@@ -1,0 +1,70 @@
+"""server/accesslog.py: the access line is what json.dumps of its fields would give,
+byte for byte, whatever the path holds; a real `edgecache serve` writes one line per
+request to its stdout (a file here), through the LineSink's thread."""
+import json
+import urllib.request
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from yarl import URL
+
+from edgecache.server.accesslog import _timestamp, access_line
+from tests.support.edge import EdgeProcess, make_config
+
+
+def _reference(now, method, url, status, nbytes, source, duration, remote, stale, error, rid):
+    line = {"time": _timestamp(now), "method": method, "path": str(url)[:512], "status": status,
+            "bytes": nbytes, "source": source, "duration_ms": round(duration * 1000, 3),
+            "remote": remote}
+    if stale:
+        line["stale"] = True
+    if error is not None:
+        line["error"] = error
+    if rid is not None:
+        line["request_id"] = rid
+    return json.dumps(line, separators=(",", ":"))
+
+
+text = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0, 4e9), text.filter(bool), text, st.integers(100, 599),
+       st.one_of(st.none(), st.integers(0, 2**40)), text,
+       st.floats(0, 1e4, allow_nan=False), st.one_of(st.none(), text), st.booleans(),
+       st.one_of(st.none(), text), st.one_of(st.none(), text))
+def test_the_line_is_json_dumps_of_its_fields(now, method, path, status, nbytes, source, duration,
+                                               remote, stale, error, rid):
+    url = URL.build(path="/" + path, encoded=False)
+    fields = (now, method, url, status, nbytes, source, duration, remote, stale, error, rid)
+    line = access_line(*fields)
+    assert line == _reference(*fields)
+    assert json.loads(line)["path"] == str(url)[:512]
+
+
+def test_quotes_backslashes_and_controls_are_escaped():
+    for odd in ('a"b', "a\\b", "a\nb", "a\x7fb", "é", "\u2028", "\x00"):
+        line = access_line(0.0, "GET", URL.build(path="/v2/x"), 200, 1, "local", 0.5, odd, False,
+                           odd, None)
+        assert json.loads(line)["remote"] == odd and json.loads(line)["error"] == odd
+        assert line == _reference(0.0, "GET", URL.build(path="/v2/x"), 200, 1, "local", 0.5, odd,
+                                  False, odd, None)
+
+
+def test_a_served_process_logs_each_request_as_one_json_line(tmp_path):
+    doc = make_config(tmp_path / "data", {"central.example": "http://127.0.0.1:9"},
+                      default="central.example")
+    paths = ["/v2/", '/v2/a%22b/manifests/%5Cx?ns=central.example', "/v2/caf%C3%A9/tags/list",
+             "/nowhere"]
+    with EdgeProcess(tmp_path, doc) as edge:
+        for p in paths:
+            try:
+                urllib.request.urlopen(edge.url + p, timeout=10).read()
+            except urllib.error.HTTPError as e:
+                e.read()
+        lines = edge.access_log()
+    mine = [x for x in lines if x["path"] != "/_edgecache/health"]
+    assert [x["path"] for x in mine] == [str(URL(p)) for p in paths]
+    assert [x["status"] for x in mine] == [200, 400, 400, 404]
+    assert [x.get("error") for x in mine] == [None, "NAME_INVALID", "NAME_INVALID", "NAME_UNKNOWN"]
+    assert all(x["remote"] == "127.0.0.1" and x["duration_ms"] >= 0 for x in mine)
