@@ -57,6 +57,8 @@ class Access:
                 dummy_hash(users) if users else b"")
 
     def _apply(self, cfg: AccessConfig, networks, users, tokens, private, dummy) -> None:
+        # Checks remembered per connection (server/guard.py) hold for one generation.
+        self.generation = getattr(self, "generation", 0) + 1
         self.networks = networks
         self.users = users
         self.tokens = tokens

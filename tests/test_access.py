@@ -87,6 +87,27 @@ async def test_clients_outside_the_allowed_networks_are_denied(tmp_path):
             assert sum(up.counts.values()) == 0
 
 
+async def test_a_kept_alive_connection_is_checked_again_after_a_reload(tmp_path):
+    """The network check is remembered per connection, for one generation of the rules:
+    a reload that shuts a network out refuses the next request on an open connection."""
+    from edgecache.config import AccessConfig
+    img = make_image(74, layer_size=1024)
+    async with FaultyUpstream({"public/app:v1": img}) as up:
+        doc = make_config(tmp_path / "data", {"public.example": up.url}, default="public.example",
+                          access={"networks": ["127.0.0.0/8"]})
+        conn = aiohttp.TCPConnector(limit=1)              # one connection, kept alive
+        async with EdgeServer(doc) as edge, aiohttp.ClientSession(connector=conn) as session:
+            for _ in range(3):
+                assert (await get(edge, session, "/v2/public/app/manifests/v1"))[0] == 200
+            svc = edge.services
+            await svc.access.reload(AccessConfig(networks=("10.0.0.0/8",)), svc.config.upstreams)
+            status, _, body = await get(edge, session, "/v2/public/app/manifests/v1")
+            assert status == 403 and json.loads(body)["errors"][0]["code"] == "DENIED"
+            await svc.access.reload(AccessConfig(networks=("127.0.0.0/8",)), svc.config.upstreams)
+            assert (await get(edge, session, "/v2/public/app/manifests/v1"))[0] == 200
+            assert len(conn._conns) <= 1                 # all on one connection
+
+
 async def test_tls_listener_and_client_certificates(tmp_path):
     certs = make_certs(tmp_path / "certs")
     img = make_image(73, layer_size=256 * 1024)

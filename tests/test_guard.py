@@ -8,7 +8,7 @@ from aiohttp import web
 from edgecache.access import Access
 from edgecache.config import AccessConfig, UpstreamConfig
 from edgecache.server.endpoint import endpoint
-from edgecache.server.guard import ACCESS, HOPS, identity
+from edgecache.server.guard import ACCESS, HOPS, OPERATOR, identity
 from edgecache.server.oci_errors import DENIAL_LOG, DenialLog
 from edgecache.siblings.hopauth import HopVerifier, sign
 from tests.support.httpserver import HttpServer
@@ -27,7 +27,7 @@ def _server(tmp_path, *, networks=(), secret=None) -> tuple[HttpServer, Access]:
     access = Access(AccessConfig(networks=tuple(networks), tokens_file=tmp_path / "tokens"),
                     UPSTREAMS)
     srv = HttpServer([web.get("/v2/{tail:.*}", endpoint(whoami)),
-                      web.get("/_edgecache/status", endpoint(whoami)),
+                      web.get("/_edgecache/status", endpoint(whoami, OPERATOR)),
                       web.post("/v2/{tail:.*}", endpoint(whoami))])
     srv.app[ACCESS] = access
     srv.app[DENIAL_LOG] = DenialLog()

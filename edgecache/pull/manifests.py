@@ -133,7 +133,8 @@ class ManifestService:
         """`revalidate`: a tag is asked of the upstream even within tag_ttl (the
         syncer, for tags that change beside an image: cosign's, the tag schema's)."""
         if is_digest(reference):
-            parse_digest(reference)             # valid: then it is the digest's own spelling
+            if reference not in self._answers:  # (its keys are digests, as str(Digest) spells them)
+                parse_digest(reference)         # valid: then it is the digest's own spelling
             return await self._by_digest(route, reference, accept, hop)
         return await self._by_tag(route, _tag(reference), accept, hop, revalidate)
 

@@ -15,6 +15,7 @@ from edgecache.seed.importer import room_under
 from edgecache.seed.exporter import Exporter, pinned_set
 from edgecache.metrics import counter, gauge, labelled_counter
 from edgecache.server.endpoint import endpoint
+from edgecache.server.guard import ADMIN, OPEN, OPERATOR
 from edgecache.server import status_page
 from edgecache.server.guard import identity
 from edgecache.server.oci_errors import DENIAL_LOG
@@ -277,14 +278,14 @@ def state_collector(svc: Services) -> Iterable:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/_edgecache/health", endpoint(health))
-    app.router.add_get("/_edgecache/status", endpoint(status))
-    app.router.add_get("/_edgecache/", endpoint(page))
-    app.router.add_get(hopauth.PING_PATH, endpoint(sibling))
-    app.router.add_get("/metrics", endpoint(metrics))
-    app.router.add_post("/_edgecache/sync", endpoint(sync_start))
-    app.router.add_post("/_edgecache/gc", endpoint(gc))
-    app.router.add_post("/_edgecache/verify", endpoint(verify))
-    app.router.add_post("/_edgecache/import", endpoint(import_archives))
-    app.router.add_post("/_edgecache/export", endpoint(export_pinned))
-    app.router.add_get("/_edgecache/sync", endpoint(sync_status))
+    app.router.add_get("/_edgecache/health", endpoint(health, OPEN))
+    app.router.add_get("/_edgecache/status", endpoint(status, OPERATOR))
+    app.router.add_get("/_edgecache/", endpoint(page, OPERATOR))
+    app.router.add_get(hopauth.PING_PATH, endpoint(sibling, OPEN))
+    app.router.add_get("/metrics", endpoint(metrics, OPERATOR))
+    app.router.add_post("/_edgecache/sync", endpoint(sync_start, ADMIN))
+    app.router.add_post("/_edgecache/gc", endpoint(gc, ADMIN))
+    app.router.add_post("/_edgecache/verify", endpoint(verify, ADMIN))
+    app.router.add_post("/_edgecache/import", endpoint(import_archives, ADMIN))
+    app.router.add_post("/_edgecache/export", endpoint(export_pinned, ADMIN))
+    app.router.add_get("/_edgecache/sync", endpoint(sync_status, OPERATOR))

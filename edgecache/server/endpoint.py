@@ -18,18 +18,19 @@ from aiohttp import web
 
 from edgecache.errors import NoSuchEndpoint, Unsupported
 from edgecache.server.accesslog import OUTCOME, Outcome
-from edgecache.server.guard import admit
+from edgecache.server.guard import BY_PATH, PULL, admit
 from edgecache.server.oci_errors import answer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def endpoint(handler: Handler) -> Handler:
+def endpoint(handler: Handler, door: str = PULL) -> Handler:
+    """`door`: what guard.admit asks of the client beyond its network and identity."""
     @wraps(handler)
     async def serve(request: web.Request) -> web.StreamResponse:
         request[OUTCOME] = Outcome(time.perf_counter())
         try:
-            await admit(request)
+            await admit(request, door)
             return await handler(request)
         except Exception as exc:   # noqa: BLE001 - the translation boundary
             return answer(request, exc)
@@ -50,4 +51,4 @@ async def no_route(request: web.Request) -> web.StreamResponse:
 
 def add_catch_all(app: web.Application) -> None:
     """Last, after every other route."""
-    app.router.add_route("*", "/{tail:.*}", endpoint(no_route))
+    app.router.add_route("*", "/{tail:.*}", endpoint(no_route, BY_PATH))

@@ -50,11 +50,20 @@ def hop_from(request: web.Request) -> str | None:
         return None
 
 
-async def admit(request: web.Request) -> None:
+# What a route's door asks beyond the network and who the client is (endpoint.py).
+PULL = "pull"             # the registry API: the upstream's own rules, in the handler
+OPEN = "open"             # liveness, the siblings' check
+OPERATOR = "operator"     # status, metrics: operators (when anything is guarded)
+ADMIN = "admin"           # POST gc, verify, sync, import, export
+BY_PATH = "by path"       # a path no route has: as its place (/_edgecache/, /metrics) says
+
+
+async def admit(request: web.Request, door: str = BY_PATH) -> None:
     """Who the client is and whether it may ask this (server/endpoint.py, before the
     handler); raises Unauthorized or Forbidden."""
-    access = request.app.get(ACCESS)
-    if access is None:                       # before the runtime is up
+    try:
+        access = request.app[ACCESS]
+    except KeyError:                         # before the runtime is up
         return
     headers = request.headers
     hop = request[HOP_FROM] = headers.get(hopauth.HOP)
@@ -70,23 +79,44 @@ async def admit(request: web.Request) -> None:
             request[IDENTITY] = sibling
             return
         # No secret: an ordinary client, for every check below.
-    access.check_network(request.remote)
+    cert = _connection_checked(request, access)
     authorization = headers.get("Authorization")
-    cert = _cert_subject(request)
     # Anonymous (most requests): identify() would say None, one coroutine later.
     who = await access.identify(authorization, cert, request.remote) if authorization or cert else None
     request[IDENTITY] = who
-    path = request.path
-    if path.startswith("/_edgecache/") or path == "/metrics":
-        if request.method == "POST":
-            access.check_admin(who)
-        elif path not in OPEN_PATHS:
-            access.check_operator(who)
+    if door in (PULL, OPEN):
+        return
+    if door == BY_PATH:
+        path = request.path
+        if not (path.startswith("/_edgecache/") or path == "/metrics") or path in OPEN_PATHS:
+            return
+        door = ADMIN if request.method == "POST" else OPERATOR
+    if door == ADMIN:
+        access.check_admin(who)
+    else:
+        access.check_operator(who)
+
+
+def _connection_checked(request: web.Request, access: Access) -> str | None:
+    """The network check and the client certificate's subject: once per connection
+    (and again after a reload changed the rules), not once per request."""
+    conn = request.protocol
+    known = getattr(conn, "door", None)
+    if known is not None and known[0] == access.generation:
+        return known[1]
+    access.check_network(request.remote)
+    cert = _cert_subject(request)
+    if hasattr(conn, "door"):
+        conn.door = (access.generation, cert)
+    return cert
 
 
 def listener_ssl_context(tls: ListenerTLS) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # A connection's certificate is checked once (_connection_checked): never another
+    # one on the same connection.
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
     if tls.client_ca_file is not None:
         ctx.load_verify_locations(str(tls.client_ca_file))

@@ -24,7 +24,7 @@ class _HeadDeadline(RequestHandler):
     One timer at a time, left to fire rather than cancelled per request: on a busy
     keep-alive connection a head costs two assignments, not a timer."""
 
-    __slots__ = ("_head_since", "_head_timer", "lost")
+    __slots__ = ("_head_since", "_head_timer", "lost", "door")
     head_timeout = 10.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -33,6 +33,8 @@ class _HeadDeadline(RequestHandler):
         # Done when the client's connection is gone (handlers that wait without writing
         # learn it here: aiohttp does not cancel them).
         self.lost: asyncio.Future[None] = self._loop.create_future()
+        # What the door (server/guard.py) checked of this connection, once.
+        self.door: tuple[int, str | None] | None = None
         super().connection_made(transport)
         self._head_started()
 

@@ -174,6 +174,7 @@ class BlobStore:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        self.index.save_touched()
         await asyncio.get_running_loop().run_in_executor(self._index_io, self.close_sync)
         self._index_io.shutdown(wait=True)
 
@@ -204,6 +205,7 @@ class BlobStore:
                 log.warning("index not written (retried in %.0f s): %s", interval, e)
 
     async def flush(self) -> None:
+        self.index.save_touched()
         await asyncio.get_running_loop().run_in_executor(self._index_io, self._flush_sync)
 
     def _flush_sync(self) -> None:

@@ -4,8 +4,10 @@ Memory holds the LRU order (an OrderedDict, oldest first) so a hit costs no I/O;
 diskcache holds the same records across restarts. Mutations change memory at
 once and queue a write; `flush()` applies the queue in one transaction and is
 run by the owner on a single I/O thread, so writes land in order and never on
-the event loop. A crash loses at most the last few seconds of "last used" times;
-sizes and pins are flushed as soon as they change.
+the event loop. A use (touch) changes memory only, and the owner hands the uses to
+the queue once per flush (save_touched, on the loop): a hit takes no lock and makes
+no record. A crash loses at most the last few seconds of "last used" times; sizes
+and pins are flushed as soon as they change.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class BlobIndex:
         self._disk = DiskMap(directory)
         self._lru: OrderedDict[str, Entry] = OrderedDict()
         self._pins: dict[str, frozenset[str]] = {}
+        self._touched: set[str] = set()       # used since the last save_touched()
         self.total_bytes = 0
         self.pinned_bytes = 0
 
@@ -61,8 +64,18 @@ class BlobIndex:
     def flush(self) -> None:
         self._disk.flush()
 
+    def save_touched(self) -> None:
+        """Queue the last-use times of the blobs used since the last call. On the event
+        loop, where blobs are used and removed: a removed blob is not written back."""
+        touched, self._touched = self._touched, set()
+        for digest in touched:
+            e = self._lru.get(digest)
+            if e is not None:
+                self._disk.put(("blob", digest), (e.size, e.atime))
+
     def close(self) -> None:
         """A clean close: the next start may trust the records without a disk walk."""
+        self.save_touched()
         self._disk.put(_CLEAN, True)
         self._disk.close()
 
@@ -95,7 +108,7 @@ class BlobIndex:
             return
         e.atime = time.time()
         self._lru.move_to_end(digest)
-        self._disk.put(("blob", digest), (e.size, e.atime))
+        self._touched.add(digest)
 
     def remove(self, digest: str) -> None:
         e = self._lru.pop(digest, None)
