@@ -42,6 +42,16 @@ def test_the_line_is_json_dumps_of_its_fields(now, method, path, status, nbytes,
     assert json.loads(line)["path"] == str(url)[:512]
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.floats(0, 4e9))
+def test_the_time_is_utc_to_the_millisecond(now):
+    import datetime
+    text = _timestamp(now)
+    when = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+    assert len(text) == 24 and 0 <= now - when < 0.0011
+
+
 def test_quotes_backslashes_and_controls_are_escaped():
     for odd in ('a"b', "a\\b", "a\nb", "a\x7fb", "é", "\u2028", "\x00"):
         line = access_line(0.0, "GET", URL.build(path="/v2/x"), 200, 1, "local", 0.5, odd, False,

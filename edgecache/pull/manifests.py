@@ -138,6 +138,36 @@ class ManifestService:
             return await self._by_digest(route, reference, accept, hop)
         return await self._by_tag(route, _tag(reference), accept, hop, revalidate)
 
+    def held(self, route: Route, reference: str, accept: Accept) -> ManifestAnswer | None:
+        """A client's answer from memory alone, when there is one: a manifest in the
+        answer cache that belongs to the route (by digest), or that a pinned tag or a
+        fresh tag record names. Nothing awaited, nothing parsed: the hot path. None:
+        get() answers (and decides everything this does not: reads, the upstream,
+        errors). Names that are not valid digests or tags are never keys here."""
+        if is_digest(reference):
+            local = self._cached(reference)
+            if local is None or not accept.accepts(local.media_type) \
+                    or not self.store.linked(reference, owner(route)):
+                return None
+        else:
+            key = (route.upstream, route.repo, reference)
+            pinned = self.pinned_tags.get(key)
+            if pinned is not None:
+                local = self._cached(pinned)
+                if local is None or not accept.accepts(local.media_type):
+                    return None
+                if self.on_pinned_tag is not None:
+                    self.on_pinned_tag(key)
+            else:
+                rec = self.meta.tags(key).get(accept.key())
+                if rec is None or self.clock() - rec.checked >= self.tag_ttl:
+                    return None
+                local = self._cached(rec.digest)
+                if local is None:
+                    return None
+        self.metrics.hit("manifest", route.upstream)
+        return local
+
     async def local(self, route: Route, digest: str) -> ManifestAnswer | None:
         """A manifest this node holds for a route (a sibling's probe)."""
         if not self.store.linked(digest, owner(route)):

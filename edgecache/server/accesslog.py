@@ -41,17 +41,28 @@ def outcome(request: web.BaseRequest) -> Outcome:
 
 
 _last_second: tuple[int, str] = (-1, "")   # the last whole second formatted, and its text
+_last_ms: tuple[int, str] = (-1, "")       # the last millisecond, and its timestamp
 
 
 def _timestamp(now: float) -> str:
-    """ISO 8601 UTC with milliseconds; the seconds part formatted once a second (the
-    pair replaced whole: safe from any thread)."""
-    global _last_second
-    sec = int(now)
-    held = _last_second
-    if held[0] != sec:
-        held = _last_second = (sec, _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(sec)))
-    return f"{held[1]}.{int((now - sec) * 1000):03d}Z"
+    """ISO 8601 UTC with milliseconds; the seconds part formatted once a second, the
+    whole once a millisecond (each pair replaced whole: safe from any thread)."""
+    global _last_second, _last_ms
+    ms = int(now * 1000)
+    held = _last_ms
+    if held[0] == ms:
+        return held[1]
+    sec = ms // 1000
+    second = _last_second
+    if second[0] != sec:
+        second = _last_second = (sec, _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(sec)))
+    text = f"{second[1]}.{ms - sec * 1000:03d}Z"
+    _last_ms = (ms, text)
+    return text
+
+
+_quoted_known: dict[str, str] = {}    # paths, addresses and words repeat: quoted once
+QUOTED_KEPT = 4096
 
 
 def _quoted(text: str | None) -> str:
@@ -59,9 +70,18 @@ def _quoted(text: str | None) -> str:
     no escaping, and are written as they are (a tenth of json.dumps' time)."""
     if text is None:
         return "null"
+    got = _quoted_known.get(text)
+    if got is not None:
+        return got
     if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
-        return f'"{text}"'
-    return json.dumps(text)
+        got = f'"{text}"'
+    else:
+        got = json.dumps(text)
+    if len(text) <= 256:
+        if len(_quoted_known) >= QUOTED_KEPT:
+            _quoted_known.clear()
+        _quoted_known[text] = got
+    return got
 
 
 def access_line(now: float, method: str, url: URL, status: int, nbytes: int | None,

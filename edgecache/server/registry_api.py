@@ -112,7 +112,8 @@ async def manifest(request: web.Request) -> web.Response:
     reference = request.match_info["reference"]
     if hop_from(request) is None:
         route = _route(request, svc)
-        ans = await svc.manifests.get(route, reference, accept)
+        ans = svc.manifests.held(route, reference, accept) or \
+            await svc.manifests.get(route, reference, accept)
         headers = {}
     else:
         route, ans, headers = await _manifest_for_sibling(request, svc, reference, accept)
