@@ -2,13 +2,16 @@
 
 - upstream: a CNCF Distribution registry holding the images (tests/support Registry)
 - proxy:    Distribution in pull-through proxy mode in front of the upstream (the peer)
-- nginx:    serves one blob file from disk with sendfile (the practical limit for blobs)
+- nginx:    serves one blob file from disk with sendfile (the practical limit for blobs);
+            also over TLS
+- bare:     a bare aiohttp handler on uvloop answering one manifest (the limit for small answers)
 - edge:     `python3 -m edgecache serve` as a real process on uvloop
 """
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.support.edge import EdgeProcess, make_config
@@ -35,7 +38,8 @@ http {{
     uwsgi_temp_path {dir}/tmp/uwsgi;
     scgi_temp_path {dir}/tmp/scgi;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
+        {tls}
         root {dir}/www;
         # Any /v2/<name>/blobs/<digest> is the one blob file.
         location ~ "^/v2/.+/blobs/sha256:[0-9a-f]{{64}}$" {{ rewrite ^ /blob break; }}
@@ -45,12 +49,13 @@ http {{
 
 
 class Nginx:
-    """nginx (master + 2 workers) serving `blob_file` for every /v2/<name>/blobs/<digest>."""
+    """nginx (master + 2 workers) serving `blob_file` for every /v2/<name>/blobs/<digest>;
+    over TLS with `tls` (certificate, key)."""
 
-    def __init__(self, workdir: Path, blob_file: Path) -> None:
+    def __init__(self, workdir: Path, blob_file: Path, tls: tuple[Path, Path] | None = None) -> None:
         self.dir = workdir
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         (self.dir / "www").mkdir(parents=True)
         (self.dir / "tmp").mkdir()
         os.link(blob_file, self.dir / "www" / "blob")
@@ -58,7 +63,10 @@ class Nginx:
         for p in (self.dir, self.dir / "www", self.dir / "www" / "blob"):
             p.chmod(0o755 if p.is_dir() else 0o644)
         self.conf = self.dir / "nginx.conf"
-        self.conf.write_text(NGINX_CONF.format(dir=self.dir, port=self.port))
+        # TLS as nginx ships it (OpenSSL, its default ciphers; sendfile does not apply).
+        self.conf.write_text(NGINX_CONF.format(
+            dir=self.dir, port=self.port, ssl=" ssl" if tls else "",
+            tls=f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};" if tls else ""))
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Nginx":
@@ -83,6 +91,39 @@ class Nginx:
         stop_process(proc, 10)                # SIGTERM: fast shutdown of master and workers
 
 
+class Bare:
+    """bench/bare.py: every GET answers `body` (a manifest); no access log."""
+
+    def __init__(self, workdir: Path, body: bytes) -> None:
+        workdir.mkdir(parents=True)
+        (workdir / "body.json").write_bytes(body)
+        self.dir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Bare":
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("bare.py")), "--port", str(self.port),
+             "--body", str(self.dir / "body.json")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(self.dir / "stderr.log", "ab"))
+        try:
+            wait_http(self.url + "/v2/", 10)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError("bare.py did not start:\n" + (self.dir / "stderr.log").read_text())
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        stop_process(proc, 10)
+
+
 def start_upstream(workdir: Path) -> Registry:
     return Registry(workdir=workdir / "upstream").start()
 
@@ -95,10 +136,13 @@ def registry_pid(reg: Registry) -> int | None:
     return reg.pid
 
 
-def start_edge(workdir: Path, upstream: Registry, name: str = "edge", **extra) -> EdgeProcess:
+def start_edge(workdir: Path, upstream: Registry, name: str = "edge", *, log_to: Path | None = None,
+               **extra) -> EdgeProcess:
+    """`log_to`: where the access log (stdout) goes; a file in its directory by default."""
     d = workdir / name
     d.mkdir()
     doc = make_config(d / "data", {UPSTREAM_NAME: upstream.url}, default=UPSTREAM_NAME,
                       tag_ttl="1h", cache={"max_size": "16GiB"},
                       upstream_timeout={"connect": "2s", "read": "60s"}, **extra)
-    return EdgeProcess(d, doc).start()
+    scheme = "https" if "tls" in extra else "http"
+    return EdgeProcess(d, doc, stdout=log_to, url=f"{scheme}://{doc['listen']}").start()

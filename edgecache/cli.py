@@ -54,7 +54,9 @@ def _run(coro: Coroutine) -> object:
 
 
 def cmd_serve(cfg: Config, args: argparse.Namespace) -> int:
+    from edgecache.memory import cap_malloc_arenas
     from edgecache.server.app import serve
+    cap_malloc_arenas()              # before the first thread (the access log's writer)
     sink = _access_log_sink()
     try:
         _run(serve(cfg))

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from edgecache.jsondoc import document
-from edgecache.policy.keys import PublicKey, verifies
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:       # keys.py brings in cryptography (7 MiB resident): only when verifying
+    from edgecache.policy.keys import PublicKey
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_SIGNATURE_CHARS = 8 * 1024
@@ -62,6 +65,7 @@ def check(sig: Signature, keys: Sequence[PublicKey], digest: str,
         raw = base64.b64decode(sig.signature, validate=True)
     except (binascii.Error, ValueError):
         return f"{sig.where}: signature is not base64"
+    from edgecache.policy.keys import verifies
     if not any(verifies(k, sig.payload, raw) for k in keys):
         return f"{sig.where}: signature does not verify with the rule's keys"
     try:

@@ -16,7 +16,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from yarl import URL
 
@@ -27,11 +27,13 @@ from edgecache.jsondoc import document
 from edgecache.mediatypes import INDEX_TYPES
 from edgecache.metrics import Metrics
 from edgecache.policy.cosign import check
-from edgecache.policy.keys import PublicKey, load_public_key
 from edgecache.policy.signatures import SignatureFinder
 from edgecache.pull.routing import Route
 from edgecache.singleflight import SingleFlight
 from edgecache.sync.lists import parse_ref
+
+if TYPE_CHECKING:       # keys.py brings in cryptography (7 MiB resident): only with rules
+    from edgecache.policy.keys import PublicKey
 
 log = logging.getLogger("edgecache.policy")
 
@@ -73,6 +75,8 @@ class Policy:
     def __init__(self, rules: tuple[PolicyRule, ...], finder: SignatureFinder, metrics: Metrics,
                  upstream_urls: Mapping[str, str], *,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        if rules:
+            from edgecache.policy.keys import load_public_key
         self.rules = [_Rule(r, tuple(load_public_key(p) for p in r.public_keys)) for r in rules]
         self.finder = finder
         self.metrics = metrics

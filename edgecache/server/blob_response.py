@@ -222,9 +222,11 @@ class _Body:
             # A client that takes no bytes for idle_timeout is let go (sendfile: _writable).
             async with asyncio.timeout(self.sender.idle_timeout):
                 await self.resp.write(data)
-            pos += len(data)
-            self.sent += len(data)
-            self.sender.copied_bytes += len(data)
+            n = len(data)
+            del data                # not held while the next chunk is read: a MiB per client
+            pos += n
+            self.sent += n
+            self.sender.copied_bytes += n
 
     async def finish(self) -> int:
         await self.resp.write_eof()

@@ -30,7 +30,6 @@ from edgecache.pull.fill import Source, SourceFactory, SourceKind
 from edgecache.pull.routing import Route
 from edgecache.reference import Digest, digest_of
 from edgecache.siblings.client import SiblingClient, TagAnswer
-from edgecache.siblings.discovery import Discovery
 from edgecache.siblings.hopauth import HopVerifier
 from edgecache.siblings.peers import Peer, PeerTable, rendezvous
 from edgecache.store import layout
@@ -78,6 +77,8 @@ class Siblings:
         self.client = SiblingClient(node_id, s.secret, timeout=s.timeout, read_timeout=s.read_timeout,
                                     tls=s.tls)
         scheme = "https" if cfg.tls else "http"
+        if s.mdns:          # zeroconf (3 MiB resident) only where mDNS is on
+            from edgecache.siblings.discovery import Discovery
         self.discovery = Discovery(node_id, cfg.listen_port, s.interfaces, cfg.listen_host, scheme,
                                    on_found=self._found, on_gone=self._gone) if s.mdns else None
         self.verifier = HopVerifier(s.secret, node_id) if s.secret else None

@@ -103,7 +103,7 @@ class EdgeProcess:
     """`python -m edgecache serve --config FILE` as a child process."""
 
     def __init__(self, workdir: Path, doc: dict[str, Any], *, netns_prefix: list[str] | None = None,
-                 url: str | None = None) -> None:
+                 url: str | None = None, stdout: Path | None = None) -> None:
         self.workdir = workdir
         self.doc = doc
         self.config_path = workdir / "edgecache.yaml"
@@ -111,7 +111,7 @@ class EdgeProcess:
         self.url = url or "http://" + doc["listen"]
         self.prefix = netns_prefix or []     # e.g. ["ip", "netns", "exec", NS]
         self.proc: subprocess.Popen | None = None
-        self.stdout = workdir / "edgecache.out"
+        self.stdout = stdout or workdir / "edgecache.out"     # the access log (os.devnull: discarded)
         self.stderr = workdir / "edgecache.err"
 
     def start(self, timeout: float = 15.0) -> "EdgeProcess":
