@@ -104,15 +104,15 @@ def blob_throughput(urls: dict[str, str], edge_url: str, rounds: int, clients: i
     out += table(
         ["nginx GB/s", "proxy GB/s", "edgecache GB/s", "edgecache/nginx", "proxy/nginx", "target", "met?"],
         [[f"{med['nginx']:.2f}", f"{med['proxy']:.2f}", f"{med['edgecache']:.2f}",
-          f"{e_ratio:.2f}x", f"{p_ratio:.2f}x", "edgecache >= 0.9x nginx", met(e_ratio >= 0.9)]])
+          f"{e_ratio:.2f}x", f"{p_ratio:.2f}x", "edgecache >= 1.0x nginx", met(e_ratio >= 1.0)]])
     out += table(["server", "rounds GB/s"],
                  [[n, "[" + ", ".join(f"{x:.2f}" for x in r) + "]"] for n, r in rates.items()])
     out += table(["edgecache bytes sent", "of which by sendfile (edgecache_sendfile_bytes_total)",
                   "sendfile share", "target", "met?"],
                  [[sent, int(sendfile_bytes), f"{share:.1%}", "~100% (kernel zero-copy path)",
                    met(share >= 0.99)]])
-    SUMMARY.append(["(a) warm blob GB/s, edgecache/nginx", ">=0.9x", f"{e_ratio:.2f}x",
-                    met(e_ratio >= 0.9)])
+    SUMMARY.append(["(a) warm blob GB/s, edgecache/nginx", ">=1.0x", f"{e_ratio:.2f}x",
+                    met(e_ratio >= 1.0)])
     SUMMARY.append(["(a) sendfile share of edgecache blob bytes", "~100%", f"{share:.1%}", met(share >= 0.99)])
     return out
 
@@ -263,6 +263,7 @@ def cold_blobs(upstream, bases: dict[str, str], digests: dict[str, tuple[str, st
     Then the same two fetches straight from the upstream, as the floor this machine allows.
     """
     rows = []
+    walls20: dict[str, float] = {}
     direct = "upstream (direct, reference)"
     for name, base in [*bases.items(), (direct, upstream.url)]:
         d1, d20 = digests["proxy" if name == direct else name]   # the upstream has no cache to warm
@@ -273,18 +274,23 @@ def cold_blobs(upstream, bases: dict[str, str], digests: dict[str, tuple[str, st
         wall20, res20 = measure.curl_parallel([f"{base}/v2/{COLD_REPO}/blobs/{d20}"] * n)
         measure.check_fetches(res20, BLOB_SIZE, f"cold x{n} {name}")
         ratio = wall20 / wall1
+        walls20[name] = wall20
         if name == direct:
             rows.append([name, "-", f"{wall20:.2f}", "-", f"{wall1:.2f}", f"{ratio:.2f}x", "-", "-"])
+            # What 20 clients of one blob cost the machine at all: edgecache's wall(20) next to it.
+            SUMMARY.append([f"(c) edgecache wall({n}) / direct-from-upstream wall({n})"
+                            + (f" over a {wan} WAN" if wan else " on loopback"), "(reference)",
+                            f"{walls20['edgecache'] / wall20:.2f}x", "-"])
             continue
         gets1 = settled_count(upstream, d1)
         gets20 = settled_count(upstream, d20)
         if name == "edgecache":
-            ok = gets20 == 1 and ratio <= 1.3
-            target, verdict = "1 upstream GET, wall(20) <= 1.3x wall(1)", met(ok)
+            ok = gets20 == 1 and ratio <= 1.5
+            target, verdict = "1 upstream GET, wall(20) <= 1.5x wall(1)", met(ok)
             where = f"over a {wan} WAN" if wan else "on loopback"
             SUMMARY.append([f"(c) {n} cold requests {where}: upstream GETs", "1", gets20, met(gets20 == 1)])
-            SUMMARY.append([f"(c) wall({n}) / wall(1) {where}", "<=1.3x", f"{ratio:.2f}x",
-                            met(ratio <= 1.3)])
+            SUMMARY.append([f"(c) wall({n}) / wall(1) {where}", "<=1.5x", f"{ratio:.2f}x",
+                            met(ratio <= 1.5)])
         else:
             target, verdict = "-", "-"
         rows.append([name, gets20, f"{wall20:.2f}", gets1, f"{wall1:.2f}", f"{ratio:.2f}x", target, verdict])
@@ -382,7 +388,7 @@ def machine_info(quick: bool) -> list[str]:
 
 
 def run(quick: bool, work: Path, stack: contextlib.ExitStack, wan_rate: str | None) -> str:
-    rounds, wrk_secs = (3, 2) if quick else (5, 5)
+    rounds, wrk_secs = (3, 2) if quick else (5, 4)
     layers, layer_mib = 6, 16
     info = machine_info(quick)
 
