@@ -48,7 +48,34 @@ http {{
 """
 
 
-class Nginx:
+class _Process:
+    """A server the bench starts as a child process in its own directory, waited for on
+    `ready` (a path), stopped with SIGTERM; its stderr (and `logs`) told if it does not start."""
+
+    dir: Path
+    url: str
+    proc: subprocess.Popen | None = None
+
+    def _launch(self, cmd: list[str], ready: str, logs: tuple[Path, ...] = ()) -> None:
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.dir / "stderr.log", "ab"))
+        try:
+            wait_http(self.url + ready, 10)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"{cmd[0]} did not start:\n" + "".join(
+                p.read_text() for p in (self.dir / "stderr.log", *logs))) from None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        stop_process(proc, 10)                # SIGTERM: nginx's fast shutdown of master and workers
+
+
+class Nginx(_Process):
     """nginx (master + 2 workers) serving `blob_file` for every /v2/<name>/blobs/<digest>;
     over TLS with `tls` (certificate, key)."""
 
@@ -67,31 +94,14 @@ class Nginx:
         self.conf.write_text(NGINX_CONF.format(
             dir=self.dir, port=self.port, ssl=" ssl" if tls else "",
             tls=f"ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};" if tls else ""))
-        self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Nginx":
-        self.proc = subprocess.Popen(
-            ["nginx", "-p", str(self.dir), "-e", str(self.dir / "error.log"), "-c", str(self.conf)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "stderr.log", "ab"))
-        try:
-            wait_http(self.url + "/", 10)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError("nginx did not start:\n" + (self.dir / "stderr.log").read_text()
-                               + (self.dir / "error.log").read_text())
+        self._launch(["nginx", "-p", str(self.dir), "-e", str(self.dir / "error.log"),
+                      "-c", str(self.conf)], "/", (self.dir / "error.log",))
         return self
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        stop_process(proc, 10)                # SIGTERM: fast shutdown of master and workers
-
-
-class Bare:
+class Bare(_Process):
     """bench/bare.py: every GET answers `body` (a manifest); no access log."""
 
     def __init__(self, workdir: Path, body: bytes) -> None:
@@ -100,28 +110,11 @@ class Bare:
         self.dir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Bare":
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("bare.py")), "--port", str(self.port),
-             "--body", str(self.dir / "body.json")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "stderr.log", "ab"))
-        try:
-            wait_http(self.url + "/v2/", 10)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError("bare.py did not start:\n" + (self.dir / "stderr.log").read_text())
+        self._launch([sys.executable, str(Path(__file__).with_name("bare.py")),
+                      "--port", str(self.port), "--body", str(self.dir / "body.json")], "/v2/")
         return self
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        stop_process(proc, 10)
 
 
 def start_upstream(workdir: Path) -> Registry:
