@@ -78,3 +78,46 @@ def test_a_served_process_logs_each_request_as_one_json_line(tmp_path):
     assert [x["status"] for x in mine] == [200, 400, 400, 404]
     assert [x.get("error") for x in mine] == [None, "NAME_INVALID", "NAME_INVALID", "NAME_UNKNOWN"]
     assert all(x["remote"] == "127.0.0.1" and x["duration_ms"] >= 0 for x in mine)
+
+
+async def test_a_waiting_record_holds_at_most_its_lines_worth_of_a_long_url():
+    """With stdout blocked, 16,384 records wait: each must hold the part of its URL its
+    line shows, not an 8 KiB URL with its parsed query."""
+    import logging
+    import pickle
+
+    import aiohttp
+    from aiohttp import web
+
+    from edgecache.server.accesslog import PATH_KEPT, JsonAccessLogger
+    from edgecache.server.logsink import LineSink
+
+    sink = LineSink(None, render=access_line)      # not started: records stay queued
+    logger = logging.getLogger("test.accesslog.long")
+    logger.addHandler(sink)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    app = web.Application()
+
+    async def not_found(request):
+        return web.Response(status=404)
+
+    app.router.add_get("/{tail:.*}", not_found)
+    runner = web.AppRunner(app, access_log_class=JsonAccessLogger, access_log=logger)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    long_path = "/v2/" + "a" * 7000 + "/manifests/x?ns=" + "b" * 1000
+    try:
+        async with aiohttp.ClientSession() as http:
+            for path in (long_path, "/v2/short/manifests/x?ns=127.0.0.1"):
+                async with http.get(f"http://127.0.0.1:{port}{path}") as r:
+                    assert r.status == 404
+    finally:
+        await runner.cleanup()
+        logger.removeHandler(sink)
+    long_record, short_record = list(sink._lines)
+    assert len(pickle.dumps(long_record)) < PATH_KEPT + 512
+    assert json.loads(access_line(*long_record))["path"] == long_path[:PATH_KEPT]
+    assert json.loads(access_line(*short_record))["path"] == "/v2/short/manifests/x?ns=127.0.0.1"

@@ -61,6 +61,8 @@ def _timestamp(now: float) -> str:
     return text
 
 
+PATH_KEPT = 512     # characters of a request's URL its line shows
+
 _quoted_known: dict[str, str] = {}    # paths, addresses and words repeat: quoted once
 QUOTED_KEPT = 4096
 
@@ -84,15 +86,16 @@ def _quoted(text: str | None) -> str:
     return got
 
 
-def access_line(now: float, method: str, url: URL, status: int, nbytes: int | None,
+def access_line(now: float, method: str, url: URL | str, status: int, nbytes: int | None,
                 source: str, seconds: float, remote: str | None, stale: bool,
                 error: str | None, request_id: str | None) -> str:
     """One line, byte for byte what json.dumps of the fields in this order would give.
-    Made in the LineSink's thread: `url` is the request's (immutable) relative URL;
+    Made in the LineSink's thread: `url` is the request's (immutable) relative URL, or
+    its first PATH_KEPT characters;
     `seconds` its duration (rounding a float to 3 places costs a microsecond: here)."""
     duration_ms = round(seconds * 1000, 3)
     line = (f'{{"time":"{_timestamp(now)}","method":{_quoted(method)},'
-            f'"path":{_quoted(str(url)[:512])},'
+            f'"path":{_quoted(str(url)[:PATH_KEPT])},'
             f'"status":{status},"bytes":{"null" if nbytes is None else nbytes},'
             f'"source":{_quoted(source)},"duration_ms":{duration_ms!r},"remote":{_quoted(remote)}')
     if stale:
@@ -122,7 +125,12 @@ class JsonAccessLogger(AbstractAccessLogger):
         else:
             duration = _time.perf_counter() - o.t0
             nbytes, source, stale, error, rid = o.bytes, o.source, o.stale, o.error, o.request_id
-        fields = (_time.time(), request.method, request.rel_url, response.status,
+        url: URL | str = request.rel_url
+        if len(request.raw_path) > PATH_KEPT:
+            # A queued record must stay small (16,384 of them wait when stdout blocks):
+            # a long URL is cut to what its line shows now, not held whole with its query.
+            url = str(url)[:PATH_KEPT]
+        fields = (_time.time(), request.method, url, response.status,
                   response.body_length if nbytes is None else nbytes, source,
                   duration, request.remote, stale, error, rid)
         sink = self._sink

@@ -18,7 +18,7 @@ import logging
 import threading
 from typing import Any, Callable, TextIO
 
-MAX_PENDING = 16_384  # lines or records not written yet (a record with its URL: ~1 KiB)
+MAX_PENDING = 16_384  # lines or records not written yet (a record: under 1 KiB, its URL cut)
 LINGER = 0.05         # seconds a line may wait for company before it is written
 
 
