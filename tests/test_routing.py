@@ -34,3 +34,22 @@ def test_the_repository_part_is_validated():
         resolve("ghcr.io/../etc", None, UP, None)
     with pytest.raises(InvalidName):
         resolve("Upper/Case", None, UP, "docker.io")
+
+
+def test_the_router_remembers_short_names_only_and_stays_bounded():
+    from edgecache.pull.routing import Router
+    router = Router(["docker.io", "ghcr.io"], "docker.io")
+    assert router("team/app", "ghcr.io") == Route("ghcr.io", "team/app")
+    assert len(router._known) == 1
+    padded_ns = "ghcr.io" + " " * 8000              # strip()ped: it resolves
+    assert router("team/app", padded_ns) == Route("ghcr.io", "team/app")
+    assert len(router._known) == 1                  # resolved, not kept
+    longest = "a/" * 126 + "app"                    # a valid name, 255 characters
+    assert router(longest, "ghcr.io") == Route("ghcr.io", longest)
+    assert len(router._known) == 2
+    for n in range(router.KEPT + 10):
+        router(f"team/app{n}", None)
+    assert len(router._known) <= router.KEPT
+    with pytest.raises(UnknownRegistry):
+        router("app", "quay.io")
+    assert ("app", "quay.io") not in router._known

@@ -37,10 +37,12 @@ def resolve(name: str, ns: str | None, upstreams: Collection[str], default: str 
 
 class Router:
     """resolve() for the upstreams the process runs with, remembered per (name, ns):
-    clients ask for the same few repositories again and again. Bounded; a name that
-    does not resolve is never kept."""
+    clients ask for the same few repositories again and again. Bounded in entries and
+    in size: a name that does not resolve, or a long one (padded to fill memory), is
+    never kept."""
 
     KEPT = 4096
+    KEY_KEPT = 320     # characters of name and ns: a 255-character name with its registry
 
     def __init__(self, upstreams: Collection[str], default: str | None) -> None:
         self.upstreams = frozenset(upstreams)
@@ -52,6 +54,8 @@ class Router:
         route = self._known.get(key)
         if route is None:
             route = resolve(name, ns, self.upstreams, self.default)
+            if len(name) + (len(ns) if ns else 0) > self.KEY_KEPT:
+                return route
             if len(self._known) >= self.KEPT:
                 self._known.clear()
             self._known[key] = route
