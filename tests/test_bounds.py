@@ -639,3 +639,24 @@ async def test_push_methods_are_told_what_is_allowed(tmp_path):
         async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
             async with s.put(f"{edge.url}/v2/demo/app/manifests/v1", data=b"{}") as r:
                 assert r.status == 405 and r.headers["Allow"] == "GET, HEAD"
+
+
+def test_the_manifest_answer_cache_counts_what_each_answer_holds_not_only_its_body():
+    """Many tiny manifests (an attacker's, or a cosign tag's) must not fill memory past
+    the cache's budget: each answer costs its body and what holds it."""
+    import tracemalloc
+
+    from edgecache.pull.manifests import ManifestService
+    budget = 256 * 1024
+    svc = ManifestService(None, None, None, None, 60, body_cache_bytes=budget, confirmer=object())
+    media_type = "application/vnd.oci.image.manifest.v1+json"
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20_000):
+            svc._remember("sha256:" + os.urandom(32).hex(), os.urandom(8), media_type)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0 < len(svc._answers) < 20_000
+    assert held <= budget * 1.25, f"{len(svc._answers)} answers hold {held} bytes"

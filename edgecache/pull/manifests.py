@@ -121,7 +121,7 @@ class ManifestService:
         self.clock = clock
         self.flight = SingleFlight()
         # Manifests read lately, as the answers they make (digest -> local answer), LRU,
-        # bounded by their bodies' bytes: the hot path awaits nothing and reads nothing.
+        # bounded by their bytes (_answer_size): the hot path awaits nothing and reads nothing.
         self._answers: OrderedDict[str, ManifestAnswer] = OrderedDict()
         self._answers_bytes = 0
         self._answers_cap = body_cache_bytes
@@ -449,13 +449,21 @@ class ManifestService:
             return ans
         self._forget(digest)
         ans = self._answers[digest] = ManifestAnswer(body, digest, media_type, "local")
-        self._answers_bytes += len(body)
+        self._answers_bytes += _answer_size(ans)
         while self._answers_bytes > self._answers_cap and self._answers:
             _, old = self._answers.popitem(last=False)
-            self._answers_bytes -= len(old.body)
+            self._answers_bytes -= _answer_size(old)
         return ans
 
     def _forget(self, digest: str) -> None:
         old = self._answers.pop(digest, None)
         if old is not None:
-            self._answers_bytes -= len(old.body)
+            self._answers_bytes -= _answer_size(old)
+
+
+ANSWER_OVERHEAD = 512   # bytes an answer holds beside its body: its object, key, digest, type
+
+
+def _answer_size(ans: ManifestAnswer) -> int:
+    """What an answer costs the cache's budget: tiny manifests are not free."""
+    return len(ans.body) + ANSWER_OVERHEAD
