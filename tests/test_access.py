@@ -76,6 +76,41 @@ async def test_admin_actions_need_credentials(world):
         assert r.status == 200
 
 
+# (method, path, anonymous, with a token): each door as a client meets it, routed or not.
+DOORS = [
+    ("GET", "/_edgecache/health", 200, 200),
+    ("POST", "/_edgecache/health", 401, 405),        # open to GET only: POST is the admin's door
+    ("GET", "/_edgecache/sibling", 404, 404),        # open, and siblings are off here
+    ("POST", "/_edgecache/sibling", 401, 405),
+    ("HEAD", "/_edgecache/status", 401, 200),
+    ("HEAD", "/metrics", 401, 200),
+    ("GET", "/_edgecache/", 401, 200),               # the status page
+    ("HEAD", "/_edgecache/", 401, 200),
+    ("POST", "/_edgecache/import", 401, 403),        # seeding through the daemon: access.admin only
+    ("POST", "/_edgecache/export", 401, 403),
+    ("GET", "/_edgecache/gc", 401, 405),             # a POST-only path
+    ("PUT", "/_edgecache/status", 401, 405),
+    ("DELETE", "/metrics", 401, 405),
+    ("GET", "/_edgecache/nothing-here", 401, 404),   # no route: says nothing to strangers
+    ("POST", "/_edgecache/nothing-here", 401, 404),
+]
+
+
+@pytest.mark.parametrize("method,path,anonymous,with_token", DOORS)
+async def test_every_operator_door_as_a_client_meets_it(world, method, path, anonymous, with_token):
+    up, edge, img, session = world
+    for auth, want in ((None, anonymous), ("Bearer tok-abc123", with_token)):
+        async with session.request(method, edge.url + path,
+                                   headers={"Authorization": auth} if auth else {}) as r:
+            body = await r.read()
+            assert r.status == want, (method, path, auth, r.status, body)
+            if want >= 400 and method != "HEAD":
+                code = json.loads(body)["errors"][0]["code"]
+                assert code == {401: "UNAUTHORIZED", 403: "DENIED", 404: "NAME_UNKNOWN",
+                        405: "UNSUPPORTED"}[want], body
+    assert sum(up.counts.values()) == 0
+
+
 async def test_clients_outside_the_allowed_networks_are_denied(tmp_path):
     img = make_image(72, layer_size=1024)
     async with FaultyUpstream({"public/app:v1": img}) as up:
@@ -92,20 +127,34 @@ async def test_a_kept_alive_connection_is_checked_again_after_a_reload(tmp_path)
     a reload that shuts a network out refuses the next request on an open connection."""
     from edgecache.config import AccessConfig
     img = make_image(74, layer_size=1024)
+    opened, reused = [], []              # connections the client opened, and reuses of one
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(lambda *_: _noted(opened))
+    trace.on_connection_reuseconn.append(lambda *_: _noted(reused))
+
+    async def status_on_one_connection(edge, session):
+        async with session.get(edge.url + "/v2/public/app/manifests/v1") as r:
+            return r.status, await r.read()
+
     async with FaultyUpstream({"public/app:v1": img}) as up:
         doc = make_config(tmp_path / "data", {"public.example": up.url}, default="public.example",
                           access={"networks": ["127.0.0.0/8"]})
         conn = aiohttp.TCPConnector(limit=1)              # one connection, kept alive
-        async with EdgeServer(doc) as edge, aiohttp.ClientSession(connector=conn) as session:
+        async with EdgeServer(doc) as edge, \
+                aiohttp.ClientSession(connector=conn, trace_configs=[trace]) as session:
             for _ in range(3):
-                assert (await get(edge, session, "/v2/public/app/manifests/v1"))[0] == 200
+                assert (await status_on_one_connection(edge, session))[0] == 200
             svc = edge.services
             await svc.access.reload(AccessConfig(networks=("10.0.0.0/8",)), svc.config.upstreams)
-            status, _, body = await get(edge, session, "/v2/public/app/manifests/v1")
+            status, body = await status_on_one_connection(edge, session)
             assert status == 403 and json.loads(body)["errors"][0]["code"] == "DENIED"
             await svc.access.reload(AccessConfig(networks=("127.0.0.0/8",)), svc.config.upstreams)
-            assert (await get(edge, session, "/v2/public/app/manifests/v1"))[0] == 200
-            assert len(conn._conns) <= 1                 # all on one connection
+            assert (await status_on_one_connection(edge, session))[0] == 200
+    assert (len(opened), len(reused)) == (1, 4)          # all five on one connection
+
+
+async def _noted(into):
+    into.append(1)
 
 
 async def test_tls_listener_and_client_certificates(tmp_path):
@@ -194,7 +243,7 @@ async def test_access_admin_names_who_may_run_gc_verify_and_sync(tmp_path):
                           access={"htpasswd": str(tmp_path / "htpasswd"), "tokens_file": str(tmp_path / "tokens"),
                                   "admin": ["alice", "ops"]})
         async with EdgeServer(doc) as edge, aiohttp.ClientSession() as session:
-            for path in ("/_edgecache/gc", "/_edgecache/verify", "/_edgecache/sync"):
+            for path in ("/_edgecache/gc", "/_edgecache/verify", "/_edgecache/sync", "/_edgecache/export"):
                 for auth, want in ((None, 401), ("Bearer tok-abc123", 403), ("Bearer tok-ops", (200, 202)),
                                    (basic("alice", "s3cret"), (200, 202))):
                     async with session.post(edge.url + path, headers={"Authorization": auth} if auth else {}) as r:

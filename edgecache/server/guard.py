@@ -88,9 +88,14 @@ async def admit(request: web.Request, door: str = BY_PATH) -> None:
         return
     if door == BY_PATH:
         path = request.path
-        if not (path.startswith("/_edgecache/") or path == "/metrics") or path in OPEN_PATHS:
+        if not (path.startswith("/_edgecache/") or path == "/metrics"):
             return
-        door = ADMIN if request.method == "POST" else OPERATOR
+        if request.method == "POST":
+            door = ADMIN          # even on an open path: who may not POST learns nothing more
+        elif path in OPEN_PATHS:
+            return
+        else:
+            door = OPERATOR
     if door == ADMIN:
         access.check_admin(who)
     else:
