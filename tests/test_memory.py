@@ -19,10 +19,15 @@ def test_no_policy_and_no_mdns_load_neither_cryptography_nor_zeroconf():
     assert "cryptography" not in loaded and "zeroconf" not in loaded
 
 
-def test_a_policy_loads_cryptography_when_it_verifies():
-    loaded = _modules_after("from edgecache.policy.cosign import check\n"
-                            "import edgecache.policy.keys")
-    assert "cryptography" in loaded
+def test_cryptography_is_loaded_when_a_signature_is_first_checked():
+    out = subprocess.run([sys.executable, "-c", """
+import sys
+from edgecache.policy.cosign import Signature, check
+print("cryptography" in sys.modules)
+print(check(Signature(b"{}", "AAAA", "tag x.sig"), [], "sha256:00", lambda r: True))
+print("cryptography" in sys.modules)
+"""], capture_output=True, text=True, check=True, timeout=60).stdout.splitlines()
+    assert out == ["False", "tag x.sig: signature does not verify with the rule's keys", "True"]
 
 
 def test_the_arena_cap_is_taken_by_glibc():
