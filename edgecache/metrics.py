@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 import platform
+import time
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, PlatformCollector,
                                ProcessCollector, generate_latest)
@@ -29,6 +30,8 @@ class Metrics:
         self._hit_counts: dict[tuple[str, str], int] = {}       # (kind, upstream) -> requests
         self._miss_counts: dict[tuple[str, str], int] = {}
         self.served_bytes: dict[str, int] = {}    # source -> bytes
+        # When each of those series began (its *_created sample, as prometheus_client's own).
+        self._created: dict[tuple[str, ...], float] = {}
         r.register(_FnCollector(self._hot_counters))
         self._children: dict[tuple, Any] = {}     # labelled counters, looked up once each
         # This process (CPU, RSS, open fds, start time) and what it is.
@@ -61,23 +64,37 @@ class Metrics:
         self.hits += 1
         self.recent.hit()
         key = (kind, upstream)
-        self._hit_counts[key] = self._hit_counts.get(key, 0) + 1
+        n = self._hit_counts.get(key)
+        if n is None:
+            n = self._begun("hits", kind, upstream)
+        self._hit_counts[key] = n + 1
 
     def miss(self, kind: str, upstream: str) -> None:
         self.misses += 1
         self.recent.miss()
         key = (kind, upstream)
-        self._miss_counts[key] = self._miss_counts.get(key, 0) + 1
+        n = self._miss_counts.get(key)
+        if n is None:
+            n = self._begun("misses", kind, upstream)
+        self._miss_counts[key] = n + 1
+
+    def _begun(self, *series: str) -> int:
+        self._created[series] = time.time()
+        return 0
 
     def _hot_counters(self) -> Iterable:
+        created = self._created
         yield labelled_counter("edgecache_cache_hits", "Requests answered from the local cache",
                                ["kind", "upstream"],
-                               [(list(k), v) for k, v in self._hit_counts.items()])
+                               [(list(k), v, created.get(("hits", *k)))
+                                for k, v in list(self._hit_counts.items())])
         yield labelled_counter("edgecache_cache_misses", "Requests that needed the upstream",
                                ["kind", "upstream"],
-                               [(list(k), v) for k, v in self._miss_counts.items()])
+                               [(list(k), v, created.get(("misses", *k)))
+                                for k, v in list(self._miss_counts.items())])
         yield labelled_counter("edgecache_served_bytes", "Body bytes served, by source",
-                               ["source"], [([k], v) for k, v in self.served_bytes.items()])
+                               ["source"], [([k], v, created.get(("served", k)))
+                                            for k, v in list(self.served_bytes.items())])
 
     def _child(self, metric: Counter, *labels: str) -> Any:
         """A labelled counter (on the hot path: prometheus_client's own lookup takes a lock)."""
@@ -89,7 +106,10 @@ class Metrics:
 
     def served(self, source: str, nbytes: int) -> None:
         if nbytes:
-            self.served_bytes[source] = self.served_bytes.get(source, 0) + nbytes
+            n = self.served_bytes.get(source)
+            if n is None:
+                n = self._begun("served", source)
+            self.served_bytes[source] = n + nbytes
             self.recent.served(source, nbytes)
 
     def coalesced(self) -> None:
@@ -149,8 +169,9 @@ def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 
 
 def labelled_counter(name: str, doc: str, labels: list[str],
-                     samples: Iterable[tuple[list[str], float]]) -> CounterMetricFamily:
+                     samples: Iterable[tuple]) -> CounterMetricFamily:
+    """samples: (label values, value) or (label values, value, created: epoch seconds)."""
     c = CounterMetricFamily(name, doc, labels=labels)
-    for lv, v in samples:
-        c.add_metric(lv, v)
+    for lv, v, *created in samples:
+        c.add_metric(lv, v, created=created[0] if created else None)
     return c

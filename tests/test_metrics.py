@@ -64,6 +64,13 @@ async def test_what_an_operator_alerts_on(tmp_path):
                 client_module.UNANSWERED_FOR = remembered
             assert _value(m, f'edgecache_cache_hits_total{{kind="blob",upstream="{HOST}"}}') >= 1
             assert _value(m, 'edgecache_cache_misses_total{kind="blob",upstream="down.example"}') == 1
+            # Each counter series says when it began, as prometheus_client's own do.
+            import time
+            for series in (f'edgecache_cache_hits_created{{kind="blob",upstream="{HOST}"}}',
+                           'edgecache_cache_misses_created{kind="blob",upstream="down.example"}',
+                           'edgecache_served_bytes_created{source="local"}',
+                           'edgecache_coalesced_waiters_created'):
+                assert time.time() - 120 < _value(m, series) <= time.time(), series
             synced = _value(m, 'edgecache_sync_last_success_timestamp_seconds{list="pinned"}')
             assert synced == edge.services.syncer.state.last_success["pinned"] > 0
             assert _value(m, "edgecache_sync_interval_seconds") == 7200
