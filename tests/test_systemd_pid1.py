@@ -139,3 +139,40 @@ def test_the_hardening_holds(machine):
     level = float(exposure.split("Overall exposure level for edgecache.service:")[1].split()[0])
     assert level <= 2.0, exposure[-1500:]
     json.dumps(status)       # (kept readable in a failure report)
+
+
+def test_every_access_line_reaches_the_journal_under_load(machine):
+    """journald suppresses a unit past 10,000 lines in 30 s by default (times a factor of
+    its free space: 37,500 here), silently: a busy cache would lose most of its access
+    log. 100,000 requests in seconds (the default kept 37,497 of them): every line is
+    in the journal."""
+    import asyncio
+
+    import aiohttp
+    machine.run("systemctl", "start", "edgecache.service")
+    since = machine.run("date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
+    marker = f"/_edgecache/health?burst={time.time_ns()}"
+    count = 100_000
+
+    async def burst():
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16)) as s:
+            async def one(_):
+                async with s.get(machine.url + marker) as r:
+                    assert r.status == 200
+                    await r.read()
+            for start in range(0, count, 1000):
+                await asyncio.gather(*(one(i) for i in range(start, min(count, start + 1000))))
+    t0 = time.monotonic()
+    asyncio.run(burst())
+    took = time.monotonic() - t0
+    assert took < 25, f"{count} requests took {took:.0f} s: too slow to test the 30 s window"
+
+    def lines() -> int:
+        out = machine.run("journalctl", "-u", "edgecache", "--since", since, "-o", "cat",
+                          "--no-pager", check=False, timeout=60).stdout
+        return out.count(marker)
+    if not wait_until(lambda: lines() >= count, 15, interval=1.0):
+        pytest.fail(f"{lines()} of {count} access lines in the journal; the unit's limits: "
+                    + machine.show("edgecache.service", "LogRateLimitIntervalUSec") + " us, "
+                    + machine.show("edgecache.service", "LogRateLimitBurst"))
+    print(f"{count} requests in {took:.1f} s, {lines()} access lines in the journal")
