@@ -6,8 +6,6 @@ the watchdog restarts a hung process; the hardening holds (read-only system, no
 capabilities, no new privileges, only the state directory writable)."""
 import json
 import shutil
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -41,19 +39,7 @@ def machine(tmp_path_factory):
     require_nspawn()
     work = tmp_path_factory.mktemp("pid1")
     root = nspawn.copy_of(BASE, work / "root")
-    wheels = root / "opt" / "edgecache" / "wheelhouse"
-    wheels.mkdir(parents=True)
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(ROOT)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-
-    def chroot(*cmd):
-        subprocess.run(["chroot", str(root), *cmd], check=True, capture_output=True, timeout=600)
-    chroot("python3", "-m", "venv", "/opt/edgecache/venv")
-    chroot("/opt/edgecache/venv/bin/pip", "install", "-q", "--no-index", "--find-links",
-           "/opt/edgecache/wheelhouse", "edgecache")
-    chroot("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "edgecache")
-    shutil.copy(ROOT / "systemd" / "edgecache.service", root / "etc/systemd/system/edgecache.service")
+    nspawn.install_edgecache(root, ROOT)
     dropin = root / "etc/systemd/system/edgecache.service.d"
     dropin.mkdir(parents=True)
     # Shorter than a box's 30 s, so the test does not wait: the mechanism is the same.
@@ -62,7 +48,7 @@ def machine(tmp_path_factory):
     conf = root / "etc/edgecache"
     conf.mkdir(parents=True)
     (conf / "tokens").write_text("ops:tok-ops-1\n")
-    chroot("chgrp", "edgecache", "/etc/edgecache/tokens")
+    nspawn.chroot(root, "chgrp", "edgecache", "/etc/edgecache/tokens")
     (conf / "tokens").chmod(0o640)
     (conf / "config.yaml").write_text(yaml.safe_dump({
         "listen": f"127.0.0.1:{port}",

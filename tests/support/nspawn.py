@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,28 @@ def copy_of(base: Path, dest: Path, packages: str = PACKAGES) -> Path:
     make_root(base, packages)
     subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(dest)], check=True, timeout=300)
     return dest
+
+
+def install_edgecache(root: Path, repo: Path) -> None:
+    """edgecache into the root as a cache box has it: a virtualenv installed from a
+    wheelhouse (no index) built from the repository, its system user, and the
+    repository's unit file as it is."""
+    wheels = root / "opt" / "edgecache" / "wheelhouse"
+    wheels.mkdir(parents=True)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(repo)],
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"pip wheel: {r.stderr}")
+    chroot(root, "python3", "-m", "venv", "/opt/edgecache/venv")
+    chroot(root, "/opt/edgecache/venv/bin/pip", "install", "-q", "--no-index", "--find-links",
+           "/opt/edgecache/wheelhouse", "edgecache")
+    chroot(root, "useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+           "edgecache")
+    shutil.copy(repo / "systemd" / "edgecache.service", root / "etc/systemd/system/edgecache.service")
+
+
+def chroot(root: Path, *cmd: str) -> None:
+    subprocess.run(["chroot", str(root), *cmd], check=True, capture_output=True, timeout=600)
 
 
 class Machine:
