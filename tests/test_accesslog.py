@@ -100,6 +100,7 @@ async def test_a_waiting_record_holds_at_most_its_lines_worth_of_a_long_url():
     app = web.Application()
 
     async def not_found(request):
+        request.query.get("ns")              # as the registry handlers do: parsed, cached
         return web.Response(status=404)
 
     app.router.add_get("/{tail:.*}", not_found)
@@ -109,15 +110,35 @@ async def test_a_waiting_record_holds_at_most_its_lines_worth_of_a_long_url():
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     long_path = "/v2/" + "a" * 7000 + "/manifests/x?ns=" + "b" * 1000
+    many_params = "/v2/app/manifests/x?" + "&".join(f"p{i}=" for i in range(80))    # < 512
     try:
         async with aiohttp.ClientSession() as http:
-            for path in (long_path, "/v2/short/manifests/x?ns=127.0.0.1"):
+            for path in (long_path, many_params, "/v2/short/manifests/x?ns=127.0.0.1"):
                 async with http.get(f"http://127.0.0.1:{port}{path}") as r:
                     assert r.status == 404
     finally:
         await runner.cleanup()
         logger.removeHandler(sink)
-    long_record, short_record = list(sink._lines)
-    assert len(pickle.dumps(long_record)) < PATH_KEPT + 512
+    long_record, many_record, short_record = list(sink._lines)
+    for record in (long_record, many_record):
+        held = _deep_size(record)
+        assert len(pickle.dumps(record)) < PATH_KEPT + 512 and held < 3 * PATH_KEPT, held
+    assert json.loads(access_line(*many_record))["path"] == many_params
     assert json.loads(access_line(*long_record))["path"] == long_path[:PATH_KEPT]
     assert json.loads(access_line(*short_record))["path"] == "/v2/short/manifests/x?ns=127.0.0.1"
+
+
+def _deep_size(obj) -> int:
+    """Bytes held by obj and everything it reaches (types and modules aside)."""
+    import gc
+    import sys
+    import types
+    seen, todo, total = set(), [obj], 0
+    while todo:
+        o = todo.pop()
+        if id(o) in seen or isinstance(o, (type, types.ModuleType, types.FunctionType)):
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        todo.extend(gc.get_referents(o))
+    return total

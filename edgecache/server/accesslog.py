@@ -61,7 +61,8 @@ def _timestamp(now: float) -> str:
     return text
 
 
-PATH_KEPT = 512     # characters of a request's URL its line shows
+PATH_KEPT = 512          # characters of a request's URL its line shows
+URL_HANDED_OVER = 256    # longer URLs (or with several parameters) are queued as text
 
 _quoted_known: dict[str, str] = {}    # paths, addresses and words repeat: quoted once
 QUOTED_KEPT = 4096
@@ -126,9 +127,11 @@ class JsonAccessLogger(AbstractAccessLogger):
             duration = _time.perf_counter() - o.t0
             nbytes, source, stale, error, rid = o.bytes, o.source, o.stale, o.error, o.request_id
         url: URL | str = request.rel_url
-        if len(request.raw_path) > PATH_KEPT:
-            # A queued record must stay small (16,384 of them wait when stdout blocks):
-            # a long URL is cut to what its line shows now, not held whole with its query.
+        if len(request.raw_path) > URL_HANDED_OVER or "&" in request.query_string:
+            # A queued record must stay small (16,384 of them wait when stdout blocks),
+            # and a URL object keeps its parsed query (a handler's ns lookup): one with
+            # many parameters holds ~40 bytes per character. Such a URL is made into the
+            # text its line shows now; the usual short one is rendered in the thread.
             url = str(url)[:PATH_KEPT]
         fields = (_time.time(), request.method, url, response.status,
                   response.body_length if nbytes is None else nbytes, source,
