@@ -466,4 +466,4 @@ ANSWER_OVERHEAD = 512   # bytes an answer holds beside its body: its object, key
 
 def _answer_size(ans: ManifestAnswer) -> int:
     """What an answer costs the cache's budget: tiny manifests are not free."""
-    return len(ans.body) + ANSWER_OVERHEAD
+    return len(ans.body) + len(ans.media_type) + ANSWER_OVERHEAD   # (the type: the manifest's own)
