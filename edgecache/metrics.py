@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 import platform
 import time
 
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client import (CollectorRegistry, Counter, Gauge, PlatformCollector,
                                ProcessCollector, generate_latest)
 from prometheus_client.core import GaugeMetricFamily, CounterMetricFamily
@@ -83,7 +84,9 @@ class Metrics:
         return 0
 
     def _hot_counters(self) -> Iterable:
-        created = self._created
+        # As prometheus_client's own counters: no *_created where it was switched off
+        # (PROMETHEUS_DISABLE_CREATED_SERIES, disable_created_metrics()).
+        created = self._created if getattr(prometheus_metrics, "_use_created", True) else {}
         yield labelled_counter("edgecache_cache_hits", "Requests answered from the local cache",
                                ["kind", "upstream"],
                                [(list(k), v, created.get(("hits", *k)))

@@ -86,3 +86,16 @@ async def test_what_an_operator_alerts_on(tmp_path):
             r = subprocess.run([promtool, "check", "metrics"], input=m, capture_output=True,
                                text=True, timeout=30)
             assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_created_series_follow_prometheus_clients_switch():
+    """PROMETHEUS_DISABLE_CREATED_SERIES drops every *_created sample, ours as its own."""
+    import os
+    import sys
+    code = ("from edgecache.metrics import Metrics\n"
+            "m = Metrics(); m.hit('blob', 'x'); m.miss('blob', 'x'); m.served('local', 5)\n"
+            "print(sum('_created{' in x or '_created ' in x for x in m.render().decode().splitlines()))")
+    for env, want in (({}, True), ({"PROMETHEUS_DISABLE_CREATED_SERIES": "True"}, False)):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, **env}, timeout=60).stdout
+        assert (int(out) > 0) is want, (env, out)
