@@ -54,9 +54,13 @@ def boot_box(work: Path, upstream_url: str) -> tuple[nspawn.Machine, str]:
         "default_upstream": peers.UPSTREAM_NAME, "tag_ttl": "1h",
         "cache": {"max_size": "4GiB"}}))
     box = nspawn.Machine(root, name="edgecache-bench").boot()
-    box.run("systemctl", "start", "edgecache.service")
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/_edgecache/health", 30)
+    try:
+        box.run("systemctl", "start", "edgecache.service")
+        wait_http(url + "/_edgecache/health", 30)
+    except BaseException:
+        box.stop()
+        raise
     return box, url
 
 
@@ -93,8 +97,8 @@ def main() -> int:
                 status, got = measure.http_get(url + path, ACCEPT)
                 if status != 200 or "sha256:" + hashlib.sha256(got).hexdigest() != digest:
                     raise RuntimeError(f"{name} {path}: HTTP {status} or wrong manifest")
-        journal_since = box.run("date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
         time.sleep(1.1)                        # the journal count starts after the warm-up
+        journal_since = box.run("date", "+%Y-%m-%d %H:%M:%S").stdout.strip()
         rps: dict[tuple[str, str], list[float]] = {}
         to_journal = 0
         for r in range(args.rounds):
@@ -110,10 +114,19 @@ def main() -> int:
                     rps.setdefault((kind, name), []).append(res.rps)
                     if url == box_url:
                         to_journal += res.requests
-        time.sleep(2)
-        journal = box.run("sh", "-c", f"journalctl -u edgecache -o cat --no-pager --since "
+        def in_journal() -> int:
+            out = box.run("sh", "-c", f"journalctl -u edgecache -o cat --no-pager --since "
                                       f"'{journal_since}' | grep -c '\"path\":\"/v2/{REPO}/manifests/'",
                           check=False, timeout=300).stdout.strip()
+            return int(out or 0)
+        journal, settled = in_journal(), 0
+        while settled < 3:                     # until journald has taken everything
+            time.sleep(1)
+            now = in_journal()
+            settled = settled + 1 if now == journal else 0
+            journal = now
+        suppressed = box.run("sh", "-c", "journalctl -u systemd-journald --no-pager | "
+                                         "grep -c Suppressed", check=False).stdout.strip()
         lines = [f"# Cached manifests, access log to journald under systemd, one run ({time.strftime('%Y-%m-%d')})",
                  "", f"{args.rounds} interleaved rounds (each target first in turn); `wrk -t2 -c32 -d{args.seconds}s`; "
                  "the unit as shipped (systemd/edgecache.service) in a Debian root booted with "
@@ -124,13 +137,17 @@ def main() -> int:
             b, f, j = (measure.median(rps[kind, n]) for n in targets)
             lines.append(f"| {kind} | {b:,.0f} | {f:,.0f} | {f / b:.2f}x | {j:,.0f} | {j / b:.2f}x | "
                          f"{j / f:.2f}x |")
-        lines += ["", f"Requests wrk counted to the box: {to_journal:,}; access lines in its journal: "
-                  f"{int(journal or 0):,}.", "", "All rounds: " + "; ".join(
+        lines += ["", f"Requests wrk counted to the box: {to_journal:,} (not those in flight when "
+                  f"each run stopped, up to 32 a run); access lines in its journal: {journal:,}; "
+                  f"journald's 'Suppressed' notices: {suppressed or 0}.", "", "All rounds: " + "; ".join(
                       f"{k[0]} {k[1]} [{', '.join(f'{x:,.0f}' for x in v)}]" for k, v in rps.items()), ""]
         report = "\n".join(lines)
         print(report)
         if args.out:
             args.out.write_text(report)
+    if journal < to_journal or suppressed not in ("", "0"):
+        print("access lines are missing from the journal", file=sys.stderr)
+        return 1
     return 0
 
 

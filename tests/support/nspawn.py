@@ -53,7 +53,9 @@ def install_edgecache(root: Path, repo: Path) -> None:
 
 
 def chroot(root: Path, *cmd: str) -> None:
-    subprocess.run(["chroot", str(root), *cmd], check=True, capture_output=True, timeout=600)
+    r = subprocess.run(["chroot", str(root), *cmd], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"chroot {' '.join(cmd)}: {r.returncode}\n{r.stdout}{r.stderr}")
 
 
 class Machine:
@@ -79,6 +81,9 @@ class Machine:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.3)
+        if self.proc.poll() is None:          # not left running behind the error
+            self.proc.kill()
+            self.proc.wait(timeout=10)
         raise RuntimeError("the container did not boot:\n" + self.log.read_text()[-3000:])
 
     def _init_pid(self) -> int | None:
