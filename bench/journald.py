@@ -30,9 +30,8 @@ import measure  # noqa: E402
 import peers  # noqa: E402
 from tests.support import nspawn  # noqa: E402
 from tests.support.images import MANIFEST_TYPES, make_image, push  # noqa: E402
-from tests.support.ports import free_port, wait_http  # noqa: E402
+from tests.support.ports import wait_http  # noqa: E402
 
-BASE = Path("/var/tmp/edgecache-test-root")       # the tests' root, made once per machine
 REPO = "demo/app"
 ACCEPT = {"Accept": ", ".join(MANIFEST_TYPES)}
 
@@ -42,19 +41,16 @@ def log(msg: str) -> None:
 
 
 def boot_box(work: Path, upstream_url: str) -> tuple[nspawn.Machine, str]:
-    """The unit as shipped, its config the same as the host's cache (bench/peers.py)."""
-    root = nspawn.copy_of(BASE, work / "root")
+    """The unit as shipped, with the config of the host's cache (peers.edge_config)."""
+    root = nspawn.copy_of(nspawn.BASE, work / "root")
     nspawn.install_edgecache(root, ROOT)
-    port = free_port()
+    doc = peers.edge_config(Path("/unused"), upstream_url)
+    del doc["data_dir"]                        # the unit's StateDirectory, as on a box
     conf = root / "etc/edgecache"
     conf.mkdir(parents=True)
-    (conf / "config.yaml").write_text(yaml.safe_dump({
-        "listen": f"127.0.0.1:{port}",
-        "upstreams": {peers.UPSTREAM_NAME: {"url": upstream_url}},
-        "default_upstream": peers.UPSTREAM_NAME, "tag_ttl": "1h",
-        "cache": {"max_size": "4GiB"}}))
+    (conf / "config.yaml").write_text(yaml.safe_dump(doc))
     box = nspawn.Machine(root, name="edgecache-bench").boot()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{doc['listen']}"
     try:
         box.run("systemctl", "start", "edgecache.service")
         wait_http(url + "/_edgecache/health", 30)
@@ -114,6 +110,7 @@ def main() -> int:
                     rps.setdefault((kind, name), []).append(res.rps)
                     if url == box_url:
                         to_journal += res.requests
+
         def in_journal() -> int:
             out = box.run("sh", "-c", f"journalctl -u edgecache -o cat --no-pager --since "
                                       f"'{journal_since}' | grep -c '\"path\":\"/v2/{REPO}/manifests/'",

@@ -129,13 +129,18 @@ def registry_pid(reg: Registry) -> int | None:
     return reg.pid
 
 
+def edge_config(data_dir: Path, upstream_url: str, **extra) -> dict:
+    """The config every benchmarked edgecache runs with (a manifest within tag_ttl all run)."""
+    return make_config(data_dir, {UPSTREAM_NAME: upstream_url}, default=UPSTREAM_NAME,
+                       tag_ttl="1h", cache={"max_size": "16GiB"},
+                       upstream_timeout={"connect": "2s", "read": "60s"}, **extra)
+
+
 def start_edge(workdir: Path, upstream: Registry, name: str = "edge", *, log_to: Path | None = None,
                **extra) -> EdgeProcess:
     """`log_to`: where the access log (stdout) goes; a file in its directory by default."""
     d = workdir / name
     d.mkdir()
-    doc = make_config(d / "data", {UPSTREAM_NAME: upstream.url}, default=UPSTREAM_NAME,
-                      tag_ttl="1h", cache={"max_size": "16GiB"},
-                      upstream_timeout={"connect": "2s", "read": "60s"}, **extra)
+    doc = edge_config(d / "data", upstream.url, **extra)
     scheme = "https" if "tls" in extra else "http"
     return EdgeProcess(d, doc, stdout=log_to, url=f"{scheme}://{doc['listen']}").start()

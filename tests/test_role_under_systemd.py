@@ -17,7 +17,6 @@ from tests.conftest import require_nspawn
 from tests.support import nspawn
 from tests.support.eventually import wait_until
 from tests.support.ports import free_port
-from tests.test_systemd_pid1 import BASE
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +27,7 @@ REPO = "/srv/edgecache"                  # the repository's copy inside the box
 def box(tmp_path_factory):
     require_nspawn()
     work = tmp_path_factory.mktemp("role")
-    root = nspawn.copy_of(BASE, work / "root")
+    root = nspawn.copy_of(nspawn.BASE, work / "root")
     repo = root / REPO.lstrip("/")
     for part in ("ansible", "systemd", "images"):
         shutil.copytree(ROOT / part, repo / part)

@@ -21,7 +21,6 @@ from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parent.parent
-BASE = Path("/var/tmp/edgecache-test-root")       # made once per machine, copied per run
 
 
 def _status(url: str, token: str | None = None) -> int:
@@ -38,7 +37,7 @@ def _status(url: str, token: str | None = None) -> int:
 def machine(tmp_path_factory):
     require_nspawn()
     work = tmp_path_factory.mktemp("pid1")
-    root = nspawn.copy_of(BASE, work / "root")
+    root = nspawn.copy_of(nspawn.BASE, work / "root")
     nspawn.install_edgecache(root, ROOT)
     dropin = root / "etc/systemd/system/edgecache.service.d"
     dropin.mkdir(parents=True)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 MIRROR = "http://deb.debian.org/debian"
+BASE = Path("/var/tmp/edgecache-test-root")   # the systemd root, made once per machine, copied per use
 PACKAGES = "systemd,systemd-sysv,dbus,python3,python3-venv"
 
 
