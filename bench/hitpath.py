@@ -49,13 +49,6 @@ def start_edge(workdir: Path, upstream: Registry, name: str, pythonpath: Path | 
     return EdgeProcess(d, doc, netns_prefix=prefix).start()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU the process has used (/proc/PID/stat): its cost per request
-    is steadier than req/s on a machine whose cores the load generator shares."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before", required=True, help="the commit to compare this tree with")
@@ -106,9 +99,9 @@ def run(work: Path, tree: Path, args: argparse.Namespace) -> int:
             for kind, path in paths.items():
                 for name, e in order:
                     assert e.proc is not None
-                    cpu0 = cpu_seconds(e.proc.pid)
+                    cpu0 = measure.cpu_seconds(e.proc.pid)
                     res = measure.wrk(e.url + path, args.seconds, ACCEPT)
-                    used = cpu_seconds(e.proc.pid) - cpu0
+                    used = measure.cpu_seconds(e.proc.pid) - cpu0
                     if res.non2xx or res.socket_errors != "none":
                         raise RuntimeError(f"{name} {kind}: {res.non2xx} non-2xx, "
                                            f"{res.socket_errors} socket errors")

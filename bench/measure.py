@@ -1,6 +1,7 @@
-"""Load generators and probes: parallel curl, wrk, skopeo, /metrics, RSS sampling."""
+"""Load generators and probes: parallel curl, wrk, skopeo, /metrics, RSS and CPU sampling."""
 from __future__ import annotations
 
+import os
 import re
 import ssl
 import statistics
@@ -154,6 +155,20 @@ def process_tree(pid: int) -> list[int]:
         except (FileNotFoundError, ProcessLookupError):
             pass
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU that pid and its descendants (nginx's workers) have used, from
+    /proc/PID/stat: a cost per request or per byte, steadier than rates on a machine whose
+    cores the load generator shares."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class RssSampler:

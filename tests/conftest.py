@@ -1,3 +1,4 @@
+import asyncio
 import os
 import shutil
 
@@ -9,6 +10,11 @@ from tests.support.registry import Registry
 # Integration tests use the real Debian packages. On a developer machine without
 # them they skip; in CI (CI=true) a missing package is a failure, never a skip.
 IN_CI = os.environ.get("CI") == "true"
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """Async tests run on asyncio's loop; a module's LOOP_FACTORIES, on each of those."""
+    return getattr(item.module, "LOOP_FACTORIES", None) or {"asyncio": asyncio.new_event_loop}
 
 
 def require_binaries(*names: str) -> None:

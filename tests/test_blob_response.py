@@ -1,21 +1,34 @@
 """server/blob_response.py on real sockets: the bytes a client gets by sendfile and
-by copying, headers never overtaken by a body sent beside the transport, HEAD, a
-client that takes nothing."""
+by copying (plain and TLS, from the page cache or the disk), headers never overtaken
+by a body sent beside the transport, HEAD, a client that takes nothing."""
 import asyncio
 import os
+import ssl
+from pathlib import Path
 
 import pytest
+import uvloop
 from aiohttp import web
 
-from edgecache.server.blob_response import BlobSender, ClientGone
+from edgecache.server.blob_response import COPY_CHUNK, BlobSender, ClientGone
+from tests.support.certs import make_certs
 from tests.support.httpserver import HttpServer
 
 BLOB = os.urandom(3 << 20)
 
+# Every test on both loops (conftest.py): production runs uvloop, whose transports keep
+# the buffers they are handed where asyncio's copy them.
+LOOP_FACTORIES = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
-async def _raw_get(port: int, path: str, *, method: str = "GET", wait: float = 0.0) -> bytes:
+
+async def _raw_get(port: int, path: str, *, method: str = "GET", wait: float = 0.0,
+                   tls: bool = False) -> bytes:
     """Everything the server sends for one request (Connection: close), read after `wait`."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    ctx = None
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
     writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
     await writer.drain()
     await asyncio.sleep(wait)
@@ -37,7 +50,7 @@ def blob_file(tmp_path):
 
 
 def _server(sender: BlobSender, path, outcome: list, junk: int = 0,
-            size: int = len(BLOB)) -> HttpServer:
+            size: int = len(BLOB), ssl_ctx: ssl.SSLContext | None = None) -> HttpServer:
     async def handler(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Length": str(size)})
         if junk:
@@ -50,7 +63,7 @@ def _server(sender: BlobSender, path, outcome: list, junk: int = 0,
             outcome.append(e)
             raise
         return resp
-    return HttpServer([web.get("/blob", handler)])     # GET routes answer HEAD too
+    return HttpServer([web.get("/blob", handler)], ssl_ctx=ssl_ctx)   # GET answers HEAD too
 
 
 @pytest.mark.parametrize("use_sendfile", [True, False])
@@ -64,6 +77,78 @@ async def test_the_client_gets_exactly_the_bytes_by_either_path(blob_file, use_s
             ((len(BLOB), 0) if use_sendfile else (0, len(BLOB)))
     finally:
         sender.close()
+
+
+BIG = os.urandom(COPY_CHUNK) * 8 + os.urandom(COPY_CHUNK)[:12345] + os.urandom(COPY_CHUNK) * 40
+
+
+@pytest.fixture
+def big_file(tmp_path):
+    p = tmp_path / "big"
+    p.write_bytes(BIG)         # 24.5 MiB: more than loopback's socket buffers hold
+    return p
+
+
+def _drop_from_page_cache(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+async def test_a_slow_client_of_the_copying_path_gets_every_chunk_intact(big_file):
+    """Chunks are read into one buffer, refilled only when nothing holds it: here the
+    plain transport keeps chunks it could not send while the client waits, and the
+    chunks read meanwhile must not overwrite them."""
+    sender, outcome = BlobSender(use_sendfile=False), []
+    try:
+        async with _server(sender, big_file, outcome, size=len(BIG)) as srv:
+            head, body = _split(await _raw_get(srv.port, "/blob", wait=0.5))
+        assert head.startswith(b"HTTP/1.1 200") and outcome == [len(BIG)]
+        assert body == BIG
+        assert sender.thread_reads == 0 and sender.copied_bytes == len(BIG)
+    finally:
+        sender.close()
+
+
+@pytest.mark.parametrize("cached", [True, False])
+async def test_the_copying_path_over_tls_from_the_page_cache_or_the_disk(tmp_path, big_file, cached):
+    """TLS bodies are copied: chunks the page cache holds are read on the loop, the
+    others (here dropped from the cache) by a thread; the client gets the same bytes."""
+    certs = make_certs(tmp_path / "certs")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certs.server_cert, certs.server_key)
+    if not cached:
+        _drop_from_page_cache(big_file)
+    sender, outcome = BlobSender(), []
+    try:
+        async with _server(sender, big_file, outcome, size=len(BIG), ssl_ctx=ctx) as srv:
+            head, body = _split(await _raw_get(srv.port, "/blob", wait=0.3, tls=True))
+        assert head.startswith(b"HTTP/1.1 200") and body == BIG and outcome == [len(BIG)]
+        assert sender.sendfile_bytes == 0 and sender.copied_bytes == len(BIG)
+        chunks = -(-len(BIG) // COPY_CHUNK)
+        assert sender.thread_reads == 0 if cached else 0 < sender.thread_reads <= chunks
+    finally:
+        sender.close()
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
+async def test_a_file_system_without_rwf_nowait_is_read_by_threads():
+    """tmpfs refuses RWF_NOWAIT (EOPNOTSUPP): the sender stops trying and reads by thread."""
+    shm = Path("/dev/shm") / f"edgecache-test-{os.getpid()}"
+    shm.write_bytes(BLOB)
+    sender, outcome = BlobSender(use_sendfile=False), []
+    try:
+        async with _server(sender, shm, outcome) as srv:
+            head, body = _split(await _raw_get(srv.port, "/blob"))
+        assert body == BLOB and outcome == [len(BLOB)]
+        assert sender.read_on_loop is False
+        assert sender.thread_reads == -(-len(BLOB) // COPY_CHUNK)
+    finally:
+        sender.close()
+        shm.unlink()
 
 
 async def test_headers_buffered_behind_a_full_socket_go_out_before_the_sendfile_body(blob_file):

@@ -9,19 +9,26 @@ drain (add_writer on the duplicate), so a slow client holds no thread. The
 duplicate descriptor keeps the socket alive for the thread even if the event
 loop closes its own descriptor meanwhile, so bytes can never go to a recycled
 descriptor. TLS connections (or a platform without sendfile) take the
-copying path.
+copying path: a chunk read on the loop when the page cache holds it (preadv2
+with RWF_NOWAIT never waits for the disk; a thread reads what it does not hold),
+into a buffer the body reuses, then written through the transport.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
 from edgecache.pull.fill import Fill
 
-COPY_CHUNK = 1 << 20
+# The copying path's chunk. Over TLS, 8 clients of a warm blob (2 cores): 512 KiB was the
+# fastest; 1 MiB no faster with 3 MiB more in flight per client (plaintext, the SSL BIO's
+# ciphertext, the transport's copy); 128 KiB 10% slower.
+COPY_CHUNK = 1 << 19
 # The most one sendfile call is asked for; a non-blocking socket takes what fits anyway.
 SENDFILE_CHUNK = 1 << 30
 
@@ -68,6 +75,15 @@ async def _writable(fd: int, timeout: float) -> None:
         loop.remove_writer(fd)
 
 
+def _read_cached(fd: int, buf: bytearray, count: int, offset: int) -> int:
+    """Read up to count bytes at offset into buf from the page cache, without waiting for
+    the disk: 0 when the cache does not hold the first of them."""
+    try:
+        return os.preadv(fd, [memoryview(buf)[:count]], offset, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return 0
+
+
 class BlobSender:
     """Owns the thread pool that runs sendfile; one per app."""
 
@@ -76,8 +92,12 @@ class BlobSender:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="edgecache-sendfile")
         self.idle_timeout = idle_timeout
         self.use_sendfile = use_sendfile and hasattr(os, "sendfile")
+        # A warm chunk is read on the loop: a thread's round trip per chunk cost a fifth
+        # of the copying path's CPU over TLS. Off where the platform lacks RWF_NOWAIT.
+        self.read_on_loop = hasattr(os, "RWF_NOWAIT")
         self.sendfile_bytes = 0
         self.copied_bytes = 0
+        self.thread_reads = 0           # copied chunks a thread read: not in the page cache
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -213,20 +233,42 @@ class _Body:
     async def _copy(self, offset: int, count: int) -> None:
         loop = asyncio.get_running_loop()
         pos, end = offset, offset + count
+        buf: bytearray | None = None
         while pos < end:
-            self._thread = loop.run_in_executor(self.sender._pool, os.pread, self.fd,
-                                                min(COPY_CHUNK, end - pos), pos)
-            data = await asyncio.shield(self._thread)
+            want = min(COPY_CHUNK, end - pos)
+            data: bytes | memoryview | None = None
+            if self.sender.read_on_loop:
+                # The buffer is refilled only when nothing else holds it: the SSL transport
+                # encrypts a write at once and lets go, a transport that keeps the bytes
+                # (a full plain socket) holds a reference, and the next chunk gets a new one.
+                if buf is None or sys.getrefcount(buf) > 2:
+                    buf = bytearray(COPY_CHUNK)
+                n = self._read_cached(buf, want, pos)
+                if n:
+                    data = memoryview(buf)[:n]
+            if data is None:
+                self.sender.thread_reads += 1
+                self._thread = loop.run_in_executor(self.sender._pool, os.pread, self.fd, want, pos)
+                data = await asyncio.shield(self._thread)
             if not data:
                 raise EOFError(f"file ended at {pos}")
             # A client that takes no bytes for idle_timeout is let go (sendfile: _writable).
             async with asyncio.timeout(self.sender.idle_timeout):
                 await self.resp.write(data)
             n = len(data)
-            del data                # not held while the next chunk is read: a MiB per client
+            del data                # the buffer is free again once the transport let go
             pos += n
             self.sent += n
             self.sender.copied_bytes += n
+
+    def _read_cached(self, buf: bytearray, count: int, offset: int) -> int:
+        try:
+            return _read_cached(self.fd, buf, count, offset)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            self.sender.read_on_loop = False     # a file system or kernel without RWF_NOWAIT
+            return 0
 
     async def finish(self) -> int:
         await self.resp.write_eof()
