@@ -43,6 +43,14 @@ def curl_parallel(urls: list[str], timeout: float = 120) -> tuple[float, list[Fe
     return wall, results
 
 
+def tls_session(url: str) -> str:
+    """The protocol and cipher curl (the bench's client) and the server at url agree on."""
+    r = subprocess.run(["curl", "-s", "-k", "-v", "-o", "/dev/null", "--max-time", "10", url],
+                       capture_output=True, text=True, timeout=20)
+    m = re.search(r"SSL connection using (\S+) / (\S+)", r.stderr)
+    return f"{m.group(1)} {m.group(2)}" if m else "?"
+
+
 def check_fetches(results: list[Fetch], size: int, what: str) -> None:
     bad = [r for r in results if r.code != 200 or r.size != size]
     if bad:

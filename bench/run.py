@@ -131,6 +131,10 @@ def tls_throughput(servers: dict[str, tuple[str, int]], rounds: int, clients: in
             before = measure.cpu_seconds(pid)
             rates[name] += measure.throughput(url, BLOB_SIZE, clients, 1)
             cpu[name] += measure.cpu_seconds(pid) - before
+    session = {n: measure.tls_session(url) for n, (url, _) in servers.items()}
+    ulps = Path("/proc/sys/net/ipv4/tcp_available_ulp")
+    ktls = ("is loaded here but used by neither" if ulps.exists() and "tls" in ulps.read_text().split()
+            else "is not offered by this kernel: no `tls` in tcp_available_ulp")
     gb = rounds * clients * BLOB_SIZE / 1e9
     per_gb = {n: c / gb for n, c in cpu.items()}
     med = {n: measure.median(r) for n, r in rates.items()}
@@ -140,10 +144,11 @@ def tls_throughput(servers: dict[str, tuple[str, int]], rounds: int, clients: in
     out = [f"## (a, TLS) Warm blob throughput over TLS: {clients} parallel clients x one 128 MiB blob",
            "",
            "As (a), over TLS: nginx (`listen ... ssl`, its default ciphers, TLS 1.3 enabled) and "
-           "edgecache's `tls:` listener with the same RSA-2048 certificate, both negotiating TLS 1.3 "
-           f"with TLS_AES_256_GCM_SHA384; `curl -k`; {rounds} rounds interleaved, median. Neither can use "
-           "sendfile: the bytes are encrypted in user space (the kernel's TLS, which would let both, is "
-           "not offered by this kernel). CPU s/GB: the server's user + system CPU over all its rounds "
+           "edgecache's `tls:` listener with the same RSA-2048 certificate; what curl negotiated: "
+           f"nginx {session['nginx']}, edgecache {session['edgecache']}; `curl -k`; {rounds} rounds "
+           "interleaved, median. Neither can use "
+           f"sendfile: the bytes are encrypted in user space (the kernel's TLS, which would let both, {ktls}). "
+           "CPU s/GB: the server's user + system CPU over all its rounds "
            "per GB sent (nginx: master and its 2 workers; edgecache: one event loop and its threads).",
            ""]
     out += table(["nginx TLS GB/s", "edgecache TLS GB/s", "edgecache/nginx", "nginx CPU s/GB",

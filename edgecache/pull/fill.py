@@ -33,7 +33,6 @@ import asyncio
 import enum
 import itertools
 import logging
-import os
 import time
 from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import AsyncIterator, Callable, Iterator, Protocol
@@ -43,6 +42,7 @@ from edgecache.errors import (BlobTooLarge, DigestMismatch, FillAbandoned, Sibli
 from edgecache.pull.relay import MemoryRelay
 from edgecache.reference import Digest
 from edgecache.store.blobs import BlobStore
+from edgecache.store.reading import open_for_reading
 
 log = logging.getLogger("edgecache.fill")
 
@@ -492,7 +492,7 @@ class Fill:
         if self.relay is not None:
             return None          # disk full from the first byte: everything is in memory
         if self.stored:
-            return await asyncio.to_thread(os.open, self.store.path(self.digest), os.O_RDONLY)
+            return await asyncio.to_thread(open_for_reading, self.store.path(self.digest))
         raise self.error or self.commit_error or SizeMismatch(self.size or 0, self.written, "fill")
 
     async def spans(self, start: int = 0, end: int | None = None

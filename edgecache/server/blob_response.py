@@ -10,20 +10,20 @@ duplicate descriptor keeps the socket alive for the thread even if the event
 loop closes its own descriptor meanwhile, so bytes can never go to a recycled
 descriptor. TLS connections (or a platform without sendfile) take the
 copying path: a chunk read on the loop when the page cache holds it (preadv2
-with RWF_NOWAIT never waits for the disk; a thread reads what it does not hold),
-into a buffer the body reuses, then written through the transport.
+with RWF_NOWAIT does not wait for disk I/O; a thread reads what it does not
+hold), into a buffer the body reuses, then written through the transport.
 """
 from __future__ import annotations
 
 import asyncio
 import errno
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
 from edgecache.pull.fill import Fill
+from edgecache.store.reading import open_for_reading
 
 # The copying path's chunk. Over TLS, 8 clients of a warm blob (2 cores): 512 KiB was the
 # fastest; 1 MiB no faster with 3 MiB more in flight per client (plaintext, the SSL BIO's
@@ -84,6 +84,17 @@ def _read_cached(fd: int, buf: bytearray, count: int, offset: int) -> int:
         return 0
 
 
+def _unheld(buf: bytearray) -> bool:
+    """Whether no view of buf is alive (a transport keeping the bytes it was handed holds
+    one): a bytearray cannot be resized while any is."""
+    try:
+        buf.append(0)
+    except BufferError:
+        return False
+    buf.pop()
+    return True
+
+
 class BlobSender:
     """Owns the thread pool that runs sendfile; one per app."""
 
@@ -106,7 +117,7 @@ class BlobSender:
                         offset: int, count: int) -> int:
         """Prepare resp (status and headers already set) and send [offset, offset+count) of path."""
         loop = asyncio.get_running_loop()
-        fd = await loop.run_in_executor(self._pool, os.open, path, os.O_RDONLY)
+        fd = await loop.run_in_executor(self._pool, open_for_reading, path)
         body = _Body(self, request, resp, [fd])
         try:
             if not await body.start() or count == 0:
@@ -153,6 +164,7 @@ class _Body:
         self.owned = owned              # closed at the end, unless a thread still holds them
         self.sent = 0
         self._thread: asyncio.Future | None = None
+        self._buf: bytearray | None = None     # the copying path's chunks, read on the loop
 
     async def start(self) -> bool:
         """Send the headers; False when there is to be no body (HEAD)."""
@@ -233,19 +245,13 @@ class _Body:
     async def _copy(self, offset: int, count: int) -> None:
         loop = asyncio.get_running_loop()
         pos, end = offset, offset + count
-        buf: bytearray | None = None
         while pos < end:
             want = min(COPY_CHUNK, end - pos)
             data: bytes | memoryview | None = None
             if self.sender.read_on_loop:
-                # The buffer is refilled only when nothing else holds it: the SSL transport
-                # encrypts a write at once and lets go, a transport that keeps the bytes
-                # (a full plain socket) holds a reference, and the next chunk gets a new one.
-                if buf is None or sys.getrefcount(buf) > 2:
-                    buf = bytearray(COPY_CHUNK)
-                n = self._read_cached(buf, want, pos)
+                n = self._read_cached(want, pos)
                 if n:
-                    data = memoryview(buf)[:n]
+                    data = memoryview(self._buf)[:n]       # type: ignore[index]
             if data is None:
                 self.sender.thread_reads += 1
                 self._thread = loop.run_in_executor(self.sender._pool, os.pread, self.fd, want, pos)
@@ -261,14 +267,18 @@ class _Body:
             self.sent += n
             self.sender.copied_bytes += n
 
-    def _read_cached(self, buf: bytearray, count: int, offset: int) -> int:
+    def _read_cached(self, count: int, offset: int) -> int:
+        """Into the body's buffer, refilled only when nothing else holds it: the SSL
+        transport encrypts a write at once and lets go; one that keeps the bytes (uvloop's,
+        behind a full plain socket) holds a view, and the next chunk gets a new buffer."""
+        if self._buf is None or len(self._buf) < count or not _unheld(self._buf):
+            self._buf = bytearray(count)
         try:
-            return _read_cached(self.fd, buf, count, offset)
+            return _read_cached(self.fd, self._buf, count, offset)
         except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            self.sender.read_on_loop = False     # a file system or kernel without RWF_NOWAIT
-            return 0
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self.sender.read_on_loop = False   # a file system or kernel without RWF_NOWAIT
+            return 0    # a thread reads it, and meets the error again if it is the file's
 
     async def finish(self) -> int:
         await self.resp.write_eof()

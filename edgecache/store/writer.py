@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Iterable
 from edgecache.errors import DigestMismatch, SizeMismatch, StoreFull
 from edgecache.reference import Digest
 from edgecache.store.links import Owner
+from edgecache.store.reading import open_for_reading
 
 if TYPE_CHECKING:
     from edgecache.store.blobs import BlobStore
@@ -49,7 +50,7 @@ class BlobWriter:
             wfd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as e:
             raise disk_error(e) from e
-        return wfd, os.open(self.tmp, os.O_RDONLY)
+        return wfd, open_for_reading(self.tmp)
 
     @property
     def readable(self) -> bool:
