@@ -178,6 +178,8 @@ async def test_tls_listener_and_client_certificates(tmp_path):
                 status, _, body = await get(edge, s, f"/v2/private/app/blobs/{img.layers[0].digest}")
                 assert status == 200 and body == img.layers[0].data      # over TLS: the copy path
                 assert (await get(edge, s, f"/v2/private/app/blobs/{img.layers[0].digest}"))[2] == img.layers[0].data
+            sender = edge.services.sender
+            assert sender.sendfile_bytes == 0 and sender.copied_bytes >= 2 * img.layers[0].size
 
 
 def test_skopeo_authenticates_to_the_mirror_with_basic_credentials(tmp_path, registry):

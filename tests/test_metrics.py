@@ -74,6 +74,10 @@ async def test_what_an_operator_alerts_on(tmp_path):
             synced = _value(m, 'edgecache_sync_last_success_timestamp_seconds{list="pinned"}')
             assert synced == edge.services.syncer.state.last_success["pinned"] > 0
             assert _value(m, "edgecache_sync_interval_seconds") == 7200
+            # Blobs went out by sendfile here (plain HTTP): the copying path's series are there, at 0.
+            assert _value(m, "edgecache_sendfile_bytes_total") > 0
+            assert _value(m, "edgecache_copied_bytes_total") == 0
+            assert _value(m, "edgecache_copy_thread_reads_total") == 0
             assert _value(m, "process_resident_memory_bytes") > 10 * 1024 * 1024
             assert _value(m, "process_open_fds") > 0
             assert _value(m, 'edgecache_build_info{python="') == 1

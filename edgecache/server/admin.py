@@ -254,6 +254,11 @@ def state_collector(svc: Services) -> Iterable:
                       svc.access.passwords.refused)
         yield counter("edgecache_sendfile_bytes", "Blob bytes sent with the kernel's sendfile",
                       svc.sender.sendfile_bytes)
+        yield counter("edgecache_copied_bytes", "Blob bytes copied out through the event loop "
+                      "(TLS connections, or where sendfile cannot be used)", svc.sender.copied_bytes)
+        yield counter("edgecache_copy_thread_reads", "Chunks of copied blobs a thread read: not "
+                      "in the page cache, or on a file system without RWF_NOWAIT",
+                      svc.sender.thread_reads)
         sync = svc.syncer.status()
         yield gauge("edgecache_sync_entries", "Pinned and prefetch entries by state",
                     ["list", "state"],
