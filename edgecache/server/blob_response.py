@@ -88,10 +88,9 @@ def _unheld(buf: bytearray) -> bool:
     """Whether no view of buf is alive (a transport keeping the bytes it was handed holds
     one): a bytearray cannot be resized while any is."""
     try:
-        buf.append(0)
+        buf.append(buf.pop())       # the same length and allocation again: no realloc
     except BufferError:
         return False
-    buf.pop()
     return True
 
 
@@ -272,7 +271,8 @@ class _Body:
         transport encrypts a write at once and lets go; one that keeps the bytes (uvloop's,
         behind a full plain socket) holds a view, and the next chunk gets a new buffer."""
         if self._buf is None or len(self._buf) < count or not _unheld(self._buf):
-            self._buf = bytearray(count)
+            # Doubled up to a chunk: a fill's spans grow, and each would otherwise get one.
+            self._buf = bytearray(max(count, min(COPY_CHUNK, 2 * len(self._buf or b""))))
         try:
             return _read_cached(self.fd, self._buf, count, offset)
         except OSError as e:
