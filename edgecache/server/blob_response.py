@@ -26,7 +26,7 @@ from edgecache.pull.fill import Fill
 from edgecache.store.reading import open_for_reading
 
 # The copying path's chunk. Over TLS, 8 clients of a warm blob (2 cores): 512 KiB was the
-# fastest; 1 MiB no faster with 3 MiB more in flight per client (plaintext, the SSL BIO's
+# fastest; 1 MiB no faster, with about 2 MiB more in flight per client (plaintext, the SSL BIO's
 # ciphertext, the transport's copy); 128 KiB 10% slower.
 COPY_CHUNK = 1 << 19
 # The most one sendfile call is asked for; a non-blocking socket takes what fits anyway.
