@@ -10,7 +10,9 @@ import pytest
 import uvloop
 from aiohttp import web
 
+from edgecache.config import ListenerTLS
 from edgecache.server.blob_response import COPY_CHUNK, BlobSender, ClientGone
+from edgecache.server.guard import listener_ssl_context
 from tests.support.certs import make_certs
 from tests.support.httpserver import HttpServer
 
@@ -132,8 +134,7 @@ async def test_the_copying_path_over_tls_from_the_page_cache_or_the_disk(tmp_pat
     """TLS bodies are copied: chunks the page cache holds are read on the loop, the
     others (here dropped from the cache) by a thread; the client gets the same bytes."""
     certs = make_certs(tmp_path / "certs")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(certs.server_cert, certs.server_key)
+    ctx = listener_ssl_context(ListenerTLS(cert_file=certs.server_cert, key_file=certs.server_key))
     if not cached:
         _drop_from_page_cache(big_file)
     sender, outcome = BlobSender(), []

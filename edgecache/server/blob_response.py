@@ -75,15 +75,6 @@ async def _writable(fd: int, timeout: float) -> None:
         loop.remove_writer(fd)
 
 
-def _read_cached(fd: int, buf: bytearray, count: int, offset: int) -> int:
-    """Read up to count bytes at offset into buf from the page cache, without waiting for
-    the disk: 0 when the cache does not hold the first of them."""
-    try:
-        return os.preadv(fd, [memoryview(buf)[:count]], offset, os.RWF_NOWAIT)
-    except BlockingIOError:
-        return 0
-
-
 def _unheld(buf: bytearray) -> bool:
     """Whether no view of buf is alive (a transport keeping the bytes it was handed holds
     one): a bytearray cannot be resized while any is."""
@@ -267,14 +258,19 @@ class _Body:
             self.sender.copied_bytes += n
 
     def _read_cached(self, count: int, offset: int) -> int:
-        """Into the body's buffer, refilled only when nothing else holds it: the SSL
-        transport encrypts a write at once and lets go; one that keeps the bytes (uvloop's,
-        behind a full plain socket) holds a view, and the next chunk gets a new buffer."""
+        """Up to count bytes at offset, from the page cache without waiting for the disk,
+        into the body's buffer: 0 when the cache does not hold the first of them.
+
+        The buffer is refilled only when nothing else holds it: the SSL transport encrypts
+        a write at once and lets go; one that keeps the bytes (uvloop's, behind a full
+        plain socket) holds a view, and the next chunk gets a new buffer."""
         if self._buf is None or len(self._buf) < count or not _unheld(self._buf):
             # Doubled up to a chunk: a fill's spans grow, and each would otherwise get one.
             self._buf = bytearray(max(count, min(COPY_CHUNK, 2 * len(self._buf or b""))))
         try:
-            return _read_cached(self.fd, self._buf, count, offset)
+            return os.preadv(self.fd, [memoryview(self._buf)[:count]], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return 0
         except OSError as e:
             if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
                 self.sender.read_on_loop = False   # a file system or kernel without RWF_NOWAIT
