@@ -35,6 +35,7 @@ from edgecache.siblings.service import Siblings
 from edgecache.server.oci_errors import API_VERSION
 from edgecache.server.protocol import client_lost
 from edgecache.server.ranges import parse_range
+from edgecache.server.whole_answer import WholeAnswer
 from edgecache.store.blobs import BlobStore
 from edgecache.metrics import Metrics
 from edgecache.seed.importer import Importer
@@ -124,14 +125,13 @@ async def manifest(request: web.Request) -> web.Response:
         await svc.policy.check(route, ans.digest, ans.body)
     headers.update({"Docker-Distribution-API-Version": "registry/2.0",
                     "Docker-Content-Digest": ans.digest, "X-Edgecache-Source": ans.source,
-                    # Here, not content_type=: aiohttp would append a charset.
                     "Content-Type": ans.media_type})
     if ans.stale:
         headers["X-Edgecache-Stale"] = "true"
         headers["Warning"] = '110 edgecache "Response is Stale"'
         request[OUTCOME].stale = True
     _served(request, svc, ans.source, 0 if request.method == "HEAD" else len(ans.body))
-    return web.Response(body=ans.body, headers=headers)
+    return WholeAnswer(ans.body, headers)
 
 
 async def _manifest_for_sibling(request: web.Request, svc: Services, reference: str,
