@@ -9,6 +9,8 @@ import re
 import pytest
 import uvloop
 from aiohttp import web
+from aiohttp.http_writer import _py_serialize_headers
+from multidict import CIMultiDict
 
 from edgecache.server.whole_answer import WholeAnswer
 from tests.support.edge import EdgeServer, make_config
@@ -92,6 +94,8 @@ async def test_pipelined_requests_are_answered_in_order():
         got, rest = await _exchange(srv.port, request, [m == "HEAD" for m, _ in heads])
     assert [a.endswith(BODY) for a in got] == [True, False, True, True]
     assert all(a.startswith(b"HTTP/1.1 200 OK\r\n") for a in got) and rest == b"(still open)"
+    same = [DATE.sub(b"\r\nDate: -\r\n", a) for a in got]
+    assert same[0] == same[2] == same[3]
 
 
 async def test_a_client_that_reads_late_gets_every_byte():
@@ -105,10 +109,53 @@ async def test_a_client_that_reads_late_gets_every_byte():
     assert len(buffered) == 24 and max(buffered) < len(BIG), buffered
 
 
-@pytest.mark.parametrize("value", ["a\r\nSet-Cookie: x=1", "a\nb", "a\rb"])
-def test_a_header_that_would_split_the_answer_is_refused(value):
+@pytest.mark.parametrize("value", ["a\r\nSet-Cookie: x=1", "a\nb", "a\rb", "app/\x00x", "app/\x0bx",
+                                   "app/\x7fx"])
+def test_a_header_aiohttp_would_refuse_is_refused(value):
     with pytest.raises(ValueError, match="cannot be sent"):
         WholeAnswer(BODY, {**HEADERS, "Content-Type": value})
+    with pytest.raises(ValueError):           # as aiohttp's own serialiser does
+        _py_serialize_headers("HTTP/1.1 200 OK", CIMultiDict({"Content-Type": value}))
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("body,media_type", [(b"", "application/json"),
+                                             (BODY, "application/vnd.\u00e9t\u2028\t+json")])
+async def test_odd_answers_are_sent_as_aiohttp_sends_them(method, body, media_type):
+    # An empty body (HEAD: no Content-Length) and a media type beyond latin-1 (UTF-8).
+    headers = {**HEADERS, "Content-Type": media_type}
+
+    async def reference(request):
+        return web.Response(body=body, headers=headers)
+
+    async def whole(request):
+        return WholeAnswer(body, headers)
+    async with HttpServer([web.get("/reference", reference), web.get("/whole", whole)]) as srv:
+        ref, _ = await _exchange(srv.port, _head(method, "/reference", "1.1", None), [method == "HEAD"])
+        got, _ = await _exchange(srv.port, _head(method, "/whole", "1.1", None), [method == "HEAD"])
+    assert DATE.sub(b"\r\nDate: -\r\n", got[0]) == DATE.sub(b"\r\nDate: -\r\n", ref[0])
+
+
+async def test_an_answer_changed_after_it_was_made_is_refused_not_sent_otherwise():
+    async def changed(request):
+        resp = WholeAnswer(BODY, HEADERS)
+        resp.set_status(404)
+        return resp
+    async with HttpServer([web.get("/changed", changed)]) as srv:
+        with pytest.raises(asyncio.IncompleteReadError) as e:     # closed, nothing sent
+            await _exchange(srv.port, _head("GET", "/changed", "1.1", None), [False])
+    assert e.value.partial == b""
+
+
+def test_a_block_too_large_to_keep_is_made_each_time():
+    from edgecache.server import whole_answer
+    huge = "application/" + "x" * 4000
+    WholeAnswer(BODY, {"Content-Type": huge})
+    WholeAnswer(BODY, {"Content-Type": "application/once"}, keep=False)
+    kept = {k[0][1] for k in whole_answer._blocks}
+    assert huge not in kept and "application/once" not in kept
+    WholeAnswer(BODY, {"Content-Type": "application/kept"})
+    assert "application/kept" in {k[0][1] for k in whole_answer._blocks}
 
 
 async def test_edgecache_has_no_prepare_signal_these_answers_would_skip(tmp_path):

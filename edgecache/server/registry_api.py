@@ -111,7 +111,8 @@ async def manifest(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     accept = Accept.parse(request.headers.getall("Accept", ()))
     reference = request.match_info["reference"]
-    if hop_from(request) is None:
+    hop = hop_from(request)
+    if hop is None:
         route = _route(request, svc)
         ans = svc.manifests.held(route, reference, accept) or \
             await svc.manifests.get(route, reference, accept)
@@ -130,8 +131,10 @@ async def manifest(request: web.Request) -> web.Response:
         headers["X-Edgecache-Stale"] = "true"
         headers["Warning"] = '110 edgecache "Response is Stale"'
         request[OUTCOME].stale = True
+    # Made before it is counted: headers it cannot send are an error, not an answer.
+    resp = WholeAnswer(ans.body, headers, keep=hop is None)
     _served(request, svc, ans.source, 0 if request.method == "HEAD" else len(ans.body))
-    return WholeAnswer(ans.body, headers)
+    return resp
 
 
 async def _manifest_for_sibling(request: web.Request, svc: Services, reference: str,

@@ -14,69 +14,84 @@ signal (a test holds it to that): these answers would not send it.
 """
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 
 BLOCKS_KEPT = 4096          # distinct header sets kept serialised (a few per manifest)
-_blocks: dict[tuple[int, tuple[tuple[str, str], ...]], bytes] = {}
+BLOCK_KEPT_MAX = 1024       # bytes: a larger block (a hostile media type) is made per answer
+_blocks: dict[tuple[tuple[str, str], ...], bytes] = {}
 
+# What aiohttp refuses in a header name or value (http_writer.py): every control
+# character but tab, and DEL.
+_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SERVER = f"\r\nServer: {SERVER_SOFTWARE}".encode()
 _KEEP_ALIVE_10 = b"\r\nConnection: keep-alive\r\n\r\n"
 _CLOSE_11 = b"\r\nConnection: close\r\n\r\n"
 _END = b"\r\n\r\n"
 
 
-def _block(length: int, headers: tuple[tuple[str, str], ...]) -> bytes:
-    """`headers` and Content-Length as they follow the status line, each line ending
-    in CRLF; up to the Date header's name."""
-    key = (length, headers)
-    got = _blocks.get(key)
+def _block(headers: tuple[tuple[str, str], ...], keep: bool) -> bytes:
+    """`headers` as they follow the status line, each line ending in CRLF (UTF-8, as
+    aiohttp writes them). `keep`: worth keeping (headers made per request are not)."""
+    got = _blocks.get(headers) if keep else None
     if got is None:
         lines = []
         for name, value in headers:
-            if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-                raise ValueError(f"header {name!r} cannot be sent: {value[:100]!r}")
+            if _FORBIDDEN.search(name) or _FORBIDDEN.search(value) or ":" in name:
+                raise ValueError(f"header {name[:100]!r} cannot be sent: {value[:100]!r}")
             lines.append(f"{name}: {value}\r\n")
-        got = ("".join(lines) + f"Content-Length: {length}\r\nDate: ").encode("latin-1")
-        if len(_blocks) >= BLOCKS_KEPT:
-            _blocks.clear()
-        _blocks[key] = got
+        got = "".join(lines).encode()
+        if keep and len(got) <= BLOCK_KEPT_MAX:
+            if len(_blocks) >= BLOCKS_KEPT:
+                _blocks.clear()
+            _blocks[headers] = got
     return got
 
 
 class WholeAnswer(web.StreamResponse):
-    """A 200 with `headers` and `body`; sent by prepare(), in one write."""
+    """A 200 with `headers` and `body`; sent by prepare(), in one write. Nothing about
+    it changes once made: headers, status or cookies set later would be lost, and are
+    refused. `keep`: False for headers made per request (a signed sibling's reply)."""
 
-    def __init__(self, body: bytes, headers: Mapping[str, str]) -> None:
+    def __init__(self, body: bytes, headers: Mapping[str, str], *, keep: bool = True) -> None:
         super().__init__()
         self._whole = body
-        self._block = _block(len(body), tuple(headers.items()))
+        self._block = _block(tuple(headers.items()), keep)
 
     async def prepare(self, request: web.BaseRequest) -> None:
         if self._eof_sent:
             return None
+        if self._headers or self._status != 200 or self._cookies or self._compression:
+            raise RuntimeError("a WholeAnswer is sent as it was made")
         keep_alive = self._keep_alive
         if keep_alive is None:
             keep_alive = self._keep_alive = request.keep_alive
         version = request.version
-        if version[1] == 1 and version[0] == 1:
+        n = len(self._whole)
+        head = request.method == "HEAD"
+        if version == HttpVersion11:
             status = b"HTTP/1.1 200 OK\r\n"
             end = _END if keep_alive else _CLOSE_11
         else:
             status = f"HTTP/{version[0]}.{version[1]} 200 OK\r\n".encode()
-            end = _KEEP_ALIVE_10 if keep_alive else _END
-        parts = [status, self._block, rfc822_formatted_time().encode(), _SERVER, end]
-        if request.method != "HEAD":
+            end = _KEEP_ALIVE_10 if keep_alive and version == HttpVersion10 else _END
+        # As aiohttp's Response: no Content-Length for an empty HEAD answer.
+        length = b"" if head and not n else b"Content-Length: %d\r\n" % n
+        parts = [status, self._block, length, b"Date: ", rfc822_formatted_time().encode(),
+                 _SERVER, end]
+        if not head:
             parts.append(self._whole)
-            self._body_length = len(self._whole)
+        data = b"".join(parts)
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client went away before its answer")
-        transport.write(b"".join(parts))
+        transport.write(data)
         self._eof_sent = True
+        self._body_length = len(data)         # as aiohttp counts it: head and body
         protocol = request.protocol
         if protocol._paused:          # the client is not reading: wait as aiohttp would
             await protocol._drain_helper()
