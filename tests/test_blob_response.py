@@ -132,7 +132,13 @@ async def test_a_slow_client_of_the_copying_path_gets_every_chunk_intact(big_fil
 @pytest.mark.parametrize("cached", [True, False])
 async def test_the_copying_path_over_tls_from_the_page_cache_or_the_disk(tmp_path, big_file, cached):
     """TLS bodies are copied: chunks the page cache holds are read on the loop, the
-    others (here dropped from the cache) by a thread; the client gets the same bytes."""
+    others (here dropped from the cache) by a thread; the client gets the same bytes.
+
+    Dropped from the cache, a chunk may still be read on the loop: a RWF_NOWAIT read
+    that misses starts the kernel's readahead, which a fast disk can finish before the
+    read looks again (seen in CI: no chunk went to a thread). So here a dropped file is
+    read at most chunk by chunk by threads; that a miss goes to a thread every time is
+    the tmpfs test's, where the loop's read always fails."""
     certs = make_certs(tmp_path / "certs")
     ctx = listener_ssl_context(ListenerTLS(cert_file=certs.server_cert, key_file=certs.server_key))
     if not cached:
@@ -144,7 +150,7 @@ async def test_the_copying_path_over_tls_from_the_page_cache_or_the_disk(tmp_pat
         assert head.startswith(b"HTTP/1.1 200") and body == BIG and outcome == [len(BIG)]
         assert sender.sendfile_bytes == 0 and sender.copied_bytes == len(BIG)
         chunks = -(-len(BIG) // COPY_CHUNK)
-        assert sender.thread_reads == 0 if cached else 0 < sender.thread_reads <= chunks
+        assert sender.thread_reads == 0 if cached else sender.thread_reads <= chunks
     finally:
         sender.close()
 
