@@ -6,7 +6,7 @@ elsewhere (store sizes, breaker states) are read at scrape time.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import platform
 import time
@@ -31,10 +31,10 @@ class Metrics:
         self._hit_counts: dict[tuple[str, str], int] = {}       # (kind, upstream) -> requests
         self._miss_counts: dict[tuple[str, str], int] = {}
         self.served_bytes: dict[str, int] = {}    # source -> bytes
+        self._policy_counts: dict[tuple[str, str], int] = {}    # (rule, result) -> answers
         # When each of those series began (its *_created sample, as prometheus_client's own).
         self._created: dict[tuple[str, ...], float] = {}
         r.register(_FnCollector(self._hot_counters))
-        self._children: dict[tuple, Any] = {}     # labelled counters, looked up once each
         # This process (CPU, RSS, open fds, start time) and what it is.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -52,9 +52,6 @@ class Metrics:
         self._fill_failures = Counter("edgecache_fill_failures",
                                       "Fills aborted (truncation, wrong bytes, disk full, ...)",
                                       ["reason"], registry=r)
-        self._policy = Counter("edgecache_policy_decisions",
-                               "Manifest answers checked by a signature policy rule, by result "
-                               "(verified, exempt, denied, warned)", ["rule", "result"], registry=r)
         self._fetched = Counter("edgecache_upstream_fetched_bytes",
                                 "Blob bytes fetched from each upstream", ["upstream"], registry=r)
         self.hits = 0
@@ -98,14 +95,11 @@ class Metrics:
         yield labelled_counter("edgecache_served_bytes", "Body bytes served, by source",
                                ["source"], [([k], v, created.get(("served", k)))
                                             for k, v in list(self.served_bytes.items())])
-
-    def _child(self, metric: Counter, *labels: str) -> Any:
-        """A labelled counter (on the hot path: prometheus_client's own lookup takes a lock)."""
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        yield labelled_counter("edgecache_policy_decisions",
+                               "Manifest answers checked by a signature policy rule, by result "
+                               "(verified, exempt, denied, warned)", ["rule", "result"],
+                               [(list(k), v, created.get(("policy", *k)))
+                                for k, v in list(self._policy_counts.items())])
 
     def served(self, source: str, nbytes: int) -> None:
         if nbytes:
@@ -126,7 +120,11 @@ class Metrics:
         self._stale.labels(upstream).inc()
 
     def policy(self, rule: str, result: str) -> None:
-        self._child(self._policy, rule, result).inc()
+        key = (rule, result)
+        n = self._policy_counts.get(key)
+        if n is None:
+            n = self._begun("policy", rule, result)
+        self._policy_counts[key] = n + 1
 
     def fill_failed(self, reason: str, detail: str = "") -> None:
         self.recent.error("fill failed", f"{reason}: {detail}" if detail else reason)

@@ -221,12 +221,20 @@ async def test_enforce_and_warn_by_tag_and_digest_online_and_offline(tmp_path, r
     async with EdgeServer(doc) as edge, aiohttp.ClientSession() as s:
         await all_checks(edge, s)
         sig_gets = registry.count("GET", rf"/v2/signed/a/manifests/{schema_tag(signed.digest, 'sig')}")
+        verified = 'edgecache_policy_decisions_total{result="verified",rule="branch-signed"} '
+
+        async def counted() -> tuple[str, float]:
+            async with s.get(f"{edge.url}/metrics") as r:
+                text = await r.text()
+            return text, float(text.split(verified)[1].split()[0])
+        _, before = await counted()
         for _ in range(20):                               # decided once: by tag costs nothing more
             assert (await _manifest(s, edge, "signed/a", "v1"))[0] == 200
         assert registry.count("GET", rf"/v2/signed/a/manifests/{schema_tag(signed.digest, 'sig')}") \
             == sig_gets
-        async with s.get(f"{edge.url}/metrics") as r:
-            metrics = await r.text()
+        metrics, after = await counted()
+        assert after - before == 20                       # yet every answer is counted
+        assert 'edgecache_policy_decisions_created{result="verified",rule="branch-signed"}' in metrics
         assert 'edgecache_policy_decisions_total{result="warned",rule="watch"}' in metrics
         assert 'edgecache_policy_decisions_total{result="denied",rule="branch-signed"}' in metrics
         del warned, free
