@@ -114,14 +114,20 @@ def _drop_from_page_cache(path) -> None:
         os.close(fd)
 
 
-async def test_a_slow_client_of_the_copying_path_gets_every_chunk_intact(big_file):
+@pytest.mark.parametrize("tls", [False, True])
+async def test_a_slow_client_of_the_copying_path_gets_every_chunk_intact(tmp_path, big_file, tls):
     """Chunks are read into one buffer, refilled only when nothing holds it: here the
     plain transport keeps chunks it could not send while the client waits, and the
-    chunks read meanwhile must not overwrite them."""
+    chunks read meanwhile must not overwrite them. Over TLS each chunk goes out in
+    pieces, views of that buffer, while the client waits too."""
+    ctx = None
+    if tls:
+        certs = make_certs(tmp_path / "certs")
+        ctx = listener_ssl_context(ListenerTLS(cert_file=certs.server_cert, key_file=certs.server_key))
     sender, outcome = BlobSender(use_sendfile=False), []
     try:
-        async with _server(sender, big_file, outcome, size=len(BIG)) as srv:
-            head, body = _split(await _raw_get(srv.port, "/blob", wait=0.5))
+        async with _server(sender, big_file, outcome, size=len(BIG), ssl_ctx=ctx) as srv:
+            head, body = _split(await _raw_get(srv.port, "/blob", wait=0.5, tls=tls))
         assert head.startswith(b"HTTP/1.1 200") and outcome == [len(BIG)]
         assert body == BIG
         assert sender.thread_reads == 0 and sender.copied_bytes == len(BIG)
