@@ -2,6 +2,7 @@
 by copying (plain and TLS, from the page cache or the disk), headers never overtaken
 by a body sent beside the transport, HEAD, a client that takes nothing."""
 import asyncio
+import errno
 import os
 import ssl
 from pathlib import Path
@@ -11,7 +12,7 @@ import uvloop
 from aiohttp import web
 
 from edgecache.config import ListenerTLS
-from edgecache.server.blob_response import COPY_CHUNK, BlobSender, ClientGone
+from edgecache.server.blob_response import COPY_CHUNK, TLS_PIECE, BlobSender, ClientGone
 from edgecache.server.guard import listener_ssl_context
 from tests.support.certs import make_certs
 from tests.support.httpserver import HttpServer
@@ -51,10 +52,27 @@ def blob_file(tmp_path):
     return p
 
 
+class _Keeping(web.StreamResponse):
+    """A response that keeps every buffer the body hands it, with what it said when
+    handed over: as a transport that holds views of the bytes it could not send yet."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.kept: list[tuple[memoryview, bytes]] = []
+
+    async def write(self, data) -> None:
+        self.kept.append((memoryview(data), bytes(data)))
+        await super().write(data)
+
+
 def _server(sender: BlobSender, path, outcome: list, junk: int = 0,
-            size: int = len(BLOB), ssl_ctx: ssl.SSLContext | None = None) -> HttpServer:
+            size: int = len(BLOB), ssl_ctx: ssl.SSLContext | None = None,
+            responses: list | None = None) -> HttpServer:
     async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Length": str(size)})
+        headers = {"Content-Length": str(size)}
+        resp = web.StreamResponse(headers=headers) if responses is None else _Keeping(headers=headers)
+        if responses is not None:
+            responses.append(resp)
         if junk:
             # Bytes already in the transport's buffer behind a socket the client does not
             # read yet: the body (sent beside the transport) must wait for them.
@@ -157,6 +175,64 @@ async def test_the_copying_path_over_tls_from_the_page_cache_or_the_disk(tmp_pat
         assert sender.sendfile_bytes == 0 and sender.copied_bytes == len(BIG)
         chunks = -(-len(BIG) // COPY_CHUNK)
         assert sender.thread_reads == 0 if cached else sender.thread_reads <= chunks
+    finally:
+        sender.close()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_tls_bodies_go_out_in_pieces_and_held_pieces_are_never_rewritten(tmp_path, big_file, tls):
+    """Over TLS each chunk is handed over in pieces of at most TLS_PIECE (plain copying:
+    whole chunks); every piece a holder still keeps says what it said when handed over:
+    the body's buffer is refilled only when nothing holds a view of it."""
+    ctx = None
+    if tls:
+        certs = make_certs(tmp_path / "certs")
+        ctx = listener_ssl_context(ListenerTLS(cert_file=certs.server_cert, key_file=certs.server_key))
+    sender, outcome, responses = BlobSender(use_sendfile=False), [], []
+    try:
+        async with _server(sender, big_file, outcome, size=len(BIG), ssl_ctx=ctx,
+                           responses=responses) as srv:
+            head, body = _split(await _raw_get(srv.port, "/blob", tls=tls))
+        assert body == BIG and outcome == [len(BIG)]
+        kept = responses[0].kept
+        sizes = [len(view) for view, _ in kept]
+        assert sum(sizes) == len(BIG)
+        chunks = [min(COPY_CHUNK, len(BIG) - at) for at in range(0, len(BIG), COPY_CHUNK)]
+        if tls:
+            assert max(sizes) == TLS_PIECE
+            assert len(sizes) == sum(-(-c // TLS_PIECE) for c in chunks)
+        else:
+            assert sizes == chunks
+        assert all(bytes(view) == said for view, said in kept)
+    finally:
+        sender.close()
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_chunks_the_page_cache_misses_are_read_by_a_thread_between_the_loops_own(
+        tmp_path, big_file, tls, monkeypatch):
+    """A page-cache miss is decided by the kernel (readahead can hide it, see above), so
+    here every other chunk's read without waiting is refused as the kernel refuses it
+    (EAGAIN): those chunks and only those go to a thread, and the body, mixing chunks
+    read on the loop into the reused buffer with the threads' own, is intact."""
+    real = os.preadv
+
+    def preadv(fd, buffers, offset, flags=0):
+        if flags & os.RWF_NOWAIT and (offset // COPY_CHUNK) % 2:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        return real(fd, buffers, offset, flags)
+    monkeypatch.setattr(os, "preadv", preadv)
+    ctx = None
+    if tls:
+        certs = make_certs(tmp_path / "certs")
+        ctx = listener_ssl_context(ListenerTLS(cert_file=certs.server_cert, key_file=certs.server_key))
+    sender, outcome = BlobSender(use_sendfile=False), []
+    try:
+        async with _server(sender, big_file, outcome, size=len(BIG), ssl_ctx=ctx) as srv:
+            head, body = _split(await _raw_get(srv.port, "/blob", wait=0.3, tls=tls))
+        assert body == BIG and outcome == [len(BIG)]
+        chunks = -(-len(BIG) // COPY_CHUNK)
+        assert sender.thread_reads == chunks // 2 and sender.read_on_loop
     finally:
         sender.close()
 

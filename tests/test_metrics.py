@@ -98,8 +98,12 @@ def test_created_series_follow_prometheus_clients_switch():
     import sys
     code = ("from edgecache.metrics import Metrics\n"
             "m = Metrics(); m.hit('blob', 'x'); m.miss('blob', 'x'); m.served('local', 5)\n"
-            "print(sum('_created{' in x or '_created ' in x for x in m.render().decode().splitlines()))")
+            "m.policy('r', 'verified')\n"
+            "lines = [x for x in m.render().decode().splitlines() if '_created' in x and x[0] != '#']\n"
+            "print(' '.join(sorted({x.split('{')[0] for x in lines})))")
+    ours = {"edgecache_cache_hits_created", "edgecache_cache_misses_created",
+            "edgecache_served_bytes_created", "edgecache_policy_decisions_created"}
     for env, want in (({}, True), ({"PROMETHEUS_DISABLE_CREATED_SERIES": "True"}, False)):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**os.environ, **env}, timeout=60).stdout
-        assert (int(out) > 0) is want, (env, out)
+        assert (ours <= set(out.split())) is want and (bool(out.split()) is want), (env, out)

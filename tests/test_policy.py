@@ -14,6 +14,7 @@ from edgecache.config import build
 from edgecache.errors import ConfigError
 from edgecache.policy.cosign import Signature, check
 from edgecache.policy.keys import load_public_key
+from edgecache.server.registry_api import SERVICES
 from tests.support.edge import EdgeServer, make_config
 from tests.support.images import Blob, make_image, make_index, push
 from tests.support.supplychain import (FIXTURES, Key, ReferrersUpstream, payload, push_artifact,
@@ -237,6 +238,18 @@ async def test_enforce_and_warn_by_tag_and_digest_online_and_offline(tmp_path, r
         assert 'edgecache_policy_decisions_created{result="verified",rule="branch-signed"}' in metrics
         assert 'edgecache_policy_decisions_total{result="warned",rule="watch"}' in metrics
         assert 'edgecache_policy_decisions_total{result="denied",rule="branch-signed"}' in metrics
+        # The index's platforms forgotten, as under 65,536 newer entries, and what the
+        # index's signature covers too: the index asked again (decided before, so cleared
+        # without a check) notes its platforms anew, and each is served on its signature.
+        policy = edge.app[SERVICES].policy
+        platforms = {c.digest for c in idx.images}
+        policy._parents.clear()
+        for key in [k for k in policy._decisions if k[1] in platforms]:
+            del policy._decisions[key]
+        assert (await _manifest(s, edge, "signed/idx", "v1"))[0] == 200
+        for child in idx.images:
+            status, body = await _manifest(s, edge, "signed/idx", child.digest)
+            assert status == 200, body
         del warned, free
     registry.stop()
     # The WAN down, a restarted cache (no decision remembered): the cached signatures decide.

@@ -109,10 +109,12 @@ class Policy:
         False: ask check()."""
         decided = []
         for rule in self.rules_for(route):
-            kept = self._decisions.get((route, digest, rule.cfg.name))
+            key = (route, digest, rule.cfg.name)
+            kept = self._decisions.get(key)
             if kept is None or not kept[0].ok:
                 return False
             decided.append(kept[0])
+            self._decisions.move_to_end(key)     # a busy image is the last forgotten
         for d in decided:
             if d.children:
                 self._note_children(route, digest, d.children)
