@@ -162,7 +162,7 @@ async def test_the_copying_path_over_tls_from_the_page_cache_or_the_disk(tmp_pat
     that misses starts the kernel's readahead, which a fast disk can finish before the
     read looks again (seen in CI: no chunk went to a thread). So here a dropped file is
     read at most chunk by chunk by threads; that a miss goes to a thread every time is
-    the tmpfs test's, where the loop's read always fails."""
+    the test below's, where misses are made certain."""
     certs = make_certs(tmp_path / "certs")
     ctx = listener_ssl_context(ListenerTLS(cert_file=certs.server_cert, key_file=certs.server_key))
     if not cached:
