@@ -52,6 +52,12 @@ def blob_file(tmp_path):
     return p
 
 
+def _listener_context(tmp_path) -> ssl.SSLContext:
+    """The server side of a TLS listener, as edgecache makes it, with a throwaway certificate."""
+    certs = make_certs(tmp_path / "certs")
+    return listener_ssl_context(ListenerTLS(cert_file=certs.server_cert, key_file=certs.server_key))
+
+
 class _Keeping(web.StreamResponse):
     """A response that keeps every buffer the body hands it, with what it said when
     handed over: as a transport that holds views of the bytes it could not send yet."""
@@ -138,10 +144,7 @@ async def test_a_slow_client_of_the_copying_path_gets_every_chunk_intact(tmp_pat
     plain transport keeps chunks it could not send while the client waits, and the
     chunks read meanwhile must not overwrite them. Over TLS each chunk goes out in
     pieces, views of that buffer, while the client waits too."""
-    ctx = None
-    if tls:
-        certs = make_certs(tmp_path / "certs")
-        ctx = listener_ssl_context(ListenerTLS(cert_file=certs.server_cert, key_file=certs.server_key))
+    ctx = _listener_context(tmp_path) if tls else None
     sender, outcome = BlobSender(use_sendfile=False), []
     try:
         async with _server(sender, big_file, outcome, size=len(BIG), ssl_ctx=ctx) as srv:
@@ -163,8 +166,7 @@ async def test_the_copying_path_over_tls_from_the_page_cache_or_the_disk(tmp_pat
     read looks again (seen in CI: no chunk went to a thread). So here a dropped file is
     read at most chunk by chunk by threads; that a miss goes to a thread every time is
     the test below's, where misses are made certain."""
-    certs = make_certs(tmp_path / "certs")
-    ctx = listener_ssl_context(ListenerTLS(cert_file=certs.server_cert, key_file=certs.server_key))
+    ctx = _listener_context(tmp_path)
     if not cached:
         _drop_from_page_cache(big_file)
     sender, outcome = BlobSender(), []
@@ -184,10 +186,7 @@ async def test_tls_bodies_go_out_in_pieces_and_held_pieces_are_never_rewritten(t
     """Over TLS each chunk is handed over in pieces of at most TLS_PIECE (plain copying:
     whole chunks); every piece a holder still keeps says what it said when handed over:
     the body's buffer is refilled only when nothing holds a view of it."""
-    ctx = None
-    if tls:
-        certs = make_certs(tmp_path / "certs")
-        ctx = listener_ssl_context(ListenerTLS(cert_file=certs.server_cert, key_file=certs.server_key))
+    ctx = _listener_context(tmp_path) if tls else None
     sender, outcome, responses = BlobSender(use_sendfile=False), [], []
     try:
         async with _server(sender, big_file, outcome, size=len(BIG), ssl_ctx=ctx,
@@ -222,10 +221,7 @@ async def test_chunks_the_page_cache_misses_are_read_by_a_thread_between_the_loo
             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
         return real(fd, buffers, offset, flags)
     monkeypatch.setattr(os, "preadv", preadv)
-    ctx = None
-    if tls:
-        certs = make_certs(tmp_path / "certs")
-        ctx = listener_ssl_context(ListenerTLS(cert_file=certs.server_cert, key_file=certs.server_key))
+    ctx = _listener_context(tmp_path) if tls else None
     sender, outcome = BlobSender(use_sendfile=False), []
     try:
         async with _server(sender, big_file, outcome, size=len(BIG), ssl_ctx=ctx) as srv:
