@@ -123,9 +123,8 @@ class Policy:
 
     async def check(self, route: Route, digest: str, body: bytes) -> None:
         """For a manifest about to be served: raise PolicyDenied if an enforcing rule
-        refuses it; a warning rule's refusal is logged (once per recheck) and counted."""
-        if self.cleared(route, digest):
-            return
+        refuses it; a warning rule's refusal is logged (once per recheck) and counted.
+        The caller asks cleared() first: this is the way for anything not yet decided good."""
         for rule in self.rules_for(route):
             kept = self._decisions.get((route, digest, rule.cfg.name))
             # The usual case, decided before and good: no coroutine, no reordering.
